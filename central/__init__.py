@@ -1,0 +1,1 @@
+"""meterlink central package."""

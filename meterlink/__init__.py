@@ -1,0 +1,1 @@
+"""The `meterlink` command line front end."""

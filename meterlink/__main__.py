@@ -1,0 +1,5 @@
+import sys
+
+from meterlink.cli import main
+
+sys.exit(main())

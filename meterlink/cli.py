@@ -1,0 +1,58 @@
+"""`meterlink` — one command, subcommands owned by the packages that implement them.
+
+Subcommand modules are imported lazily (only the one you run), so `meterlink frame` starts
+without importing MQTT or serial code. Each module provides ``configure(parser)`` and
+``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+#: name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "frame": ("meterlink.frame_cmd", "decode or build DL/T 645 frames (technician's decoder)"),
+}
+
+
+class _Command(Protocol):
+    def configure(self, parser: argparse.ArgumentParser) -> None: ...
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meterlink",
+        description="Read DL/T 645 and Modbus meters, publish over MQTT, drive remote top-ups.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if not args_in or args_in[0] not in COMMANDS:
+        parser = _top_parser()
+        if not args_in or args_in[0] in ("-h", "--help"):
+            parser.print_help()
+            return 0 if args_in else 2
+        parser.error(f"unknown command {args_in[0]!r}")
+    name = args_in[0]
+    module = cast(_Command, importlib.import_module(COMMANDS[name][0]))
+    parser = argparse.ArgumentParser(prog=f"meterlink {name}", description=COMMANDS[name][1])
+    module.configure(parser)
+    args = parser.parse_args(args_in[1:])
+    try:
+        return module.run(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

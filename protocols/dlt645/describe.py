@@ -1,0 +1,104 @@
+"""A frame as plain data (JSON-ready), as `meterlink frame decode` and traces show it."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from enum import Enum, IntFlag
+from typing import Any
+
+from protocols.dlt645.catalogue import lookup
+from protocols.dlt645.frame import Frame
+from protocols.dlt645.functions import Edition
+from protocols.dlt645.messages import ErrorReply, Message, ReadReply, flag_names, from_frame
+from protocols.dlt645.security import SecurityErrorReply
+from protocols.errors import RemoteProtocolError
+
+__all__ = ["describe", "hex_spaced", "message_fields", "values_of"]
+
+
+def hex_spaced(data: bytes) -> str:
+    return data.hex(" ").upper()
+
+
+def values_of(di: int, value: bytes, edition: Edition) -> dict[str, dict[str, object]]:
+    """Decoded measurements of a read reply's value bytes; empty when the DI is not catalogued.
+
+    Raises `ValueFormatError` when the bytes do not fit the catalogued format.
+    """
+    item = lookup(di, edition)
+    if item is None:
+        return {}
+    out: dict[str, dict[str, object]] = {}
+    for m in item.decode(value):
+        entry = m.as_json()
+        if item.history is not None:
+            entry["history"] = {"kind": item.history.kind, "index": item.history.index}
+        out[m.name] = entry
+    return out
+
+
+_DI_FIELDS = ("di", "event_di")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, IntFlag):
+        return list(flag_names(value))
+    if isinstance(value, bytes):
+        return hex_spaced(value)
+    if isinstance(value, Enum):
+        return value.name.lower()
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if hasattr(value, "digits"):
+        return value.digits
+    return value
+
+
+def message_fields(message: Message, edition: Edition = Edition.V2007) -> dict[str, Any]:
+    """The message's fields as JSON-ready values (bytes as spaced hex, DIs as hex digits)."""
+    width = 8 if edition is Edition.V2007 else 4
+    fields: dict[str, Any] = {"type": type(message).__name__}
+    for f in dataclasses.fields(message):  # type: ignore[arg-type]
+        value = getattr(message, f.name)
+        if f.name in _DI_FIELDS and isinstance(value, int):
+            fields[f.name] = f"{value:0{width}X}"
+        else:
+            fields[f.name] = _plain(value)
+    return fields
+
+
+def describe(frame: Frame) -> dict[str, Any]:
+    """Everything a technician needs from one frame. Never raises for a valid frame: payload
+    or value problems are reported under ``payload_error`` / ``value_error``."""
+    ctl = frame.control
+    di = frame.di
+    width = 8 if frame.edition is Edition.V2007 else 4
+    out: dict[str, Any] = {
+        "edition": frame.edition.value,
+        "address": frame.address.digits,
+        "control": f"{ctl.byte:02X}",
+        "direction": ctl.direction,
+        "abnormal": ctl.abnormal,
+        "follow_up": ctl.follow_up,
+        "function": frame.function.name,
+        "length": len(frame.data),
+        "di": None if di is None else f"{di:0{width}X}",
+        "data": hex_spaced(frame.data),
+        "values": {},
+        "error": None,
+    }
+    try:
+        message = from_frame(frame)
+    except RemoteProtocolError as exc:
+        out["payload_error"] = str(exc)
+        return out
+    out["message"] = message_fields(message, frame.edition)
+    if isinstance(message, ErrorReply | SecurityErrorReply):
+        out["error"] = {"code": int(message.flags), "flags": list(message.flag_names)}
+    elif isinstance(message, ReadReply) and ctl.reply and not ctl.follow_up:
+        try:
+            out["values"] = values_of(message.di, message.value, frame.edition)
+        except RemoteProtocolError as exc:
+            out["value_error"] = str(exc)
+    return out
