@@ -24,3 +24,12 @@ def load_vectors() -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def vectors() -> list[dict[str, Any]]:
     return load_vectors()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Any:
+    """A Mosquitto of the test's own on a free loopback port."""
+    from tests.fixtures.services import running_mosquitto
+
+    with running_mosquitto(tmp_path) as broker:
+        yield broker

@@ -1,0 +1,303 @@
+"""MQTT topics and payload schemas shared by the agent (producer) and the central side (consumer).
+
+This module is the contract: both sides import it, tests validate every payload against it, and
+``docs/schemas/*.json`` is generated from it (``meterlink schema --out docs/schemas``; a test keeps
+the published files in sync). Pure data plus validation: no I/O.
+
+Topic tree (``<c>`` = concentrator id)::
+
+    meterlink/v1/<c>/readings      batches of readings                 QoS 1
+    meterlink/v1/<c>/rounds        one report per plan round           QoS 1
+    meterlink/v1/<c>/events        meter offline/online, clock, outbox QoS 1
+    meterlink/v1/<c>/archive       the meter archive with its version  QoS 1, retained
+    meterlink/v1/<c>/status        online / offline (last will)        QoS 1, retained
+    meterlink/v1/<c>/cmd           commands (MQTT v5 request/response) QoS 1
+
+Times are ISO 8601 with an offset. ``data_time`` is the reading's own time: the meter's clock for
+frozen data (the freeze stamp), converted with the concentrator's time zone.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from functools import cache
+from typing import Any, Final
+
+__all__ = [
+    "KINDS",
+    "SCHEMAS",
+    "TOPIC_ROOT",
+    "FailureReason",
+    "PayloadInvalid",
+    "kind_of_topic",
+    "schema_id",
+    "topic",
+    "validate",
+]
+
+TOPIC_ROOT: Final = "meterlink/v1"
+KINDS: Final = ("readings", "rounds", "events", "archive", "status", "cmd", "response")
+_TOPIC_KINDS: Final = ("readings", "rounds", "events", "archive", "status", "cmd")
+CONCENTRATOR_ID = r"^[A-Za-z0-9_.-]{1,64}$"
+_CONCENTRATOR_RE = re.compile(CONCENTRATOR_ID)
+
+
+class FailureReason(StrEnum):
+    """Why an attempt to read a meter did not give a value. A closed set: the centre breaks
+    failures down by these, and the agent maps every error type onto exactly one."""
+
+    NO_REPLY = "no_reply"  # silence for the whole reply window
+    TIMEOUT = "timeout"  # a reply started but did not complete (inter-byte gap, window end)
+    CHECKSUM = "checksum"  # a reply with a wrong checksum
+    FRAME_ERROR = "frame_error"  # bytes that do not form a frame, or a payload that misfits
+    ABNORMAL_REPLY = "abnormal_reply"  # the meter answered with an error word (detail names it)
+    ADDRESS_MISMATCH = "address_mismatch"  # a valid reply from another meter
+    IMPLAUSIBLE_VALUE = "implausible_value"  # non-BCD digits, impossible dates, energy going back
+    BUS_ERROR = "bus_error"  # the line or serial server failed (port gone, connection refused)
+    BUS_BUSY = "bus_busy"  # the bus could not be had within the plan window
+    ROUTE_FAILURE = "route_failure"  # a carrier module could not reach the meter
+    METER_OFFLINE = "meter_offline"  # skipped: marked offline and not due for a re-probe yet
+    NOT_ATTEMPTED = "not_attempted"  # the plan's deadline came before this meter's turn
+
+
+def topic(concentrator: str, kind: str) -> str:
+    if not _CONCENTRATOR_RE.match(concentrator):
+        raise ValueError(f"concentrator id {concentrator!r} does not match {CONCENTRATOR_ID}")
+    if kind not in _TOPIC_KINDS:
+        raise ValueError(f"unknown topic kind {kind!r}")
+    return f"{TOPIC_ROOT}/{concentrator}/{kind}"
+
+
+def kind_of_topic(name: str) -> tuple[str, str] | None:
+    """(concentrator, kind) of a meterlink topic, or None for anything else."""
+    parts = name.split("/")
+    if len(parts) != 4 or "/".join(parts[:2]) != TOPIC_ROOT or parts[3] not in _TOPIC_KINDS:
+        return None
+    return parts[2], parts[3]
+
+
+def schema_id(kind: str) -> str:
+    return f"https://meterlink.dev/schemas/{kind}/1"
+
+
+# --- building blocks -------------------------------------------------------------------------
+_TIME = {"type": "string", "format": "date-time", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"}
+_DAY = {"type": "string", "pattern": r"^\d{4}-\d\d-\d\d$"}
+_ADDRESS = {"type": "string", "pattern": r"^[0-9A]{12}$"}
+_METER_ID = {"type": "string", "minLength": 1, "maxLength": 64}
+_REASON = {"enum": [r.value for r in FailureReason]}
+_NAME = {"type": "string", "pattern": r"^[a-z][a-z0-9_]*$"}
+_VALUE = {
+    "type": "object",
+    "required": ["value", "unit"],
+    "properties": {
+        "value": {"type": ["number", "string"]},
+        "unit": {"type": ["string", "null"]},
+        "flags": {"type": "array", "items": {"type": "string"}},
+    },
+    "additionalProperties": False,
+}
+_VALUES = {"type": "object", "propertyNames": _NAME, "additionalProperties": _VALUE}
+_HEADER = {
+    "schema": {"type": "string"},
+    "concentrator": {"type": "string", "pattern": CONCENTRATOR_ID},
+}
+
+
+def _doc(kind: str, title: str, required: list[str], props: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": schema_id(kind),
+        "title": title,
+        "type": "object",
+        "required": ["schema", "concentrator", *required],
+        "properties": {**_HEADER, **props, "schema": {"const": f"meterlink.{kind}/1"}},
+        "additionalProperties": False,
+    }
+
+
+READING = {
+    "type": "object",
+    "required": ["meter", "item", "data_time", "read_at", "values"],
+    "properties": {
+        "meter": _METER_ID,
+        "item": {"type": "string", "pattern": r"^([a-z][a-z0-9_]*|[0-9A-F]{4}|[0-9A-F]{8})$"},
+        "plan": {"type": "string"},
+        "data_time": _TIME,
+        "read_at": _TIME,
+        "values": _VALUES,
+        "quality": {"enum": ["ok", "clock_suspect", "backfill"]},
+        "clock_offset_s": {"type": "number"},
+        "bus": {"type": "string"},
+    },
+    "additionalProperties": False,
+}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "readings": _doc(
+        "readings",
+        "A batch of readings. A reading is identified by (meter, item, data_time).",
+        ["batch_id", "sent_at", "readings"],
+        {
+            "batch_id": {"type": "string", "minLength": 1},
+            "sent_at": _TIME,
+            "readings": {"type": "array", "items": READING, "minItems": 1},
+        },
+    ),
+    "rounds": _doc(
+        "rounds",
+        "The report of one round of a reading plan: every expected meter is read or explained.",
+        ["plan", "round_id", "started_at", "ended_at", "expected", "read", "failed"],
+        {
+            "plan": {"type": "string"},
+            "round_id": {"type": "string"},
+            "data_day": _DAY,
+            "final": {"type": "boolean"},
+            "started_at": _TIME,
+            "ended_at": _TIME,
+            "duration_s": {"type": "number", "minimum": 0},
+            "expected": {"type": "integer", "minimum": 0},
+            "read": {"type": "integer", "minimum": 0},
+            "failed_by_reason": {
+                "type": "object",
+                "propertyNames": _REASON,
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
+            "failed": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["meter", "reason"],
+                    "properties": {
+                        "meter": _METER_ID,
+                        "reason": _REASON,
+                        "detail": {"type": "string"},
+                        "attempts": {"type": "integer", "minimum": 0},
+                        "last_attempt_at": _TIME,
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "bus_busy_s": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    ),
+    "events": _doc(
+        "events",
+        "Something an operator may want to know, as it happens.",
+        ["at", "event"],
+        {
+            "at": _TIME,
+            "event": _NAME,
+            "meter": _METER_ID,
+            "bus": {"type": "string"},
+            "detail": {"type": "object"},
+        },
+    ),
+    "archive": _doc(
+        "archive",
+        "The concentrator's meter archive (档案), retained, versioned.",
+        ["version", "updated_at", "meters"],
+        {
+            "version": {"type": "integer", "minimum": 1},
+            "updated_at": _TIME,
+            "meters": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["meter", "protocol", "bus"],
+                    "properties": {
+                        "meter": _METER_ID,
+                        "address": _ADDRESS,
+                        "protocol": {"enum": ["dlt645-2007", "dlt645-1997", "modbus"]},
+                        "model": {"type": "string"},
+                        "bus": {"type": "string"},
+                        "district": {"type": "string"},
+                        "manufacturer": {"type": "string"},
+                        "prepaid": {"type": "boolean"},
+                    },
+                    "additionalProperties": False,
+                },
+            },
+        },
+    ),
+    "status": _doc(
+        "status",
+        "Whether the agent is online (retained; the last will says offline).",
+        ["state", "at"],
+        {
+            "state": {"enum": ["online", "offline"]},
+            "at": _TIME,
+            "version": {"type": "string"},
+            "archive_version": {"type": "integer"},
+            "outbox_depth": {"type": "integer", "minimum": 0},
+        },
+    ),
+    "cmd": _doc(
+        "cmd",
+        "A command to the agent (MQTT v5: response topic + correlation data).",
+        ["command", "issued_at", "nonce", "signature"],
+        {
+            "command": {"enum": ["read", "time_sync", "relay", "raw", "archive_update"]},
+            "issued_at": _TIME,
+            "nonce": {"type": "string", "minLength": 8, "maxLength": 64},
+            "signature": {"type": "string", "pattern": r"^[0-9a-f]{64}$"},
+            "meter": _METER_ID,
+            "args": {"type": "object"},
+        },
+    ),
+    "response": _doc(
+        "response",
+        "The agent's answer to a command, on the command's response topic.",
+        ["ok", "command"],
+        {
+            "ok": {"type": "boolean"},
+            "command": {"type": "string"},
+            "meter": _METER_ID,
+            "result": {"type": "object"},
+            "reason": {"type": "string"},
+            "detail": {"type": "string"},
+            "frames": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["dir", "hex"],
+                    "properties": {
+                        "dir": {"enum": ["tx", "rx"]},
+                        "hex": {"type": "string", "pattern": r"^([0-9A-F]{2}( [0-9A-F]{2})*)?$"},
+                    },
+                    "additionalProperties": False,
+                },
+            },
+        },
+    ),
+}
+
+
+class PayloadInvalid(ValueError):
+    """A payload that does not match its schema; `path` locates the first problem."""
+
+    def __init__(self, kind: str, message: str, path: str) -> None:
+        super().__init__(f"{kind} payload invalid at {path or '/'}: {message}")
+        self.kind = kind
+        self.path = path
+
+
+@cache
+def _validator(kind: str) -> Any:
+    import jsonschema
+
+    schema = SCHEMAS[kind]
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def validate(kind: str, payload: Any) -> None:
+    """Raise `PayloadInvalid` unless `payload` (parsed JSON) matches the schema of `kind`."""
+    if kind not in SCHEMAS:
+        raise KeyError(f"no schema for {kind!r}")
+    error = next(iter(_validator(kind).iter_errors(payload)), None)
+    if error is not None:
+        path = "/" + "/".join(str(p) for p in error.absolute_path)
+        raise PayloadInvalid(kind, error.message, path)
