@@ -13,6 +13,7 @@ success-rate logic branch on types, never on message strings:
         │   └── AddressError      address bytes that are neither BCD nor AAH
         ├── PayloadError          a well-formed frame whose data field does not fit its function
         ├── ValueFormatError      a value that is not valid BCD / not a date (a meter that lies)
+        ├── AddressMismatch       a valid reply, but from another meter than the one asked
         └── MeterRejection        an abnormal reply: the meter understood us and said no
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 __all__ = [
     "AddressError",
+    "AddressMismatch",
     "ChecksumError",
     "FrameError",
     "FramingError",
@@ -85,6 +87,13 @@ class PayloadError(RemoteProtocolError):
 
 class ValueFormatError(RemoteProtocolError):
     """A value field that is not what its data identifier promises (e.g. non-BCD digits)."""
+
+
+class AddressMismatch(RemoteProtocolError):
+    """A well-formed reply from a different address than the request's (a late reply, a
+    duplicated address, or a meter answering a wildcard it should not have)."""
+
+    retryable = True
 
 
 class MeterRejection(RemoteProtocolError):
