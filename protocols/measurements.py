@@ -150,6 +150,7 @@ for _name, _u, _kind, _desc in [
     ("balance_after_purchase_yuan", "yuan", Kind.NUMBER, "remaining after a purchase"),
     ("purchase_total_yuan", "yuan", Kind.NUMBER, "cumulative purchased amount 累计购电金额"),
     ("freeze_time", None, Kind.DATETIME, "time stamp of a frozen record 冻结时间"),
+    ("clock_offset_s", "s", Kind.NUMBER, "meter clock minus true time (positive = fast)"),
 ]:
     _add(_name, _u, _kind, _desc)
 

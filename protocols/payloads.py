@@ -209,6 +209,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     "properties": {
                         "meter": _METER_ID,
                         "address": _ADDRESS,
+                        "unit": {"type": "integer", "minimum": 1, "maximum": 247},
                         "protocol": {"enum": ["dlt645-2007", "dlt645-1997", "modbus"]},
                         "model": {"type": "string"},
                         "bus": {"type": "string"},

@@ -1,0 +1,98 @@
+"""Bus-time budget: can the daily plan physically finish on each bus in its window?
+
+Computed at start (and SIGHUP) from the bus's baud and framing, the frames the plan exchanges
+per meter, the meters' reply delay, and the time a silent meter costs (our reply window). When a
+bus cannot read all its meters even once before the deadline, or cannot leave room for retries,
+the agent says so with the numbers — before the first night, not after a month of low rates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from agent.config import AgentConfig, MeterConfig, parse_hhmm
+from agent.transports import BusUrl
+
+__all__ = ["BusBudget", "daily_budget"]
+
+TYPICAL_REPLY_DELAY_S = 0.26
+"""midpoint of the standard's 20-500 ms reply window; a planning figure, not a measurement"""
+ASSUMED_FAILURE_SHARE = 0.02
+"""share of meters assumed silent in a round (the complement of the 98% target)"""
+
+# DL/T 645-2007 frame sizes without wake-up: read request L=4; replies L=4+value
+_REQUEST = 16
+_REPLY = {"freeze_time": 12 + 4 + 5, "energy_block": 12 + 4 + 4 * 5, "balance": 12 + 4 + 4}
+_MODBUS_REQUEST, _MODBUS_REPLY = 8, 5 + 2 * 20
+
+
+@dataclass(frozen=True)
+class BusBudget:
+    bus: str
+    meters: int
+    exchanges_per_round: int
+    round_s: float
+    """one round over every meter, the assumed share silent"""
+    window_s: float
+    rounds_possible: float
+
+    @property
+    def ok(self) -> bool:
+        return self.rounds_possible >= 2  # one pass plus room for at least one retry pass
+
+    def describe(self) -> str:
+        verdict = "fits" if self.ok else "DOES NOT FIT"
+        return (
+            f"bus {self.bus}: {self.meters} meters, {self.exchanges_per_round} exchanges/round, "
+            f"{self.round_s:.0f} s per round in a {self.window_s:.0f} s window "
+            f"({self.rounds_possible:.1f} rounds) - {verdict}"
+        )
+
+
+def _exchange_s(url: BusUrl, request: int, reply: int) -> float:
+    return (
+        url.wire_time(request + url.wakeup)
+        + TYPICAL_REPLY_DELAY_S
+        + url.wire_time(reply)
+        + url.frame_gap_ms / 1000
+    )
+
+
+def _per_meter(url: BusUrl, meter: MeterConfig, cfg: AgentConfig) -> tuple[int, float, float]:
+    """(exchanges, seconds when it answers, seconds when it is silent)."""
+    silent = (
+        url.wire_time(_REQUEST + url.wakeup) + url.reply_timeout_ms / 1000 + url.frame_gap_ms / 1000
+    )
+    if meter.protocol == "modbus":
+        t = _exchange_s(url, _MODBUS_REQUEST, _MODBUS_REPLY)
+        return 1, t, url.timeout_ms / 1000
+    if meter.protocol == "dlt645-1997":
+        return 1, _exchange_s(url, 14, 12 + 2 + 20), silent
+    replies = [_REPLY["freeze_time"], _REPLY["energy_block"]]
+    if cfg.plans.daily.reverse_energy:
+        replies.append(_REPLY["energy_block"])
+    if cfg.plans.daily.prepaid_balance and meter.prepaid:
+        replies.append(_REPLY["balance"])
+    return len(replies), sum(_exchange_s(url, _REQUEST, r) for r in replies), silent
+
+
+def daily_budget(cfg: AgentConfig, meters: list[MeterConfig]) -> list[BusBudget]:
+    daily = cfg.plans.daily
+    start, deadline = parse_hhmm(daily.start, "start"), parse_hhmm(daily.deadline, "deadline")
+    day = dt.date(2000, 1, 1)
+    window = (dt.datetime.combine(day, deadline) - dt.datetime.combine(day, start)).total_seconds()
+    out = []
+    for bus in cfg.buses:
+        url = bus.bus_url
+        on_bus = [m for m in meters if m.bus == bus.name]
+        exchanges, round_s = 0, 0.0
+        for m in on_bus:
+            n, answering, silent = _per_meter(url, m, cfg)
+            exchanges += n
+            round_s += (1 - ASSUMED_FAILURE_SHARE) * answering + ASSUMED_FAILURE_SHARE * silent
+        if url.in_flight > 1:
+            round_s /= url.in_flight
+        rounds = window / round_s if round_s else float("inf")
+        out.append(BusBudget(bus.name, len(on_bus), exchanges, round_s, window, rounds))
+    return out

@@ -1,0 +1,281 @@
+"""The agent's configuration: one TOML file, typed and strict.
+
+Every key is documented in ``deploy/agent.example.toml`` (which a test loads). Unknown keys are
+errors naming their path; bad values say what is expected; the daemon exits 78 on either.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from agent.transports import BusUrl, BusUrlError
+from meterlink.config import ConfigError, build, load_toml
+from protocols.payloads import CONCENTRATOR_ID
+
+__all__ = [
+    "AgentConfig",
+    "BusConfig",
+    "ClockPlan",
+    "ConfigError",
+    "DailyPlan",
+    "HealthConfig",
+    "IntervalPlan",
+    "MeterConfig",
+    "MqttConfig",
+    "load_config",
+]
+
+Protocol = Literal["dlt645-2007", "dlt645-1997", "modbus"]
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+def parse_hhmm(text: str, what: str) -> dt.time:
+    if not _HHMM.match(text):
+        raise ValueError(f"{what}: {text!r} is not HH:MM")
+    return dt.time(int(text[:2]), int(text[3:]))
+
+
+@dataclass(frozen=True)
+class Identity:
+    concentrator: str
+    """the concentrator's id in MQTT topics (letters, digits, . _ -)"""
+    timezone: str = "Asia/Shanghai"
+    """the meters' local time zone: freeze stamps and plan times are meter local time"""
+    state_dir: Path = Path("/var/lib/meterlink")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    def __post_init__(self) -> None:
+        if not re.match(CONCENTRATOR_ID, self.concentrator):
+            raise ValueError(f"concentrator {self.concentrator!r} must match {CONCENTRATOR_ID}")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not a known IANA zone") from None
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = ""
+    """default: meterlink-agent-<concentrator>"""
+    username: str | None = None
+    password: str | None = None
+    """prefer the environment: METERLINK_MQTT_PASSWORD"""
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    keepalive: int = 60
+    batch_size: int = 500
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    session_expiry_s: int = 86400
+    command_key: str | None = None
+    """HMAC key (hex or text) for signed commands; prefer METERLINK_MQTT_COMMAND_KEY"""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if not 0 < self.batch_size <= 5000:
+            raise ValueError("batch_size must be 1..5000")
+        if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_min_s must be > 0 and <= reconnect_max_s")
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    max_mb: int = 64
+    eviction: Literal["oldest_readings"] = "oldest_readings"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = "127.0.0.1:9464"
+    """host:port of the Prometheus endpoint; "" disables it"""
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    name: str
+    url: str
+    """serial:///dev/ttyS2?baud=2400&parity=E, tcp://host:port, modbus+rtu://..., modbus+tcp://..."""
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,32}$", self.name):
+            raise ValueError(f"bus name {self.name!r}: letters, digits, . _ - (max 32)")
+        try:
+            BusUrl.parse(self.url)
+        except BusUrlError as exc:
+            raise ValueError(str(exc)) from None
+
+    @property
+    def bus_url(self) -> BusUrl:
+        return BusUrl.parse(self.url)
+
+
+@dataclass(frozen=True)
+class MeterConfig:
+    """One archived meter (档案). For DL/T 645 `address` is the nameplate communication address;
+    for Modbus `unit` is the slave id and `model` names the register map."""
+
+    bus: str
+    protocol: Protocol = "dlt645-2007"
+    address: str | None = None
+    unit: int | None = None
+    meter: str | None = None
+    """the meter's id in readings; default: the address (645) or "<bus>:<unit>" (Modbus)"""
+    model: str = ""
+    district: str = ""
+    manufacturer: str = ""
+    prepaid: bool = False
+
+    def __post_init__(self) -> None:
+        if self.protocol == "modbus":
+            if self.unit is None or not 1 <= self.unit <= 247:
+                raise ValueError(f"Modbus meter on {self.bus}: unit must be 1..247")
+            if not self.model:
+                raise ValueError(
+                    f"Modbus meter {self.bus}:{self.unit}: model (register map) is required"
+                )
+        elif self.address is None or not re.match(r"^\d{1,12}$", self.address):
+            raise ValueError(
+                f"DL/T 645 meter on {self.bus}: address must be 1-12 digits, got {self.address!r}"
+            )
+
+    @property
+    def meter_id(self) -> str:
+        if self.meter:
+            return self.meter
+        if self.protocol == "modbus":
+            return f"{self.bus}:{self.unit}"
+        assert self.address is not None
+        return self.address.rjust(12, "0")
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    file: Path | None = None
+    """a JSON or TOML file with a `meters` array (same keys as below); read at start and SIGHUP"""
+    meters: list[MeterConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    offline_after_failures: int = 3
+    offline_after_minutes: float = 30
+    reprobe_min_minutes: float = 15
+    reprobe_max_minutes: float = 240
+
+    def __post_init__(self) -> None:
+        if self.offline_after_failures < 1 or self.offline_after_minutes < 0:
+            raise ValueError("offline_after_failures >= 1 and offline_after_minutes >= 0")
+        if not 0 < self.reprobe_min_minutes <= self.reprobe_max_minutes:
+            raise ValueError("0 < reprobe_min_minutes <= reprobe_max_minutes")
+
+
+@dataclass(frozen=True)
+class DailyPlan:
+    enabled: bool = True
+    start: str = "00:05"
+    """meter local time the first round starts (after the 00:00 freeze)"""
+    deadline: str = "23:00"
+    """no new round starts after this; the last round's report is final"""
+    retry_spacing_minutes: float = 30
+    """a failed meter is retried no sooner than this (lets bad hours pass)"""
+    reverse_energy: bool = False
+    """also read the frozen reverse active energy block (05 06 02 01)"""
+    prepaid_balance: bool = True
+    """also read the remaining amount (00 90 02 00) of meters archived as prepaid"""
+    backfill_days: int = 7
+    """missed days up to this far back are read from the meters' frozen history"""
+
+    def __post_init__(self) -> None:
+        start, deadline = parse_hhmm(self.start, "start"), parse_hhmm(self.deadline, "deadline")
+        if deadline <= start:
+            raise ValueError("deadline must be after start")
+        if not 0 <= self.backfill_days <= 61:
+            raise ValueError("backfill_days must be 0..61 (meters keep 62 daily records)")
+        if self.retry_spacing_minutes <= 0:
+            raise ValueError("retry_spacing_minutes must be > 0")
+
+
+@dataclass(frozen=True)
+class IntervalPlan:
+    enabled: bool = False
+    every_minutes: int = 15
+    items: list[str] = field(
+        default_factory=lambda: ["00010000", "0201FF00", "0202FF00", "02030000"]
+    )
+    """DIs (hex) or measurement names to read"""
+    meters: list[str] = field(default_factory=lambda: ["*"])
+    """meter ids, or "*" for every DL/T 645 meter"""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.every_minutes <= 1440:
+            raise ValueError("every_minutes must be 1..1440")
+
+
+@dataclass(frozen=True)
+class ClockPlan:
+    enabled: bool = True
+    at: str = "10:00"
+    """when meter clocks are read each day (keep it far from midnight)"""
+    max_offset_s: float = 60
+    """readings from meters whose clock is off by more are flagged clock_suspect"""
+    sync: bool = True
+    """broadcast time sync (08H) when a clock is off, within the meters' acceptance rules"""
+    sync_threshold_s: float = 10
+
+    def __post_init__(self) -> None:
+        parse_hhmm(self.at, "at")
+
+
+@dataclass(frozen=True)
+class Plans:
+    daily: DailyPlan = field(default_factory=DailyPlan)
+    interval: IntervalPlan = field(default_factory=IntervalPlan)
+    clock: ClockPlan = field(default_factory=ClockPlan)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agent: Identity
+    buses: list[BusConfig]
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    plans: Plans = field(default_factory=Plans)
+    stop_timeout_s: float = 25
+    """staged shutdown budget; keep below the unit's TimeoutStopSec (30 s)"""
+
+    def __post_init__(self) -> None:
+        names = [b.name for b in self.buses]
+        if len(set(names)) != len(names):
+            raise ValueError("two buses share a name")
+        if not self.buses:
+            raise ValueError("at least one [[buses]] entry is needed")
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Load and check the agent config; raise ConfigError naming the problem."""
+    cfg = build(AgentConfig, load_toml(path), env_prefix="METERLINK")
+    known = {b.name for b in cfg.buses}
+    for i, meter in enumerate(cfg.archive.meters):
+        if meter.bus not in known:
+            names = ", ".join(sorted(known))
+            raise ConfigError(f"archive.meters[{i}].bus: no bus {meter.bus!r} (buses: {names})")
+    return cfg

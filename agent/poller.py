@@ -1,0 +1,127 @@
+"""One poller per bus: it owns the bus's transport and runs jobs in priority order.
+
+Commands from the centre (priority 0) overtake plan work; within a priority, first come first
+served. RS-485 runs one job at a time; a transport that allows several requests in flight gets
+as many workers. A job is an async function of the bus's protocol client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from agent.transports import ByteTransport, TraceHook, open_byte_transport
+from agent.transports.url import BusUrl
+
+__all__ = ["PRIORITY_COMMAND", "PRIORITY_DAILY", "PRIORITY_INTERVAL", "BusClosed", "BusPoller"]
+
+log = logging.getLogger(__name__)
+
+PRIORITY_COMMAND = 0
+PRIORITY_CLOCK = 4
+PRIORITY_DAILY = 5
+PRIORITY_BACKFILL = 7
+PRIORITY_INTERVAL = 8
+
+C = TypeVar("C")
+T = TypeVar("T")
+
+
+class BusClosed(RuntimeError):
+    """The poller is shutting down and takes no more work."""
+
+
+class BusPoller(Generic[C]):
+    def __init__(self, name: str, url: BusUrl, client: C, transport: Any) -> None:
+        self.name = name
+        self.url = url
+        self.client = client
+        self.transport = transport
+        self._queue: asyncio.PriorityQueue[
+            tuple[int, int, Callable[[C], Awaitable[Any]], asyncio.Future[Any]]
+        ]
+        self._queue = asyncio.PriorityQueue()
+        self._seq = itertools.count()
+        self._closing = False
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.jobs_done = 0
+
+    @property
+    def busy_seconds(self) -> float:
+        return float(getattr(self.transport, "busy_seconds", 0.0))
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    async def submit(self, job: Callable[[C], Awaitable[T]], *, priority: int) -> T:
+        """Queue `job` and wait for its result (exceptions propagate to the caller)."""
+        if self._closing:
+            raise BusClosed(f"bus {self.name} is shutting down")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((priority, next(self._seq), job, future))
+        return await future
+
+    async def run(self) -> None:
+        """The poller's long-lived task: as many workers as the bus allows in flight."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i in range(self.url.in_flight):
+                    group.create_task(self._worker(), name=f"bus:{self.name}:worker{i}")
+        finally:
+            await self._close_transport()
+
+    async def _worker(self) -> None:
+        while True:
+            _prio, _seq, job, future = await self._queue.get()
+            if future.done():
+                continue
+            self._active += 1
+            self._idle.clear()
+            try:
+                result = await job(self.client)
+            except asyncio.CancelledError:
+                future.cancel()
+                raise
+            except Exception as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            finally:
+                self._active -= 1
+                self.jobs_done += 1
+                if self._active == 0:
+                    self._idle.set()
+
+    async def drain(self, within: float) -> bool:
+        """Stop taking work, refuse what is queued, let the running job finish (bounded)."""
+        self._closing = True
+        while not self._queue.empty():
+            *_, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(BusClosed(f"bus {self.name} is shutting down"))
+        try:
+            async with asyncio.timeout(within):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _close_transport(self) -> None:
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            with contextlib.suppress(OSError):
+                await close()
+
+
+def dlt645_poller(name: str, url: BusUrl, *, trace: TraceHook | None = None) -> BusPoller[Any]:
+    from agent.dlt645 import Dlt645Client
+
+    transport: ByteTransport = open_byte_transport(url, trace=trace)
+    return BusPoller(name, url, Dlt645Client(transport), transport)

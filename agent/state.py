@@ -1,0 +1,121 @@
+"""Plan state that must survive restarts: which meter was read for which data day, and the
+last known clock offset of each meter. A small SQLite file (WAL) next to the outbox; the agent's
+event loop is its only writer. Readings themselves never live here — they go to the outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DayStatus", "PlanState"]
+
+_SCHEMA = [
+    # version 1
+    """
+    CREATE TABLE daily (
+        day TEXT NOT NULL, meter TEXT NOT NULL, status TEXT NOT NULL,
+        reason TEXT, detail TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+        last_attempt TEXT, PRIMARY KEY (day, meter)
+    );
+    CREATE TABLE clock (meter TEXT PRIMARY KEY, offset_s REAL NOT NULL, measured_at TEXT NOT NULL);
+    CREATE TABLE marks (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class DayStatus:
+    meter: str
+    status: str  # "read" | "failed"
+    reason: str | None
+    detail: str | None
+    attempts: int
+    last_attempt: dt.datetime | None
+
+
+class PlanState:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        for step, script in enumerate(_SCHEMA[version:], start=version + 1):
+            self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={step}; COMMIT;")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def day(self, day: dt.date) -> dict[str, DayStatus]:
+        rows = self._db.execute(
+            "SELECT meter, status, reason, detail, attempts, last_attempt FROM daily WHERE day=?",
+            (day.isoformat(),),
+        )
+        return {
+            r[0]: DayStatus(
+                r[0], r[1], r[2], r[3], r[4], dt.datetime.fromisoformat(r[5]) if r[5] else None
+            )
+            for r in rows
+        }
+
+    def read_days(self, meter_days: list[dt.date]) -> dict[dt.date, set[str]]:
+        out: dict[dt.date, set[str]] = {d: set() for d in meter_days}
+        for d in meter_days:
+            out[d] = {
+                r[0]
+                for r in self._db.execute(
+                    "SELECT meter FROM daily WHERE day=? AND status='read'", (d.isoformat(),)
+                )
+            }
+        return out
+
+    def record(
+        self,
+        day: dt.date,
+        meter: str,
+        *,
+        ok: bool,
+        at: dt.datetime,
+        reason: str | None = None,
+        detail: str | None = None,
+        attempted: bool = True,
+    ) -> None:
+        self._db.execute(
+            """INSERT INTO daily (day, meter, status, reason, detail, attempts, last_attempt)
+               VALUES (?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (day, meter) DO UPDATE SET status=excluded.status,
+                 reason=excluded.reason, detail=excluded.detail,
+                 attempts=daily.attempts + excluded.attempts,
+                 last_attempt=COALESCE(excluded.last_attempt, daily.last_attempt)
+               WHERE daily.status != 'read'""",
+            (
+                day.isoformat(),
+                meter,
+                "read" if ok else "failed",
+                reason,
+                detail,
+                int(attempted),
+                at.isoformat() if attempted else None,
+            ),
+        )
+
+    def prune(self, keep_after: dt.date) -> None:
+        self._db.execute("DELETE FROM daily WHERE day < ?", (keep_after.isoformat(),))
+
+    def set_clock(self, meter: str, offset_s: float, at: dt.datetime) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO clock (meter, offset_s, measured_at) VALUES (?, ?, ?)",
+            (meter, offset_s, at.isoformat()),
+        )
+
+    def clock_offsets(self) -> dict[str, float]:
+        return {r[0]: r[1] for r in self._db.execute("SELECT meter, offset_s FROM clock")}
+
+    def mark(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM marks WHERE name=?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_mark(self, name: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO marks (name, value) VALUES (?, ?)", (name, value))
