@@ -127,11 +127,16 @@ class ArchiveStore:
         self.current = self._load()
         return self.current
 
+    @staticmethod
+    def preview(cfg: AgentConfig) -> list[MeterConfig]:
+        """The configured archive (config + archive file), checked, without touching state."""
+        meters = list(cfg.archive.meters)
+        if cfg.archive.file is not None:
+            meters += load_meter_list(cfg.archive.file)
+        return list(_check(meters, {b.name for b in cfg.buses}))
+
     def _configured(self) -> tuple[MeterConfig, ...]:
-        meters = list(self._cfg.archive.meters)
-        if self._cfg.archive.file is not None:
-            meters += load_meter_list(self._cfg.archive.file)
-        return _check(meters, self._buses)
+        return tuple(self.preview(self._cfg))
 
     def _load(self) -> Archive:
         configured = self._configured()

@@ -13,9 +13,15 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
 
-#: name -> (module, one-line help)
+#: name -> ("module" or "module:object", one-line help); the target has configure() and run()
 COMMANDS: dict[str, tuple[str, str]] = {
     "frame": ("meterlink.frame_cmd", "decode or build DL/T 645 frames (technician's decoder)"),
+    "agent": ("agent.cli", "run the concentrator agent, or check its configuration"),
+    "read": ("agent.technician:READ", "read items of one meter on a bus (values with units)"),
+    "scan": (
+        "agent.technician:SCAN",
+        "find the meters on a multi-drop bus, compare with the archive",
+    ),
 }
 
 
@@ -44,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if args_in else 2
         parser.error(f"unknown command {args_in[0]!r}")
     name = args_in[0]
-    module = cast(_Command, importlib.import_module(COMMANDS[name][0]))
+    target, _, attr = COMMANDS[name][0].partition(":")
+    loaded = importlib.import_module(target)
+    module = cast(_Command, getattr(loaded, attr) if attr else loaded)
     parser = argparse.ArgumentParser(prog=f"meterlink {name}", description=COMMANDS[name][1])
     module.configure(parser)
     args = parser.parse_args(args_in[1:])

@@ -117,9 +117,11 @@ class ClockPlanner:
         except Exception as exc:
             reason, detail = reason_of(exc)
             ctx.health.failure(mid, reason, ctx.clock.monotonic())
+            ctx.on_outcome("clock", reason.value)
             log.info("clock read of %s failed: %s (%s)", mid, reason.value, detail)
             return mid, None
         ctx.health.success(mid, ctx.clock.monotonic())
+        ctx.on_outcome("clock", None)
         now = ctx.clock.now()
         ctx.clock_offsets[mid] = offset
         ctx.state.set_clock(mid, offset, now)

@@ -61,6 +61,8 @@ class PlanContext:
     """emit an event (name, meter or None, detail); the daemon queues it to the outbox"""
     clock_offsets: dict[str, float] = field(default_factory=dict)
     max_clock_offset_s: float = 60.0
+    on_outcome: Callable[[str, str | None], None] = lambda plan, reason: None
+    """(plan, failure reason or None for success) after every attempt: metrics"""
 
     def poller_for(self, bus: str) -> BusPoller[Any]:
         return self.pollers[bus]

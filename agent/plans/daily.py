@@ -123,6 +123,8 @@ class DailyPlanner:
         due = [] if final else self._due(day, started)
         outcomes = await asyncio.gather(*(self._attempt(m, day, deadline) for m in due))
         for outcome in outcomes:
+            if outcome.attempted:
+                ctx.on_outcome("daily", outcome.reason.value if outcome.reason else None)
             ctx.state.record(
                 day,
                 outcome.meter,

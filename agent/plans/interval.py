@@ -106,8 +106,10 @@ class IntervalPlanner:
         except Exception as exc:
             reason, detail = reason_of(exc)
             ctx.health.failure(mid, reason, ctx.clock.monotonic())
+            ctx.on_outcome("interval", reason.value)
             log.info("interval read of %s failed: %s (%s)", mid, reason.value, detail)
             return 0
         ctx.health.success(mid, ctx.clock.monotonic())
+        ctx.on_outcome("interval", None)
         await ctx.sink.put_many("readings", readings)
         return len(readings)

@@ -1,0 +1,114 @@
+"""Prometheus metrics of the agent, read live at each scrape, served over HTTP (aiohttp).
+
+meterlink_reads_total{plan,result}        result = ok or a failure reason
+meterlink_outbox_depth{kind}              rows waiting for the broker's PUBACK
+meterlink_outbox_evicted_total{kind}      rows dropped by the disk budget (never silently)
+meterlink_publish_latency_seconds         outbox put -> PUBACK, last batch
+meterlink_bus_busy_ratio{bus}             share of wall time the bus spent in exchanges
+meterlink_meters_offline                  meters currently marked offline
+meterlink_mqtt_connected                  1 while connected to the broker
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["AgentMetrics", "serve_metrics"]
+
+log = logging.getLogger(__name__)
+
+
+class _Live(Collector):
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterable[Metric]:
+        return self._collect()
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reads = Counter(
+            "meterlink_reads",
+            "Meter read attempts by plan and result",
+            ["plan", "result"],
+            registry=self.registry,
+        )
+        self.started = time.monotonic()
+        self.sources: dict[str, Callable[[], Any]] = {}
+        self.registry.register(_Live(self._live))
+
+    def outcome(self, plan: str, reason: str | None) -> None:
+        self.reads.labels(plan, reason or "ok").inc()
+
+    def _live(self) -> Iterable[Metric]:
+        uptime = max(time.monotonic() - self.started, 1e-9)
+        src = self.sources
+        if "outbox_depth" in src:
+            g = GaugeMetricFamily(
+                "meterlink_outbox_depth", "Rows waiting for PUBACK", labels=["kind"]
+            )
+            for kind, n in src["outbox_depth"]().items():
+                g.add_metric([kind], n)
+            yield g
+        if "outbox_evicted" in src:
+            g = GaugeMetricFamily(
+                "meterlink_outbox_evicted_total", "Rows evicted by the disk budget", labels=["kind"]
+            )
+            for kind, n in src["outbox_evicted"]().items():
+                g.add_metric([kind], n)
+            yield g
+        if "publish_latency" in src:
+            yield GaugeMetricFamily(
+                "meterlink_publish_latency_seconds",
+                "Outbox put to PUBACK",
+                value=src["publish_latency"](),
+            )
+        if "bus_busy" in src:
+            g = GaugeMetricFamily(
+                "meterlink_bus_busy_ratio", "Share of time in exchanges", labels=["bus"]
+            )
+            for bus, seconds in src["bus_busy"]().items():
+                g.add_metric([bus], seconds / uptime)
+            yield g
+        if "offline" in src:
+            yield GaugeMetricFamily(
+                "meterlink_meters_offline", "Meters marked offline", value=src["offline"]()
+            )
+        if "connected" in src:
+            yield GaugeMetricFamily(
+                "meterlink_mqtt_connected", "Connected to the broker", value=src["connected"]()
+            )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def serve_metrics(metrics: AgentMetrics, listen: str) -> None:
+    """Serve /metrics until cancelled."""
+    host, _, port = listen.rpartition(":")
+
+    async def handle(_request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+    await site.start()
+    log.info("metrics on http://%s/metrics", listen)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,1 @@
+"""Reading plans: daily freeze collection, interval reads, time discipline."""

@@ -1,0 +1,256 @@
+"""Technician commands on the same transports as the agent: `meterlink read` and `meterlink scan`.
+
+meterlink read --bus serial:///dev/ttyUSB0 --meter 123456789012 00010000 voltage_a_v --trace
+meterlink scan --bus tcp://10.0.0.7:4001 --config /etc/meterlink/agent.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.dlt645 import Dlt645Client, FrameSink, reason_of
+from agent.plans.interval import resolve_items
+from agent.transports import BusUrl, BusUrlError, TransportError, open_byte_transport
+from meterlink.config import ConfigError
+from protocols.dlt645 import (
+    WILDCARD,
+    Address,
+    Edition,
+    ReadAddressRequest,
+    ReadRequest,
+    hex_spaced,
+    to_frame,
+)
+from protocols.errors import LocalProtocolError
+
+__all__ = ["READ", "SCAN", "scan_bus"]
+
+
+def _trace(direction: str, data: bytes) -> None:
+    print(f"{direction} {hex_spaced(data)}", file=sys.stderr, flush=True)
+
+
+def _bus(text: str) -> BusUrl:
+    try:
+        return BusUrl.parse(text)
+    except BusUrlError as exc:
+        raise SystemExit(f"meterlink: {exc}") from None
+
+
+class _Read:
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--bus", required=True, help="bus URL, e.g. serial:///dev/ttyUSB0?baud=2400"
+        )
+        parser.add_argument("--meter", required=True, help="meter address (nameplate order)")
+        parser.add_argument("--edition", choices=["2007", "1997"], default="2007")
+        parser.add_argument("--trace", action="store_true", help="print every frame on stderr")
+        parser.add_argument("--json", action="store_true", help="one JSON object per item")
+        parser.add_argument("items", nargs="+", help="DIs (hex) or measurement names")
+
+    def run(self, args: argparse.Namespace) -> int:
+        url = _bus(args.bus)
+        edition = Edition(args.edition)
+        try:
+            address = Address.parse(args.meter)
+            dis = resolve_items(args.items, edition)
+        except LocalProtocolError as exc:
+            print(f"meterlink read: {exc}", file=sys.stderr)
+            return 2
+        return asyncio.run(self._read(url, address, edition, dis, args))
+
+    async def _read(
+        self,
+        url: BusUrl,
+        address: Address,
+        edition: Edition,
+        dis: list[int],
+        args: argparse.Namespace,
+    ) -> int:
+        failed = 0
+        width = 8 if edition is Edition.V2007 else 4
+        try:
+            async with open_byte_transport(url, trace=_trace if args.trace else None) as bus:
+                client = Dlt645Client(bus)
+                for di in dis:
+                    try:
+                        result = await client.read(address, di, edition)
+                    except Exception as exc:
+                        reason, detail = reason_of(exc)
+                        failed += 1
+                        if args.json:
+                            print(
+                                json.dumps(
+                                    {
+                                        "di": f"{di:0{width}X}",
+                                        "error": reason.value,
+                                        "detail": detail,
+                                    }
+                                )
+                            )
+                        else:
+                            print(f"{di:0{width}X}  FAILED {reason.value}: {detail}")
+                        continue
+                    if args.json:
+                        values = {m.name: m.as_json() for m in result.measurements}
+                        print(
+                            json.dumps(
+                                {"di": f"{di:0{width}X}", "values": values}, ensure_ascii=False
+                            )
+                        )
+                    elif not result.measurements:
+                        print(f"{di:0{width}X}  (not catalogued) {hex_spaced(result.value)}")
+                    for m in result.measurements if not args.json else []:
+                        unit = f" {m.unit}" if m.unit else ""
+                        flags = f"  [{', '.join(m.flags)}]" if m.flags else ""
+                        print(f"{di:0{width}X}  {m.name} = {m.value}{unit}{flags}")
+        except TransportError as exc:
+            print(f"meterlink read: {exc}", file=sys.stderr)
+            return 1
+        return 1 if failed else 0
+
+
+@dataclass
+class ScanResult:
+    found: list[str] = field(default_factory=list)
+    probes: int = 0
+    collisions: int = 0
+
+
+async def _probe(client: Dlt645Client, address: Address) -> tuple[list[str], bool]:
+    """Ask every meter matching `address` for its address; (clean replies, collision seen)."""
+    if address.is_wildcard:
+        request = to_frame(WILDCARD, ReadAddressRequest())
+    else:
+        request = to_frame(address, ReadRequest(0x04000401))
+    sink = FrameSink(Edition.V2007)
+    with contextlib.suppress(TransportError):  # silence is an answer: nobody matches
+        await client.transport.exchange(
+            request.to_bytes(client.transport.url.wakeup), _Listen(sink)
+        )
+    found = sorted({f.address.digits for f in sink.frames if f.address.is_specific})
+    collided = bool(sink.errors) or len(sink.frames) > 1
+    return found, collided
+
+
+class _Listen:
+    """Listen for the whole reply window: several meters may answer one probe."""
+
+    def __init__(self, sink: FrameSink) -> None:
+        self.sink = sink
+
+    def feed(self, data: bytes) -> bool:
+        self.sink.feed(data)
+        return False
+
+    @property
+    def started(self) -> bool:
+        return False  # keep the window open until it ends, even after a frame
+
+
+async def scan_bus(client: Dlt645Client, *, progress: Any = None) -> ScanResult:
+    """Find every meter on a multi-drop bus.
+
+    First 13H to all-AA: one clean reply and no noise means one meter. Otherwise a search on
+    shortened addresses (缩位寻址), lowest byte first: probe ``AA…AA xx`` for each xx; silence
+    prunes, one clean reply finds a meter, a collision (several replies, or garbled bytes) fixes
+    that byte and descends to the next. Cost: at most 100 probes per ambiguous byte.
+    """
+    result = ScanResult()
+    found, collided = await _probe(client, WILDCARD)
+    result.probes += 1
+    if found and not collided:
+        result.found = found
+        return result
+    result.collisions += collided
+    seen: set[str] = set()
+
+    async def descend(prefix: bytes) -> None:
+        for low in range(100):
+            digit = bytes((((low // 10) << 4) | (low % 10),))
+            wire = prefix + digit + b"\xaa" * (6 - len(prefix) - 1)
+            replies, collision = await _probe(client, Address(wire))
+            result.probes += 1
+            if progress:
+                progress(result)
+            seen.update(replies)
+            if collision and len(prefix) + 1 < 6:
+                result.collisions += 1
+                await descend(prefix + digit)
+
+    await descend(b"")
+    result.found = sorted(seen)
+    return result
+
+
+class _Scan:
+    def configure(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--bus", required=True, help="bus URL")
+        parser.add_argument("--config", type=Path, help="agent config: compare with its archive")
+        parser.add_argument("--bus-name", help="which configured bus this is (default: by URL)")
+        parser.add_argument(
+            "--reply-timeout-ms",
+            type=int,
+            default=300,
+            help="silence that ends a probe (default 300; the standard allows 500)",
+        )
+        parser.add_argument("--trace", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        url = _bus(args.bus)
+        archived: set[str] | None = None
+        if args.config:
+            from agent.archive import ArchiveStore
+            from agent.config import load_config
+
+            try:
+                cfg = load_config(args.config)
+                names = [
+                    b.name
+                    for b in cfg.buses
+                    if args.bus_name in (b.name, None) and (args.bus_name or b.url == args.bus)
+                ]
+                archived = {
+                    m.address.rjust(12, "0")
+                    for m in ArchiveStore.preview(cfg)
+                    if m.address is not None and (not names or m.bus in names)
+                }
+            except ConfigError as exc:
+                print(f"meterlink scan: configuration error: {exc}", file=sys.stderr)
+                return exc.exit_code
+        import dataclasses
+
+        url = dataclasses.replace(url, reply_timeout_ms=args.reply_timeout_ms)
+        result = asyncio.run(self._scan(url, args.trace))
+        print(
+            f"{len(result.found)} meters found "
+            f"({result.probes} probes, {result.collisions} collisions)"
+        )
+        for address in result.found:
+            mark = (
+                ""
+                if archived is None
+                else ("  archived" if address in archived else "  NOT IN ARCHIVE")
+            )
+            print(f"  {address}{mark}")
+        if archived is not None:
+            missing = sorted(archived - set(result.found))
+            print(f"{len(missing)} archived meters not found")
+            for address in missing:
+                print(f"  {address}  NOT FOUND")
+        return 0
+
+    async def _scan(self, url: BusUrl, trace: bool) -> ScanResult:
+        async with open_byte_transport(url, trace=_trace if trace else None) as bus:
+            return await scan_bus(Dlt645Client(bus))
+
+
+READ = _Read()
+SCAN = _Scan()
