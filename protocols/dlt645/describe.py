@@ -14,11 +14,33 @@ from protocols.dlt645.messages import ErrorReply, Message, ReadReply, flag_names
 from protocols.dlt645.security import SecurityErrorReply
 from protocols.errors import RemoteProtocolError
 
-__all__ = ["describe", "hex_spaced", "message_fields", "values_of"]
+__all__ = [
+    "TRACE_RX",
+    "TRACE_TX",
+    "describe",
+    "hex_spaced",
+    "message_fields",
+    "trace_line",
+    "values_of",
+]
 
 
 def hex_spaced(data: bytes) -> str:
     return data.hex(" ").upper()
+
+
+#: direction marks of a frame trace, seen from the master: "->" sent to the meter(s),
+#: "<-" received from the line. The agent and the simulator print the same lines, so a
+#: technician can diff the two traces.
+TRACE_TX = "->"
+TRACE_RX = "<-"
+
+
+def trace_line(direction: str, data: bytes) -> str:
+    """One trace line: ``"-> FE FE 68 …"`` (request) or ``"<- 68 …"`` (reply)."""
+    if direction not in (TRACE_TX, TRACE_RX):
+        raise ValueError(f"trace direction is {TRACE_TX!r} or {TRACE_RX!r}, not {direction!r}")
+    return f"{direction} {hex_spaced(data)}".rstrip()
 
 
 def values_of(di: int, value: bytes, edition: Edition) -> dict[str, dict[str, object]]:

@@ -1,0 +1,1 @@
+"""One module per Modbus meter model; each defines `MAP` (a `RegisterMap`)."""
