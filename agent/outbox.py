@@ -1,0 +1,561 @@
+"""The store-and-forward outbox: every reading, round report and event is committed here before
+anything tries to publish it, and deleted only after the broker's PUBACK.
+
+One SQLite file in WAL mode, owned by one writer: a dedicated single-thread executor holds the
+only connection, and every public method is a coroutine that runs its work there, so writes are
+serialised without locks and the event loop never blocks on disk.
+
+Durability: ``synchronous=FULL``. In WAL mode ``NORMAL`` keeps the file consistent but may roll
+back the last transactions on power loss (the WAL is not fsynced per commit); a reading whose
+`put` returned must survive power loss, so every commit is fsynced. Readings arrive in batches
+(`put_many`), so this costs one fsync per batch, not per reading.
+
+Opening: ``PRAGMA integrity_check``; a file that fails it (or is not a database at all) is
+renamed aside with a timestamp, logged, counted, and a fresh outbox is created whose first
+``events`` row (``outbox_corrupt``) tells the centre. A file written by a newer schema version
+is refused (not moved): it is not corrupt, this build is just too old for it.
+
+Disk budget: `bytes_used` counts the stored payload bytes plus `ROW_OVERHEAD` per row (so it is
+deterministic; the file itself is larger by SQLite's page overhead and the WAL, whose size after
+a checkpoint is capped by ``journal_size_limit``). When a put takes it above `max_bytes`, rows
+are evicted down to `LOW_WATER` x `max_bytes` (hysteresis: one eviction frees room for many puts
+and yields one event, not one per put) by the chosen policy:
+
+``oldest_readings`` (default)
+    oldest readings first; round reports, then events, only once no reading is left. Readings are
+    nearly all of the volume, old daily frozen values can be read again from the meters' own
+    frozen history by backfill, while a round report is the only record of *why* meters are
+    missing and events are few and small.
+``oldest``
+    strictly oldest row first, whatever its kind.
+
+Rows written by the put that triggered the eviction are never evicted by it. Every evicted row is
+counted in `evicted` and reported by an ``outbox_eviction`` row in ``events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, NamedTuple, TypeVar
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "EVICTION_POLICIES",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "STORED_KINDS",
+    "Outbox",
+    "OutboxError",
+    "OutboxRow",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STORED_KINDS: Final = ("readings", "rounds", "events")
+EVICTION_POLICIES: Final = ("oldest_readings", "oldest")
+DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+ROW_OVERHEAD: Final = 64
+"""bytes charged per row on top of its payload (rowid, columns, index entry)"""
+LOW_WATER: Final = 0.9
+MAX_DEAD_LETTERS: Final = 1000
+"""dead letters kept for inspection; older ones are dropped (and counted) beyond this"""
+_EVICTION_ORDER: Final = {
+    "oldest_readings": (("readings",), ("rounds",), ("events",)),
+    "oldest": (STORED_KINDS,),
+}
+
+# Each step moves the schema from version i to i+1 (index i). Append, never edit: a file at
+# any older version is brought up to date by running the steps it has not seen, in order.
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (  # 0 -> 1: the queue
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('readings', 'rounds', 'events')),
+            payload TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX outbox_kind_id ON outbox (kind, id)",
+    ),
+    (  # 1 -> 2: rows that can never validate are parked here instead of blocking the queue;
+        # the epoch makes batch ids unique across a rebuilt file (AUTOINCREMENT restarts at 1)
+        """CREATE TABLE dead_letter (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            failed_at REAL NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO meta (key, value) VALUES ('epoch', lower(hex(randomblob(4))))",
+    ),
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+class OutboxError(RuntimeError):
+    """The outbox cannot be used (newer schema, closed, unusable file)."""
+
+
+class OutboxRow(NamedTuple):
+    id: int
+    payload: dict[str, Any]
+    created_at: float
+    """wall-clock time of the put (seconds since the epoch), for put-to-PUBACK latency"""
+
+
+@dataclass
+class _Eviction:
+    counts: dict[str, int]
+    freed: int
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _encode(payload: dict[str, Any]) -> str:
+    if not isinstance(payload, dict):
+        raise TypeError(f"outbox payloads are dicts, not {type(payload).__name__}")
+    try:
+        return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:  # NaN / infinity cannot be sent as JSON
+        raise ValueError(f"payload cannot be encoded as JSON: {exc}") from None
+
+
+def _row_size(text: str) -> int:
+    return len(text.encode("utf-8")) + ROW_OVERHEAD
+
+
+class Outbox:
+    """Open with ``await Outbox.open(path)``; see the module docstring for the guarantees."""
+
+    def __init__(self, path: Path, *, max_bytes: int, eviction: str) -> None:
+        """Use `open`; this only sets up state, the file is opened on the writer thread."""
+        if eviction not in EVICTION_POLICIES:
+            raise ValueError(f"eviction policy {eviction!r} is not one of {EVICTION_POLICIES}")
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        self.path = path
+        self.max_bytes = max_bytes
+        self.eviction = eviction
+        self.evicted: dict[str, int] = dict.fromkeys(STORED_KINDS, 0)
+        """rows evicted by the disk budget since open, by kind"""
+        self.evictions = 0
+        """eviction episodes since open (each wrote one outbox_eviction event)"""
+        self.dead_lettered = 0
+        """rows moved to the dead-letter table since open"""
+        self.dead_letters_dropped = 0
+        self.moved_aside: Path | None = None
+        """where a corrupt file found at open was moved (None if the file was sound)"""
+        self.put_count = 0
+        """puts completed since open (rows, not calls); see `wait_for_put`"""
+        self.epoch = ""
+        """random id of this outbox file; part of batch ids"""
+        self._bytes_used = 0
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="outbox-writer"
+        )
+        self._put_event = asyncio.Event()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        eviction: str = "oldest_readings",
+    ) -> Outbox:
+        outbox = cls(Path(path), max_bytes=max_bytes, eviction=eviction)
+        try:
+            await outbox._run(outbox._open_sync)
+        except BaseException:
+            await outbox.close()
+            raise
+        return outbox
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(executor, self._close_sync)
+        finally:
+            executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> Outbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- public API ---------------------------------------------------------------------------
+    @property
+    def bytes_used(self) -> int:
+        """Stored payload bytes plus `ROW_OVERHEAD` per row, over the outbox rows."""
+        return self._bytes_used
+
+    async def put(self, kind: str, payload: dict[str, Any]) -> int:
+        """Commit one row; returns its id once it is durable."""
+        (row_id,) = await self.put_many(kind, [payload])
+        return row_id
+
+    async def put_many(self, kind: str, payloads: list[dict[str, Any]]) -> list[int]:
+        """Commit rows of one kind in one transaction; returns their ids once durable."""
+        if kind not in STORED_KINDS:
+            raise ValueError(f"the outbox stores {STORED_KINDS}, not {kind!r}")
+        texts = [_encode(p) for p in payloads]
+        if not texts:
+            return []
+        ids = await self._run(functools.partial(self._put_sync, kind, texts))
+        self.put_count += len(ids)
+        self._put_event.set()
+        return ids
+
+    async def peek(self, kind: str, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """The oldest `limit` rows of `kind` as (id, payload), oldest first; nothing is removed."""
+        return [(row.id, row.payload) for row in await self.peek_rows(kind, limit)]
+
+    async def peek_rows(self, kind: str, limit: int) -> list[OutboxRow]:
+        """Like `peek`, with each row's put time."""
+        if kind not in STORED_KINDS:
+            raise ValueError(f"the outbox stores {STORED_KINDS}, not {kind!r}")
+        return await self._run(functools.partial(self._peek_sync, kind, limit))
+
+    async def ack(self, ids: Sequence[int]) -> None:
+        """Delete rows the broker has acknowledged. Unknown ids are ignored (already evicted)."""
+        if ids:
+            await self._run(functools.partial(self._delete_sync, list(ids)))
+
+    async def dead_letter(self, ids: Sequence[int], reason: str) -> None:
+        """Move rows that can never be published out of the queue, keeping them for inspection."""
+        if ids:
+            await self._run(functools.partial(self._dead_letter_sync, list(ids), reason))
+
+    async def dead_letters(self, limit: int = 100) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """The newest dead letters as (id, kind, reason, payload)."""
+        return await self._run(functools.partial(self._dead_letters_sync, limit))
+
+    async def depth(self) -> dict[str, int]:
+        """Rows waiting, by kind (every stored kind present), plus ``dead_letter``."""
+        return await self._run(self._depth_sync)
+
+    async def wait_for_put(self, seen: int) -> None:
+        """Return once `put_count` exceeds `seen` (bound it with ``asyncio.timeout``)."""
+        while self.put_count <= seen:
+            self._put_event.clear()
+            await self._put_event.wait()
+
+    # --- writer thread ------------------------------------------------------------------------
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise OutboxError(f"outbox {self.path} is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise OutboxError(f"outbox {self.path} is not open")
+        return self._conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._db
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # SQLite may already have rolled back (disk full, I/O)
+                conn.execute("ROLLBACK")
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
+        return sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        problem: str | None = None
+        conn = self._connect()
+        try:
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+            if rows != [("ok",)]:
+                problem = "; ".join(str(r[0]) for r in rows[:5])
+        except sqlite3.DatabaseError as exc:
+            if not _means_corrupt(exc):  # locked, unreadable, read-only: not ours to move
+                conn.close()
+                raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+            problem = str(exc)
+        if problem is not None:
+            conn.close()
+            self.moved_aside = self._move_aside()
+            log.error(
+                "outbox %s failed its integrity check (%s); moved it to %s and started empty",
+                self.path,
+                problem,
+                self.moved_aside,
+                extra={"outbox": str(self.path), "moved_to": str(self.moved_aside)},
+            )
+            conn = self._connect()
+        self._conn = conn
+        try:
+            self._configure()
+            self._migrate()
+        except BaseException:
+            self._close_sync()
+            raise
+        (self.epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        (used,) = conn.execute("SELECT coalesce(sum(size), 0) FROM outbox").fetchone()
+        self._bytes_used = int(used)
+        if self.moved_aside is not None:
+            self._insert_event(
+                "outbox_corrupt",
+                {"moved_to": str(self.moved_aside), "problem": problem or ""},
+            )
+
+    def _move_aside(self) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        for n in range(1000):
+            suffix = f".corrupt-{stamp}" + (f"-{n}" if n else "")
+            target = self.path.with_name(self.path.name + suffix)
+            if not target.exists():
+                break
+        else:
+            raise OutboxError(f"too many corrupt copies of {self.path}")
+        self.path.rename(target)
+        for side in ("-wal", "-shm"):
+            sibling = self.path.with_name(self.path.name + side)
+            if sibling.exists():
+                sibling.rename(target.with_name(target.name + side))
+        return target
+
+    def _configure(self) -> None:
+        conn = self._db
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(mode).lower() != "wal":
+            raise OutboxError(f"cannot put {self.path} in WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA journal_size_limit = 4194304")
+
+    def _migrate(self) -> None:
+        conn = self._db
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"outbox {self.path} has schema version {version}, newer than this agent's "
+                f"{SCHEMA_VERSION}; refusing to touch it"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            with self._transaction():
+                for statement in MIGRATIONS[step]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {step + 1}")
+            log.info("outbox %s migrated to schema version %d", self.path, step + 1)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _insert(self, kind: str, text: str, now: float) -> int:
+        cur = self._db.execute(
+            "INSERT INTO outbox (kind, payload, size, created_at) VALUES (?, ?, ?, ?)",
+            (kind, text, _row_size(text), now),
+        )
+        self._bytes_used += _row_size(text)
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def _insert_event(self, event: str, detail: dict[str, Any]) -> None:
+        payload = {"at": _now_iso(), "event": event, "detail": detail}
+        with self._transaction():
+            self._insert("events", _encode(payload), time.time())
+
+    def _put_sync(self, kind: str, texts: list[str]) -> list[int]:
+        now = time.time()
+        before = self._bytes_used
+        try:
+            with self._transaction():
+                ids = [self._insert(kind, text, now) for text in texts]
+                eviction = None
+                if self._bytes_used > self.max_bytes:
+                    eviction = self._evict(below_id=ids[0]) or None
+                    if eviction is not None:
+                        self._insert("events", _encode(self._eviction_event(eviction)), now)
+        except BaseException:
+            self._bytes_used = before
+            raise
+        if eviction is not None:
+            self.evictions += 1
+            for evicted_kind, n in eviction.counts.items():
+                self.evicted[evicted_kind] += n
+            log.warning(
+                "outbox over its %d byte budget: evicted %s (%d bytes) by policy %s",
+                self.max_bytes,
+                eviction.counts,
+                eviction.freed,
+                self.eviction,
+                extra={"evicted": eviction.counts, "policy": self.eviction},
+            )
+        return ids
+
+    def _eviction_event(self, eviction: _Eviction) -> dict[str, Any]:
+        return {
+            "at": _now_iso(),
+            "event": "outbox_eviction",
+            "detail": {
+                "evicted": eviction.counts,
+                "freed_bytes": eviction.freed,
+                "policy": self.eviction,
+                "max_bytes": self.max_bytes,
+                "evicted_total": {
+                    k: self.evicted[k] + eviction.counts.get(k, 0) for k in STORED_KINDS
+                },
+            },
+        }
+
+    def _evict(self, *, below_id: int) -> _Eviction:
+        """Delete rows older than `below_id` by policy until at or below the low-water mark."""
+        conn = self._db
+        target = math.floor(self.max_bytes * LOW_WATER)
+        counts: dict[str, int] = {}
+        freed = 0
+        for kinds in _EVICTION_ORDER[self.eviction]:
+            if self._bytes_used <= target:
+                break
+            kinds_json = json.dumps(kinds)
+            rows = conn.execute(
+                "SELECT id, kind, size FROM outbox WHERE kind IN (SELECT value FROM json_each(?)) "
+                "AND id < ? ORDER BY id",
+                (kinds_json, below_id),
+            )
+            cutoff = None
+            stage: dict[str, int] = {}
+            for row_id, kind, size in rows:
+                cutoff = row_id
+                stage[kind] = stage.get(kind, 0) + 1
+                self._bytes_used -= size
+                freed += size
+                if self._bytes_used <= target:
+                    break
+            if cutoff is not None:
+                conn.execute(
+                    "DELETE FROM outbox WHERE kind IN (SELECT value FROM json_each(?)) AND id <= ?",
+                    (kinds_json, cutoff),
+                )
+                for kind, n in stage.items():
+                    counts[kind] = counts.get(kind, 0) + n
+        return _Eviction(counts, freed)
+
+    def _peek_sync(self, kind: str, limit: int) -> list[OutboxRow]:
+        rows = self._db.execute(
+            "SELECT id, payload, created_at FROM outbox WHERE kind = ? ORDER BY id LIMIT ?",
+            (kind, limit),
+        ).fetchall()
+        out: list[OutboxRow] = []
+        unreadable: list[int] = []
+        for row_id, text, created_at in rows:
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                unreadable.append(row_id)
+                continue
+            out.append(OutboxRow(row_id, payload, created_at))
+        if unreadable:  # cannot happen through put(); a damaged row must not block the queue
+            self._dead_letter_sync(unreadable, "payload is not JSON")
+        return out
+
+    def _delete_sync(self, ids: list[int]) -> None:
+        with self._transaction() as conn:
+            self._bytes_used -= self._size_of(ids)
+            conn.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(ids),),
+            )
+
+    def _size_of(self, ids: list[int]) -> int:
+        (size,) = self._db.execute(
+            "SELECT coalesce(sum(size), 0) FROM outbox "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(ids),),
+        ).fetchone()
+        return int(size)
+
+    def _dead_letter_sync(self, ids: list[int], reason: str) -> int:
+        ids_json = json.dumps(ids)
+        with self._transaction() as conn:
+            size = self._size_of(ids)
+            cur = conn.execute(
+                "INSERT INTO dead_letter (id, kind, payload, created_at, failed_at, reason) "
+                "SELECT id, kind, payload, created_at, ?, ? FROM outbox "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                (time.time(), reason, ids_json),
+            )
+            moved = cur.rowcount
+            conn.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (ids_json,)
+            )
+            (count,) = conn.execute("SELECT count(*) FROM dead_letter").fetchone()
+            dropped = max(0, count - MAX_DEAD_LETTERS)
+            conn.execute(
+                "DELETE FROM dead_letter WHERE id IN "
+                "(SELECT id FROM dead_letter ORDER BY id LIMIT ?)",
+                (dropped,),
+            )
+        self._bytes_used -= size
+        self.dead_letters_dropped += dropped
+        self.dead_lettered += moved
+        log.error(
+            "outbox: %d row(s) moved to the dead-letter table: %s",
+            moved,
+            reason,
+            extra={"dead_letter_ids": ids[:20], "reason": reason},
+        )
+        return moved
+
+    def _dead_letters_sync(self, limit: int) -> list[tuple[int, str, str, dict[str, Any]]]:
+        rows = self._db.execute(
+            "SELECT id, kind, reason, payload FROM dead_letter ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        out = []
+        for row_id, kind, reason, text in rows:
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                payload = {"unparsed": text}
+            out.append((row_id, kind, reason, payload))
+        return out
+
+    def _depth_sync(self) -> dict[str, int]:
+        depth = dict.fromkeys(STORED_KINDS, 0)
+        for kind, n in self._db.execute("SELECT kind, count(*) FROM outbox GROUP BY kind"):
+            depth[kind] = n
+        (depth["dead_letter"],) = self._db.execute("SELECT count(*) FROM dead_letter").fetchone()
+        return depth
+
+
+def _means_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
