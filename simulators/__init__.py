@@ -1,1 +1,59 @@
-"""meterlink simulators package."""
+"""meterlink meter simulator: meters, buses, lines and faults that behave like the field.
+
+In-process API (tests, benches):
+
+    from simulators import parse_fleet, serve_fleet
+    fleet = parse_fleet(TOML)                       # or load_fleet(path)
+    fleet.world.freeze(datetime(2026, 3, 10, 23, 59, 30))
+    async with serve_fleet(fleet, transport="tcp") as serving:
+        host, port = serving.endpoint("485-1").address
+        ...                                         # talk DL/T 645 to it
+    fleet.meter("000000000001").values()["energy_import_total_kwh"]
+    fleet.recorder.records                          # who answered what
+
+See docs/simulator.md.
+"""
+
+from simulators.bus import Bus, Transmission
+from simulators.clock import MeterClock, WorldClock
+from simulators.esam import EncryptionMachine, Esam
+from simulators.faults import BusFaults, MeterFaults, NoiseWindow
+from simulators.fleet import Fleet, FleetError, archive_entries, load_fleet, parse_fleet
+from simulators.meter import FreezeRecord, Identity, Meter
+from simulators.models import MODELS, Model
+from simulators.record import OUTCOMES, AnswerRecord, Recorder
+from simulators.relay import Relay
+from simulators.server import Endpoint, Serving, serve_fleet
+from simulators.wallet import Limits, PurchaseRecord, Wallet
+
+__all__ = [
+    "MODELS",
+    "OUTCOMES",
+    "AnswerRecord",
+    "Bus",
+    "BusFaults",
+    "EncryptionMachine",
+    "Endpoint",
+    "Esam",
+    "Fleet",
+    "FleetError",
+    "FreezeRecord",
+    "Identity",
+    "Limits",
+    "Meter",
+    "MeterClock",
+    "MeterFaults",
+    "Model",
+    "NoiseWindow",
+    "PurchaseRecord",
+    "Recorder",
+    "Relay",
+    "Serving",
+    "Transmission",
+    "Wallet",
+    "WorldClock",
+    "archive_entries",
+    "load_fleet",
+    "parse_fleet",
+    "serve_fleet",
+]

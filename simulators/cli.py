@@ -1,0 +1,111 @@
+"""`meterlink sim serve|fleet` — the meter simulator for technicians and tests.
+
+serve: serves every bus of a fleet file (pty by default, or TCP, or a real serial device),
+prints one line per bus with where to connect, then runs until interrupted. `-v` prints every
+frame as spaced hex with a direction mark (``->`` request, ``<-`` reply), as the agent traces.
+fleet: prints the commented example fleet, or a fleet's meter archive as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+
+from simulators.fleet import FleetError, load_fleet
+from simulators.record import Recorder
+
+EXAMPLE = Path(__file__).with_name("fleets") / "example.toml"
+EX_CONFIG = 78
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    serve = sub.add_parser("serve", help="serve a fleet of simulated meters")
+    serve.add_argument("--fleet", type=Path, required=True, help="fleet file (TOML)")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument(
+        "--pty", nargs="?", const="", metavar="PATH",
+        help="serve on pseudo-terminals (default); PATH = a symlink to the first bus's pty",
+    )  # fmt: skip
+    where.add_argument("--tcp", metavar="HOST:PORT", help="TCP transparent serial server(s)")
+    where.add_argument("--serial", metavar="DEV", help="a real serial device (one-bus fleet)")
+    serve.add_argument(
+        "--timing", action="store_true",
+        help="line timing: 20-500 ms reply delay, bytes paced at 11 bits/byte at the bus baud",
+    )  # fmt: skip
+    serve.add_argument("--record", type=Path, metavar="FILE", help="answer record as JSONL")
+    serve.add_argument("-v", "--verbose", action="store_true", help="print every frame")
+
+    fleet = sub.add_parser("fleet", help="print the example fleet or a fleet's archive")
+    what = fleet.add_mutually_exclusive_group(required=True)
+    what.add_argument("--example", action="store_true", help="print a commented fleet file")
+    what.add_argument("--archive", action="store_true", help="print the meter archive (JSON)")
+    fleet.add_argument("--fleet", type=Path, help="fleet file for --archive")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "fleet":
+        return _fleet(args)
+    return asyncio.run(_serve(args))
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    if args.example:
+        sys.stdout.write(EXAMPLE.read_text(encoding="utf-8"))
+        return 0
+    if args.fleet is None:
+        print("meterlink sim fleet --archive needs --fleet FILE", file=sys.stderr)
+        return 2
+    try:
+        fleet = load_fleet(args.fleet)
+    except FleetError as exc:
+        print(f"meterlink sim: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    json.dump(fleet.archive(), sys.stdout, ensure_ascii=False, indent=1)
+    sys.stdout.write("\n")
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from simulators.server import serve_fleet
+
+    recorder = Recorder(args.record)
+    try:
+        fleet = load_fleet(args.fleet, recorder=recorder)
+    except FleetError as exc:
+        print(f"meterlink sim: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    kwargs: dict[str, object] = {}
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        kwargs.update(transport="tcp", host=host or "127.0.0.1", port=int(port))
+    elif args.serial:
+        kwargs.update(transport="serial", serial=args.serial)
+    else:
+        kwargs.update(transport="pty", link=Path(args.pty) if args.pty else None)
+    trace = (lambda line: print(line, flush=True)) if args.verbose else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with serve_fleet(fleet, timing=args.timing, trace=trace, **kwargs) as serving:  # type: ignore[arg-type]
+            meters = {e.bus: len(fleet.bus(e.bus).meters) for e in serving.endpoints}
+            for endpoint in serving.endpoints:
+                print(f"bus {endpoint.describe()} meters={meters[endpoint.bus]}", flush=True)
+            print("ready", flush=True)
+            await stop.wait()
+    except (OSError, ValueError) as exc:
+        print(f"meterlink sim: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        recorder.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+    return 0

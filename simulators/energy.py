@@ -1,0 +1,159 @@
+"""What a simulated meter measures: a load profile, a time-of-use table, and the energy that
+follows from them, as pure functions of the meter's own clock.
+
+Power is piecewise constant per hour: ``base_kw * shape[hour] * day_factor(date)``, so the
+energy registers are the exact integral of the power the meter reports, split over tariffs by
+the time-of-use table. Pauses (relay open) and clock re-sets keep the registers continuous.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["DEFAULT_SHAPE", "DEFAULT_TOU", "Accumulator", "LoadProfile", "TouTable"]
+
+#: a residential day: low at night, peaks in the morning and evening (multiples of base load)
+DEFAULT_SHAPE = (
+    0.45, 0.4, 0.38, 0.36, 0.38, 0.5, 0.8, 1.1, 1.0, 0.9, 0.85, 0.9,
+    1.0, 0.9, 0.85, 0.85, 0.95, 1.3, 1.7, 1.8, 1.6, 1.3, 0.9, 0.6,
+)  # fmt: skip
+
+#: tariff per hour of day, 1 = 尖 sharp, 2 = 峰 peak, 3 = 平 flat, 4 = 谷 valley (a common
+#: provincial split; real tables change by province and season)
+DEFAULT_TOU = (
+    4, 4, 4, 4, 4, 4, 4, 4, 3, 3, 2, 1,
+    1, 3, 3, 3, 3, 2, 2, 1, 1, 2, 3, 4,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TouTable:
+    """Which tariff applies in each hour. A meter with one tariff books everything on T1."""
+
+    tariffs: int = 4
+    hours: tuple[int, ...] = DEFAULT_TOU
+
+    def tariff_at(self, hour: int) -> int:
+        if self.tariffs <= 1:
+            return 1
+        return min(self.hours[hour], self.tariffs)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadProfile:
+    base_kw: float
+    salt: int
+    """per-meter number that varies the day factors (from the fleet seed)"""
+    shape: tuple[float, ...] = DEFAULT_SHAPE
+
+    def day_factor(self, day: dt.date) -> float:
+        """0.7..1.3, deterministic per (meter, date): weekends and weather in one number."""
+        h = (day.toordinal() * 2654435761 + self.salt * 40503) & 0xFFFFFFFF
+        h ^= h >> 13
+        h = (h * 1274126177) & 0xFFFFFFFF
+        return 0.7 + 0.6 * (h / 0xFFFFFFFF)
+
+    def power_kw(self, when: dt.datetime) -> float:
+        return self.base_kw * self.shape[when.hour] * self.day_factor(when.date())
+
+
+@dataclass
+class Accumulator:
+    """Energy per tariff (index 1..n) as a function of meter time.
+
+    ``value(t) = initial + integral of the profile from origin to t + offset``; `offset` absorbs
+    pauses and clock re-sets so that what the meter shows never jumps.
+    """
+
+    profile: LoadProfile
+    tou: TouTable
+    origin: dt.date
+    initial: tuple[float, ...]
+    ratio: float = 1.0
+    """this register's share of the profile (0 for an export register of a pure consumer)"""
+    offset: list[float] = field(default_factory=list)
+    paused_at: dt.datetime | None = None
+    _days: dict[dt.date, tuple[float, ...]] = field(default_factory=dict)
+    _shares: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.offset:
+            self.offset = [0.0] * self.tou.tariffs
+
+    def _full_day_shares(self) -> tuple[float, ...]:
+        """Sum of the day's shape per tariff (what one whole day books on each tariff)."""
+        if self._shares is None:
+            shares = [0.0] * self.tou.tariffs
+            for hour in range(24):
+                shares[self.tou.tariff_at(hour) - 1] += self.profile.shape[hour]
+            self._shares = tuple(shares)
+        return self._shares
+
+    def _day_energy(self, day: dt.date, until_hour: float = 24.0) -> list[float]:
+        factor = self.profile.day_factor(day) * self.profile.base_kw * self.ratio
+        if until_hour >= 24.0:
+            return [share * factor for share in self._full_day_shares()]
+        out = [0.0] * self.tou.tariffs
+        full = math.floor(until_hour)
+        for hour in range(full):
+            out[self.tou.tariff_at(hour) - 1] += self.profile.shape[hour] * factor
+        part = until_hour - full
+        out[self.tou.tariff_at(full) - 1] += self.profile.shape[full] * factor * part
+        return out
+
+    def _at_midnight(self, day: dt.date) -> tuple[float, ...]:
+        """Cumulative profile energy at 00:00 of `day` (memoised)."""
+        if day <= self.origin:
+            return tuple(0.0 for _ in range(self.tou.tariffs))
+        cached = self._days.get(day)
+        if cached is not None:
+            return cached
+        # walk back to the nearest known day, then forward
+        start = day
+        while start > self.origin and start not in self._days:
+            start -= dt.timedelta(days=1)
+        acc = list(self._at_midnight(start)) if start > self.origin else [0.0] * self.tou.tariffs
+        d = start
+        while d < day:
+            for i, e in enumerate(self._day_energy(d)):
+                acc[i] += e
+            d += dt.timedelta(days=1)
+            self._days[d] = tuple(acc)
+        return self._days[day]
+
+    def _profile_at(self, when: dt.datetime) -> list[float]:
+        base = list(self._at_midnight(when.date()))
+        hours = when.hour + when.minute / 60 + (when.second + when.microsecond / 1e6) / 3600
+        for i, e in enumerate(self._day_energy(when.date(), hours)):
+            base[i] += e
+        return base
+
+    def tariffs_at(self, when: dt.datetime) -> list[float]:
+        """kWh per tariff (T1..Tn) at meter time `when`."""
+        at = self.paused_at if self.paused_at is not None and self.paused_at < when else when
+        prof = self._profile_at(at)
+        return [self.initial[i] + prof[i] + self.offset[i] for i in range(self.tou.tariffs)]
+
+    def pause(self, when: dt.datetime) -> None:
+        if self.paused_at is None:
+            self.paused_at = when
+
+    def resume(self, when: dt.datetime) -> None:
+        if self.paused_at is None:
+            return
+        if when > self.paused_at:
+            before, after = self._profile_at(self.paused_at), self._profile_at(when)
+            for i in range(self.tou.tariffs):
+                self.offset[i] -= after[i] - before[i]
+        self.paused_at = None
+
+    def rebase(self, old: dt.datetime, new: dt.datetime) -> None:
+        """The meter's clock jumped from `old` to `new`: keep the registers where they were."""
+        if self.paused_at is not None:
+            # a paused register holds the value of its pause: move the pause along
+            old, self.paused_at = self.paused_at, new
+        before, after = self._profile_at(old), self._profile_at(new)
+        for i in range(self.tou.tariffs):
+            self.offset[i] += before[i] - after[i]

@@ -1,0 +1,330 @@
+"""A fleet: districts, buses and meters described by rules in a TOML file.
+
+    fleet = load_fleet(Path("simulators/fleets/field.toml"))
+    fleet.meters()                 # every Meter
+    fleet.archive()                # the archive entries the agent loads
+    fleet.encryption_machine()     # makes 03H identity auth and top-up MACs for these meters
+
+Every random choice (models, faults, profiles, histories) comes from generators seeded with the
+fleet's `seed` and the names of bus and meter, so the same file gives the same fleet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simulators.bus import Bus
+from simulators.clock import WorldClock
+from simulators.esam import EncryptionMachine, Esam
+from simulators.faults import BusFaults, MeterFaults, NoiseWindow, rng_for
+from simulators.meter import DEFAULT_PRICES, Identity, Meter
+from simulators.models import model
+from simulators.record import Recorder
+from simulators.wallet import Limits, PurchaseRecord, Wallet
+
+__all__ = ["Fleet", "FleetError", "archive_entries", "load_fleet", "parse_fleet"]
+
+_TOP_KEYS = {"seed", "start", "frozen", "master_key", "district"}
+_DISTRICT_KEYS = {"name", "bus"}
+_BUS_KEYS = {"name", "protocol", "baud", "noise", "loss", "corrupt", "meters", "timing"}
+_RULE_DEFAULTS: dict[str, Any] = {
+    "count": 1,
+    "first_address": None,
+    "first_unit": 1,
+    "models": {"DDZY666": 1},
+    "prepaid": 1.0,
+    "dead": 0.0,
+    "intermittent": 0.0,
+    "intermittent_loss": 0.3,
+    "loss": 0.0,
+    "corrupt": 0.0,
+    "slow": 0.0,
+    "garbage": 0.0,
+    "wakeup": [0, 4],
+    "drift_ppm": [0.0, 0.0],
+    "offset_s": [0.0, 0.0],
+    "base_kw": [0.3, 1.5],
+    "balance_yuan": [50.0, 300.0],
+    "duplicates": 0,
+}
+
+
+class FleetError(ValueError):
+    """A fleet file that cannot be used; the message names the key path."""
+
+
+@dataclass
+class Fleet:
+    seed: int | str
+    world: WorldClock
+    buses: list[Bus]
+    master_key: bytes
+    recorder: Recorder = field(default_factory=Recorder)
+
+    def meters(self) -> list[Meter]:
+        return [m for b in self.buses for m in b.meters]
+
+    def bus(self, name: str) -> Bus:
+        for b in self.buses:
+            if b.name == name:
+                return b
+        raise KeyError(f"no bus {name!r} in the fleet")
+
+    def meter(self, meter_id: str) -> Meter:
+        """By archive id: the nameplate address (DL/T 645) or ``<bus>:<unit>`` (Modbus)."""
+        for m in self.meters():
+            if m.identity.meter_id == meter_id:
+                return m
+        raise KeyError(f"no meter {meter_id!r} in the fleet")
+
+    def archive(self) -> list[dict[str, object]]:
+        return archive_entries(self)
+
+    def encryption_machine(self) -> EncryptionMachine:
+        return EncryptionMachine(self.master_key)
+
+
+def archive_entries(fleet: Fleet) -> list[dict[str, object]]:
+    """The meter archive entries (item shape of the "archive" payload schema)."""
+    out: list[dict[str, object]] = []
+    for bus in fleet.buses:
+        for m in bus.meters:
+            ident = m.identity
+            entry: dict[str, object] = {"meter": ident.meter_id}
+            if ident.protocol != "modbus":
+                entry["address"] = ident.meter_number  # what the archive holds
+            entry.update(
+                {
+                    "protocol": ident.protocol,
+                    "model": ident.model,
+                    "bus": bus.name,
+                    "district": bus.district,
+                    "manufacturer": ident.manufacturer,
+                    "prepaid": ident.prepaid,
+                }
+            )
+            out.append(entry)
+    return out
+
+
+def load_fleet(
+    path: Path, *, world: WorldClock | None = None, recorder: Recorder | None = None
+) -> Fleet:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FleetError(f"{path}: {exc.strerror}") from None
+    return parse_fleet(text, world=world, recorder=recorder, source=str(path))
+
+
+def parse_fleet(
+    text: str,
+    *,
+    world: WorldClock | None = None,
+    recorder: Recorder | None = None,
+    source: str = "fleet",
+) -> Fleet:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FleetError(f"{source}: {exc}") from None
+    _known(doc, _TOP_KEYS, "")
+    seed = doc.get("seed", 0)
+    if world is None:
+        start = doc.get("start")
+        if isinstance(start, str):
+            start = dt.datetime.fromisoformat(start)
+        if start is not None and not isinstance(start, dt.datetime):
+            raise FleetError("start: expected a local date-time like 2026-03-01T10:00:00")
+        world = WorldClock(start, frozen=bool(doc.get("frozen", False)))
+    key_hex = doc.get("master_key")
+    master_key = (
+        bytes.fromhex(key_hex)
+        if isinstance(key_hex, str)
+        else hashlib.sha256(f"meterlink-sim-master/{seed}".encode()).digest()[:16]
+    )
+    if len(master_key) != 16:
+        raise FleetError("master_key: 32 hex digits (16 bytes) expected")
+    recorder = recorder or Recorder()
+    buses: list[Bus] = []
+    for d_index, district in enumerate(_list(doc, "district", "")):
+        path = f"district[{d_index}]"
+        _known(district, _DISTRICT_KEYS, path)
+        d_name = str(district.get("name", f"district{d_index + 1}"))
+        for b_index, bus_doc in enumerate(_list(district, "bus", path)):
+            buses.append(
+                _bus(bus_doc, f"{path}.bus[{b_index}]", d_name, seed, world, master_key, recorder)
+            )
+    names = [b.name for b in buses]
+    if len(set(names)) != len(names):
+        raise FleetError("bus names must be unique across the fleet")
+    return Fleet(seed, world, buses, master_key, recorder)
+
+
+def _known(doc: Mapping[str, Any], keys: set[str], path: str) -> None:
+    for key in doc:
+        if key not in keys:
+            where = f"{path}.{key}" if path else key
+            raise FleetError(f"{where}: unknown key (known: {', '.join(sorted(keys))})")
+
+
+def _list(doc: Mapping[str, Any], key: str, path: str) -> list[dict[str, Any]]:
+    value = doc.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise FleetError(f"{path + '.' if path else ''}{key}: expected a list of tables")
+    return value
+
+
+def _bus(
+    doc: dict[str, Any],
+    path: str,
+    district: str,
+    seed: int | str,
+    world: WorldClock,
+    master_key: bytes,
+    recorder: Recorder,
+) -> Bus:
+    _known(doc, _BUS_KEYS, path)
+    name = str(doc.get("name", path))
+    protocol = str(doc.get("protocol", "dlt645"))
+    if protocol not in ("dlt645", "modbus"):
+        raise FleetError(f"{path}.protocol: 'dlt645' or 'modbus', not {protocol!r}")
+    noise = tuple(
+        NoiseWindow(int(w["from"]), int(w["to"]), float(w["rate"])) for w in doc.get("noise", [])
+    )
+    faults = BusFaults(noise, float(doc.get("loss", 0.0)), float(doc.get("corrupt", 0.0)))
+    baud = int(doc.get("baud", 2400 if protocol == "dlt645" else 9600))
+    bus = Bus(name, world, [], seed, district, protocol, baud, faults, recorder)
+    for r_index, rule in enumerate(_list(doc, "meters", path)):
+        bus.meters.extend(_meters(rule, f"{path}.meters[{r_index}]", bus, seed, master_key))
+    units = [m.identity.unit_id for m in bus.meters if protocol == "modbus"]
+    if len(set(units)) != len(units):
+        raise FleetError(f"{path}: Modbus unit ids repeat on one bus")
+    bus.reindex()
+    return bus
+
+
+def _range(rule: dict[str, Any], key: str, path: str) -> tuple[float, float]:
+    value = rule[key]
+    if isinstance(value, int | float):
+        return float(value), float(value)
+    if isinstance(value, list) and len(value) == 2:
+        return float(value[0]), float(value[1])
+    raise FleetError(f"{path}.{key}: a number or [low, high]")
+
+
+def _meters(
+    rule_doc: dict[str, Any], path: str, bus: Bus, seed: int | str, master_key: bytes
+) -> list[Meter]:
+    _known(rule_doc, set(_RULE_DEFAULTS), path)
+    rule = {**_RULE_DEFAULTS, **rule_doc}
+    rng = rng_for(seed, "rule", bus.name, path)
+    weights = rule["models"]
+    if not isinstance(weights, dict) or not weights:
+        raise FleetError(f"{path}.models: a table of model = weight")
+    try:
+        models = [model(name) for name in weights]
+    except KeyError as exc:
+        raise FleetError(f"{path}.models: {exc.args[0]}") from None
+    for m in models:
+        if (m.protocol == "modbus") != (bus.protocol == "modbus"):
+            raise FleetError(f"{path}.models: {m.name} speaks {m.protocol} on a {bus.protocol} bus")
+    count = int(rule["count"])
+    first = rule["first_address"]
+    if bus.protocol == "dlt645" and first is None:
+        raise FleetError(f"{path}.first_address: required for DL/T 645 meters")
+    out: list[Meter] = []
+    for i in range(count):
+        chosen = rng.choices(models, weights=[float(weights[m.name]) for m in models])[0]
+        if bus.protocol == "modbus":
+            unit = int(rule["first_unit"]) + i
+            address = f"{unit:012d}"
+        else:
+            unit = 0
+            address = f"{int(str(first)) + i:012d}"
+            if len(address) != 12:
+                raise FleetError(f"{path}.first_address: {address} has more than 12 digits")
+        prepaid = chosen.prepaid and rng.random() < float(rule["prepaid"])
+        customer = f"{(int(address) * 7919 + 3 * 10**11) % 10**12:012d}"
+        ident = Identity(
+            address, address, customer, chosen.protocol, chosen.name, chosen.manufacturer,
+            chosen.phases, chosen.tariffs, prepaid, bus.name, bus.district, unit,
+        )  # fmt: skip
+        salt = int.from_bytes(hashlib.sha256(f"{seed}/{bus.name}/{address}".encode()).digest()[:4])
+        meter = Meter.build(
+            ident,
+            bus.world,
+            salt=salt,
+            base_kw=rng.uniform(*_range(rule, "base_kw", path))
+            * (2.5 if chosen.phases == 3 else 1),
+            initial_kwh=rng.uniform(100, 20000),
+            power_factor=round(rng.uniform(0.86, 0.99), 3),
+            offset_s=rng.uniform(*_range(rule, "offset_s", path)),
+            drift_ppm=rng.uniform(*_range(rule, "drift_ppm", path)),
+        )
+        meter.reply_limit = chosen.reply_limit
+        intermittent = rng.random() < float(rule["intermittent"])
+        wakeup = rule["wakeup"]
+        meter.faults = MeterFaults(
+            dead=rng.random() < float(rule["dead"]),
+            loss=float(rule["intermittent_loss"]) if intermittent else float(rule["loss"]),
+            corrupt=float(rule["corrupt"]),
+            slow=float(rule["slow"]),
+            garbage=float(rule["garbage"]),
+            wakeup=(int(wakeup[0]), int(wakeup[1])),
+        )
+        if prepaid:
+            _make_prepaid(meter, rng.uniform(*_range(rule, "balance_yuan", path)), master_key, salt)
+        out.append(meter)
+    _duplicate(out, int(rule["duplicates"]), rng, path)
+    return out
+
+
+def _make_prepaid(meter: Meter, balance_yuan: float, master_key: bytes, salt: int) -> None:
+    ident = meter.identity
+    now = meter.now()
+    energies = meter.importer.tariffs_at(now)
+    prices = tuple(DEFAULT_PRICES[min(i, 3)] for i in range(ident.tariffs))
+    wallet = Wallet(prices, ident.customer_number, round(balance_yuan * 100), energies)
+    wallet.limits = Limits()
+    purchases = 1 + salt % 14
+    total = 0
+    history: list[PurchaseRecord] = []
+    balance = 0
+    for n in range(1, purchases + 1):
+        amount = (5 + (salt >> n) % 26) * 1000  # 50..300 yuan
+        total += amount
+        when = (now - dt.timedelta(days=30 * (purchases - n) + 3)).replace(second=0, microsecond=0)
+        history.append(PurchaseRecord(when, n, amount, balance, balance + amount, total))
+        balance = (balance + amount) // 3  # most of it is spent before the next purchase
+    for record in history[-10:]:
+        wallet.records.appendleft(record)
+    wallet.purchase_count = purchases
+    wallet.total_fen = total
+    meter.wallet = wallet
+    serial = hashlib.sha256(f"esam/{ident.meter_number}".encode()).digest()[:8]
+    meter.esam = Esam(master_key, ident.meter_number, serial=serial, seed=salt)
+
+
+def _duplicate(meters: list[Meter], count: int, rng: Any, path: str) -> None:
+    """Give `count` meters the address of another meter of the same rule (a field error)."""
+    if count <= 0:
+        return
+    if count >= len(meters):
+        raise FleetError(f"{path}.duplicates: needs more meters than duplicates")
+    picks = rng.sample(range(1, len(meters)), count)
+    for i in picks:
+        source = meters[rng.randrange(0, i)]
+        m = meters[i]
+        m.identity = Identity(
+            source.identity.address, m.identity.meter_number, m.identity.customer_number,
+            m.identity.protocol, m.identity.model, m.identity.manufacturer, m.identity.phases,
+            m.identity.tariffs, m.identity.prepaid, m.identity.bus, m.identity.district,
+            m.identity.unit_id,
+        )  # fmt: skip
