@@ -1,0 +1,111 @@
+"""`meterlink central run | report | spool` — the central side's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+
+from central.config import CentralConfig, load
+from meterlink.config import ConfigError
+
+__all__ = ["configure", "run"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run_p = sub.add_parser("run", help="consume MQTT into InfluxDB and keep coverage current")
+    run_p.add_argument("--config", type=Path, required=True, help="central TOML config")
+    run_p.add_argument("--log-level", default="INFO")
+
+    rep = sub.add_parser("report", help="print the daily full-coverage success rate")
+    rep.add_argument("--config", type=Path, required=True)
+    rep.add_argument("--day", help="data day YYYY-MM-DD (default: the latest with data)")
+    rep.add_argument("--concentrator", help="only this concentrator's meters")
+    rep.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    rep.add_argument(
+        "--min-days", type=int, help="consecutive-failure list threshold (default: config)"
+    )
+
+    sp = sub.add_parser("spool", help="show what waits for InfluxDB and the dead letters")
+    sp.add_argument("--config", type=Path, required=True)
+    sp.add_argument("--show", type=int, default=10, help="dead letters to print (default 10)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load(args.config)
+        if args.action == "run":
+            return _run(cfg, args.log_level)
+        if args.action == "report":
+            return _report(cfg, args)
+        return _spool(cfg, args.show)
+    except ConfigError as exc:
+        print(f"meterlink central: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _run(cfg: CentralConfig, level: str) -> int:
+    from central.consumer import Consumer, install_signal_handlers
+
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await Consumer(cfg).run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _report(cfg: CentralConfig, args: argparse.Namespace) -> int:
+    from central.coverage import compute_day
+    from central.ledger import Ledger
+    from central.report import render
+
+    if not cfg.coverage.ledger.exists():
+        print(f"meterlink central: no ledger at {cfg.coverage.ledger} yet", file=sys.stderr)
+        return 1
+    ledger = Ledger(cfg.coverage.ledger)
+    try:
+        day = args.day
+        if day is None:
+            known = ledger.known_days()
+            if not known:
+                print("meterlink central: the ledger has no data day yet", file=sys.stderr)
+                return 1
+            day = known[-1]
+        try:
+            dt.date.fromisoformat(day)
+        except ValueError:
+            print(f"meterlink central: --day {day!r} is not YYYY-MM-DD", file=sys.stderr)
+            return 2
+        cov = compute_day(ledger, day, cfg.coverage, concentrator=args.concentrator)
+    finally:
+        ledger.close()
+    min_days = args.min_days if args.min_days is not None else cfg.coverage.streak_min_days
+    sys.stdout.write(render(cov, args.format, min_days=min_days))
+    return 0
+
+
+def _spool(cfg: CentralConfig, show: int) -> int:
+    from central.spool import Spool
+
+    spool = Spool(cfg.consumer.spool)
+    try:
+        batches, lines = spool.pending()
+        print(f"waiting for InfluxDB: {batches} batches, {lines} lines")
+        counts = spool.dead_counts()
+        print("dead letters: " + (", ".join(f"{k} {n}" for k, n in counts.items()) or "none"))
+        for d in spool.dead_letters(show):
+            when = dt.datetime.fromtimestamp(d.at, dt.UTC).isoformat(timespec="seconds")
+            print(f"  #{d.id} {when} {d.kind} {d.source} {d.status or ''} {d.error[:200]}")
+    finally:
+        spool.close()
+    return 0

@@ -1,0 +1,146 @@
+"""The central side's configuration: strict, typed TOML (see `meterlink.config`).
+
+`deploy/central.example.toml` is the commented reference; a test loads it. Secrets may come from
+the environment: ``METERLINK_MQTT_PASSWORD``, ``METERLINK_INFLUX_PASSWORD``,
+``METERLINK_INFLUX_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from meterlink.config import ConfigError, build, load_toml
+
+__all__ = [
+    "CentralConfig",
+    "ConsumerConfig",
+    "CoverageConfig",
+    "InfluxConfig",
+    "MqttConfig",
+    "load",
+]
+
+_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    #: stable per instance: the broker keeps this session (and its queued messages) while the
+    #: instance is down, for `session_expiry_s`
+    client_id: str = "meterlink-central-1"
+    #: instances with the same group split the load ($share/<group>/...)
+    group: str = "meterlink-central"
+    username: str | None = None
+    password: str | None = None
+    session_expiry_s: int = 7 * 86400
+    #: how many unacknowledged QoS 1 messages the broker may send us (MQTT v5 Receive Maximum)
+    receive_maximum: int = 1000
+    keepalive_s: int = 30
+    reconnect_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not _GROUP.match(self.group):
+            raise ValueError(f"group {self.group!r} must match {_GROUP.pattern}")
+        if not 1 <= self.receive_maximum <= 65535:
+            raise ValueError("receive_maximum must be 1..65535")
+        if not 0 < self.port < 65536:
+            raise ValueError("port must be 1..65535")
+
+
+@dataclass(frozen=True)
+class InfluxConfig:
+    #: "v1": POST /write (InfluxDB 1.x); "v2": influxdb-client /api/v2/write (InfluxDB 1.8+,
+    #: 2.x, 3.x, VictoriaMetrics)
+    api: Literal["v1", "v2"] = "v1"
+    url: str = "http://127.0.0.1:8086"
+    database: str = "meterlink"  # v1
+    retention_policy: str = ""  # v1, empty = the database's default
+    username: str | None = None  # v1
+    password: str | None = None  # v1
+    create_database: bool = True  # v1: CREATE DATABASE at start (idempotent)
+    org: str = "meterlink"  # v2
+    bucket: str = "meterlink"  # v2 (InfluxDB 1.8: "database/retention")
+    token: str | None = None  # v2
+    timeout_s: float = 10.0
+    #: lines per HTTP request
+    max_lines_per_write: int = 10000
+    #: attempts on a 5xx / connection error before the batch goes to the local spool
+    attempts_before_spool: int = 2
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        if self.max_lines_per_write < 1 or self.attempts_before_spool < 1:
+            raise ValueError("max_lines_per_write and attempts_before_spool must be >= 1")
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    #: per-instance SQLite file: batches InfluxDB has not accepted yet, dead letters, rejects
+    spool: Path = Path("/var/lib/meterlink/central-spool.sqlite3")
+    #: a batch is written when it holds this many readings, or after `flush_interval_s`
+    batch_readings: int = 5000
+    flush_interval_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.batch_readings < 1 or self.flush_interval_s <= 0:
+            raise ValueError("batch_readings must be >= 1 and flush_interval_s > 0")
+
+
+@dataclass(frozen=True)
+class CoverageConfig:
+    #: shared by every instance (and `meterlink central report`): SQLite in WAL mode
+    ledger: Path = Path("/var/lib/meterlink/coverage.sqlite3")
+    #: how often an instance recomputes the days that changed (one instance at a time)
+    interval_s: float = 60.0
+    #: values a daily freeze must carry to count as complete (完整率)
+    required_values: list[str] = field(
+        default_factory=lambda: [
+            "energy_import_total_kwh",
+            "energy_import_t1_kwh",
+            "energy_import_t2_kwh",
+            "energy_import_t3_kwh",
+            "energy_import_t4_kwh",
+        ]
+    )
+    #: read on time (及时率) = read_at before this local time of the data day
+    timely_by: str = "23:00"
+    #: the consecutive-failure list (连续失败明细) shows meters failing this many days or more
+    streak_min_days: int = 3
+
+    def __post_init__(self) -> None:
+        parse_hhmm(self.timely_by)
+        if self.streak_min_days < 1 or self.interval_s <= 0:
+            raise ValueError("streak_min_days must be >= 1 and interval_s > 0")
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    influx: InfluxConfig = field(default_factory=InfluxConfig)
+    consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
+    coverage: CoverageConfig = field(default_factory=CoverageConfig)
+
+
+def parse_hhmm(text: str) -> dt.time:
+    try:
+        return dt.time.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time of day (HH:MM)") from None
+
+
+def load(path: Path) -> CentralConfig:
+    """Read and check a config file; raises `ConfigError` (exit code 78) naming the key."""
+    data = load_toml(path)
+    try:
+        return build(CentralConfig, data, env_prefix="METERLINK")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,313 @@
+"""`meterlink central run`: MQTT → InfluxDB, and the coverage job.
+
+One `asyncio.TaskGroup` of named tasks:
+
+- ``mqtt``: an MQTT v5 session that survives restarts (fixed client id, ``clean_start`` off,
+  a session expiry), subscribed to ``$share/<group>/meterlink/v1/+/{readings,rounds,events,
+  status}`` — instances of one group split the load — and, unshared, to the retained archives
+  (a shared subscription gets no retained messages, and every instance needs the archive only
+  to record it idempotently). Messages are parsed, checked against the payload schema and
+  converted as they arrive; acknowledgement is manual.
+- ``flush``: every `batch_readings` readings or `flush_interval_s`, writes the batch's
+  coverage facts to the ledger, its points to InfluxDB or the spool, and only then sends the
+  PUBACKs, in arrival order. A message the broker redelivers after a crash or reconnect is
+  written again and lands on the same points.
+- ``drain``: replays the spool once InfluxDB is back.
+- ``coverage``: recomputes the days whose facts changed, under a lease in the ledger so one
+  instance at a time does it, and writes the results to InfluxDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import signal
+import socket
+from dataclasses import dataclass, field
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from central.config import CentralConfig
+from central.coverage import compute_day, day_lines
+from central.ledger import Ledger, day_offset
+from central.points import Converted, convert
+from central.schema_check import PayloadInvalid, check
+from central.sink import Sink
+from central.spool import Spool
+from central.writers import WriteUnavailable, make_writer
+from protocols.payloads import TOPIC_ROOT, kind_of_topic
+
+__all__ = ["Consumer", "ConsumerStats"]
+
+log = logging.getLogger(__name__)
+
+SHARED_KINDS = ("readings", "rounds", "events", "status")
+COVERAGE_LEASE = "coverage"
+
+
+@dataclass
+class ConsumerStats:
+    messages: int = 0
+    readings: int = 0
+    invalid: int = 0
+    acked: int = 0
+    batches: int = 0
+    coverage_days: int = 0
+
+
+@dataclass
+class _Batch:
+    converted: Converted = field(default_factory=Converted)
+    #: (client, connection generation, mid, qos) in arrival order
+    acks: list[tuple[aiomqtt.Client, int, int, int]] = field(default_factory=list)
+    rejects: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.acks)
+
+
+class Consumer:
+    def __init__(self, cfg: CentralConfig) -> None:
+        self.cfg = cfg
+        self.instance = f"{cfg.mqtt.client_id}@{socket.gethostname()}"
+        self.stats = ConsumerStats()
+        self.spool = Spool(cfg.consumer.spool)
+        self.ledger = Ledger(cfg.coverage.ledger)
+        self.writer = make_writer(cfg.influx)
+        self.sink = Sink(self.writer, self.spool, cfg.influx)
+        self.connected = asyncio.Event()
+        self._batch = _Batch()
+        self._full = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._generation = 0
+        self._client: aiomqtt.Client | None = None
+
+    # --- life cycle ----------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set (or the task is cancelled); then close everything."""
+        await self._start_writer()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._mqtt(), name="mqtt"),
+                    tg.create_task(self._flush_forever(), name="flush"),
+                    tg.create_task(self.sink.drain(), name="drain"),
+                    tg.create_task(self._coverage_forever(), name="coverage"),
+                    tg.create_task(self._log_forever(), name="stats"),
+                ]
+                if stop is not None:
+                    await stop.wait()
+                    for task in tasks:
+                        task.cancel()
+        finally:
+            await self._close()
+
+    async def _start_writer(self) -> None:
+        delay = self.cfg.influx.retry_initial_s
+        for _ in range(5):  # a database that is down at start is the spool's business
+            try:
+                await self.writer.start()
+                return
+            except WriteUnavailable as exc:
+                log.warning("InfluxDB not reachable at start (%s)", exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    async def _close(self) -> None:
+        # the batch in hand is made durable; its messages stay unacknowledged and will be
+        # redelivered by the broker, landing on the same points
+        batch, self._batch = self._batch, _Batch()
+        with contextlib.suppress(Exception):
+            await self._make_durable(batch)
+        await self.writer.close()
+        self.spool.close()
+        self.ledger.close()
+
+    # --- MQTT ----------------------------------------------------------------------------------
+    def _client_for(self) -> aiomqtt.Client:
+        m = self.cfg.mqtt
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = m.session_expiry_s
+        props.ReceiveMaximum = m.receive_maximum
+        client = aiomqtt.Client(
+            m.host,
+            m.port,
+            identifier=m.client_id,
+            username=m.username,
+            password=m.password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            keepalive=m.keepalive_s,
+        )
+        # aiomqtt has no switch for it; paho's own: PUBACK only when we say the data is safe
+        client._client.manual_ack_set(True)
+        return client
+
+    async def _mqtt(self) -> None:
+        m = self.cfg.mqtt
+        delay = 0.5
+        shared = [
+            (f"$share/{m.group}/{TOPIC_ROOT}/+/{kind}", SubscribeOptions(qos=1))
+            for kind in SHARED_KINDS
+        ]
+        archive = (f"{TOPIC_ROOT}/+/archive", SubscribeOptions(qos=1))
+        while True:
+            try:
+                async with self._client_for() as client:
+                    self._generation += 1
+                    generation = self._generation
+                    self._client = client
+                    await client.subscribe([*shared, archive])
+                    self.connected.set()
+                    log.info("connected to %s:%d as %s", m.host, m.port, m.client_id)
+                    delay = 0.5
+                    async for message in client.messages:
+                        await self._take(client, generation, message)
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                self._client = None
+                log.warning("MQTT: %s; reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, m.reconnect_max_s)
+
+    async def _take(
+        self, client: aiomqtt.Client, generation: int, message: aiomqtt.Message
+    ) -> None:
+        await self._room.wait()
+        self.stats.messages += 1
+        batch = self._batch
+        name = message.topic.value
+        body = (
+            message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        )
+        if message.qos > 0:
+            batch.acks.append((client, generation, message.mid, message.qos))
+        where = kind_of_topic(name)
+        if where is None:
+            batch.rejects.append((name, "not a meterlink topic", body))
+            return
+        kind = where[1]
+        try:
+            payload = json.loads(body)
+            check(kind, payload)
+            if payload["concentrator"] != where[0]:
+                raise PayloadInvalid(kind, "concentrator differs from the topic's", "/concentrator")
+        except (ValueError, PayloadInvalid) as exc:  # JSONDecodeError is a ValueError
+            batch.rejects.append((name, str(exc), body))
+            return
+        before = batch.converted.readings
+        convert(kind, payload, batch.converted)
+        self.stats.readings += batch.converted.readings - before
+        if batch.converted.readings >= self.cfg.consumer.batch_readings:
+            self._full.set()
+            if batch.converted.readings >= 2 * self.cfg.consumer.batch_readings:
+                self._room.clear()  # backpressure until the flusher takes this batch
+
+    # --- durability, then acknowledgement ------------------------------------------------------
+    async def _flush_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.cfg.consumer.flush_interval_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        self._full.clear()
+        batch, self._batch = self._batch, _Batch()
+        self._room.set()
+        if not len(batch) and not batch.rejects:
+            return
+        await self._make_durable(batch)
+        for client, generation, mid, qos in batch.acks:
+            # an ack belongs to the connection the message came on; after a reconnect the
+            # broker redelivers those messages itself
+            if generation == self._generation and client is self._client:
+                client._client.ack(mid, qos)
+                self.stats.acked += 1
+        self.stats.batches += 1
+
+    async def _make_durable(self, batch: _Batch) -> None:
+        for topic_name, error, body in batch.rejects:
+            self.stats.invalid += 1
+            log.warning("rejected payload on %s: %s", topic_name, error)
+            await asyncio.to_thread(self.spool.dead, "schema", topic_name, error, body)
+        facts = batch.converted
+        await asyncio.to_thread(self.ledger.apply, facts, self.cfg.coverage.required_values)
+        await self.sink.write(facts.lines)
+
+    # --- coverage ------------------------------------------------------------------------------
+    async def _coverage_forever(self) -> None:
+        interval = self.cfg.coverage.interval_s
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.0))
+            try:
+                await self.publish_coverage()
+            except WriteUnavailable as exc:
+                log.info("coverage not written, InfluxDB unavailable (%s); will retry", exc)
+
+    async def publish_coverage(self) -> int:
+        """Recompute and write the days whose facts changed; returns how many days. Under the
+        ledger's lease: another instance doing it now means there is nothing to do here."""
+        lease_s = max(120.0, 4 * self.cfg.coverage.interval_s)
+        if not await asyncio.to_thread(
+            self.ledger.take_lease, COVERAGE_LEASE, self.instance, lease_s
+        ):
+            return 0
+        try:
+            return await self._publish_dirty()
+        finally:
+            await asyncio.to_thread(self.ledger.release_lease, COVERAGE_LEASE, self.instance)
+
+    async def _publish_dirty(self) -> int:
+        dirty = await asyncio.to_thread(self.ledger.dirty_days)
+        if not dirty:
+            return 0
+        known = await asyncio.to_thread(self.ledger.known_days)
+        latest = max([*known, *dirty])
+        first = max(min(dirty), day_offset(latest, -62))
+        # a change on one day moves every later day's consecutive-failure counts
+        days = sorted({d for d in [*known, *dirty] if d >= first})
+        for day in days:
+            cov = await asyncio.to_thread(compute_day, self.ledger, day, self.cfg.coverage)
+            published = {
+                m: await asyncio.to_thread(self.ledger.published, day, m)
+                for m in ("coverage_reason", "coverage_streak")
+            }
+            lines, now = day_lines(cov, published)
+            await self.sink.write_now(lines)
+            for measurement, series in now.items():
+                await asyncio.to_thread(self.ledger.set_published, day, measurement, series)
+            if day in dirty:
+                await asyncio.to_thread(self.ledger.clean, day, dirty[day])
+            self.stats.coverage_days += 1
+        return len(days)
+
+    async def _log_forever(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            s, k = self.stats, self.sink.stats
+            log.info(
+                "messages %d readings %d invalid %d acked %d; written %d spooled %d replayed %d"
+                " dead %d",
+                s.messages,
+                s.readings,
+                s.invalid,
+                s.acked,
+                k.written_lines,
+                k.spooled_lines,
+                k.replayed_lines,
+                k.dead_lines,
+            )
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

@@ -1,0 +1,265 @@
+"""The daily full-coverage success rate (全口径抄表成功率), computed from the ledger.
+
+For a data day D and each concentrator: *expected* is every meter of the archive version in
+force on D (the newest version published on or before D, in the meter's local calendar; days
+before the first version known use that first version) — no exclusions. A meter is *read* when
+a daily freeze stamped D was collected, *timely* (及时) when the first such read came before
+`timely_by` on D, *complete* (完整) when a read carried every required value. Every unread meter
+is explained by the reason of the latest daily round that listed it, or ``unexplained`` when no
+round did. Rates are shares of *expected*, in percent. docs/coverage.md has the reasoning.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from central.config import CoverageConfig, parse_hhmm
+from central.ledger import Ledger, day_offset
+from central.points import escape_tag, field_value
+
+__all__ = [
+    "SCOPES",
+    "UNEXPLAINED",
+    "DayCoverage",
+    "ScopeCoverage",
+    "Streak",
+    "compute_day",
+    "day_lines",
+]
+
+UNEXPLAINED = "unexplained"
+SCOPES = ("fleet", "concentrator", "district", "manufacturer")
+#: how far back a consecutive-failure streak is followed (meters keep 62 daily freezes)
+STREAK_HORIZON_DAYS = 62
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(100.0 * part / whole, 4) if whole else None
+
+
+@dataclass
+class ScopeCoverage:
+    scope: str
+    key: str
+    expected: int = 0
+    read: int = 0
+    timely: int = 0
+    complete: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def failed(self) -> int:
+        return self.expected - self.read
+
+    @property
+    def rate(self) -> float | None:
+        return _rate(self.read, self.expected)
+
+    @property
+    def timeliness_rate(self) -> float | None:
+        return _rate(self.timely, self.expected)
+
+    @property
+    def completeness_rate(self) -> float | None:
+        return _rate(self.complete, self.expected)
+
+
+@dataclass(frozen=True)
+class Streak:
+    """A meter failing on D and the days before it (连续失败明细)."""
+
+    meter: str
+    concentrator: str
+    district: str
+    manufacturer: str
+    days: int
+    last_reason: str
+    last_detail: str
+    last_success: str | None  # the latest data day read, None if never
+
+
+@dataclass
+class DayCoverage:
+    day: str
+    scopes: list[ScopeCoverage]
+    streaks: list[Streak]
+    unarchived_reads: int  # freezes of meters not in the archive: reported, never counted
+
+    def fleet(self) -> ScopeCoverage:
+        return self.scopes[0]
+
+    def by(self, scope: str) -> list[ScopeCoverage]:
+        return [s for s in self.scopes if s.scope == scope]
+
+
+def _version_in_force(versions: list[tuple[int, str]], day: str) -> int:
+    """`versions` = (version, day_from) sorted by version."""
+    in_force = [v for v, day_from in versions if day_from <= day]
+    return in_force[-1] if in_force else versions[0][0]
+
+
+def compute_day(
+    ledger: Ledger, day: str, cfg: CoverageConfig, *, concentrator: str | None = None
+) -> DayCoverage:
+    timely_s = _seconds(parse_hhmm(cfg.timely_by))
+    versions: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for c, v, day_from in ledger.rows(
+        "SELECT concentrator, version, day_from FROM archive_version"
+        " WHERE concentrator = coalesce(?, concentrator) ORDER BY concentrator, version",
+        (concentrator,),
+    ):
+        versions[c].append((int(v), str(day_from)))
+
+    fleet = ScopeCoverage("fleet", concentrator or "all")
+    groups: dict[tuple[str, str], ScopeCoverage] = {}
+    failing: list[tuple[str, str, str, str, str, str]] = []
+    unarchived = 0
+    for c, known in sorted(versions.items()):
+        version = _version_in_force(known, day)
+        reads = {
+            str(m): (int(read_at) <= int(start) + timely_s, bool(complete))
+            for m, read_at, start, complete in ledger.rows(
+                "SELECT meter, read_at, day_start, complete FROM daily_read"
+                " WHERE concentrator = ? AND day = ?",
+                (c, day),
+            )
+        }
+        failures = {
+            str(m): (str(reason), str(detail))
+            for m, reason, detail in ledger.rows(
+                "SELECT meter, reason, detail FROM daily_failure"
+                " WHERE concentrator = ? AND day = ?",
+                (c, day),
+            )
+        }
+        expected = ledger.rows(
+            "SELECT meter, district, manufacturer FROM archive_meter"
+            " WHERE concentrator = ? AND version = ? ORDER BY meter",
+            (c, version),
+        )
+        archived = set()
+        for meter, district, manufacturer in expected:
+            archived.add(meter)
+            keys = [
+                ("concentrator", c),
+                ("district", district or "unknown"),
+                ("manufacturer", manufacturer or "unknown"),
+            ]
+            scopes = [fleet, *(groups.setdefault(k, ScopeCoverage(*k)) for k in keys)]
+            got = reads.get(meter)
+            if got is not None:
+                timely, complete = got
+                for s in scopes:
+                    s.expected += 1
+                    s.read += 1
+                    s.timely += timely
+                    s.complete += complete
+            else:
+                reason, detail = failures.get(meter, (UNEXPLAINED, ""))
+                for s in scopes:
+                    s.expected += 1
+                    s.reasons[reason] += 1
+                failing.append((c, meter, district, manufacturer, reason, detail))
+        unarchived += len(set(reads) - archived)
+
+    order = {s: i for i, s in enumerate(SCOPES)}
+    scopes = [fleet, *sorted(groups.values(), key=lambda s: (order[s.scope], s.key))]
+    return DayCoverage(day, scopes, _streaks(ledger, day, failing), unarchived)
+
+
+def _seconds(t: dt.time) -> int:
+    return t.hour * 3600 + t.minute * 60 + t.second
+
+
+def _streaks(
+    ledger: Ledger, day: str, failing: list[tuple[str, str, str, str, str, str]]
+) -> list[Streak]:
+    """Count back over the data days the ledger knows (any concentrator's) until a read."""
+    if not failing:
+        return []
+    since = day_offset(day, -STREAK_HORIZON_DAYS)
+    days = [d for d in ledger.known_days(day) if d >= since]
+    days.reverse()  # newest first, D itself included
+    read_days: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for c in {f[0] for f in failing}:
+        for meter, d in ledger.rows(
+            "SELECT meter, day FROM daily_read WHERE concentrator = ? AND day BETWEEN ? AND ?",
+            (c, since, day),
+        ):
+            read_days[(c, str(meter))].add(str(d))
+    out = []
+    for c, meter, district, manufacturer, reason, detail in failing:
+        seen = read_days.get((c, meter), set())
+        count = 0
+        for d in days:
+            if d in seen:
+                break
+            count += 1
+        last = ledger.rows(
+            "SELECT max(day) FROM daily_read WHERE concentrator = ? AND meter = ? AND day <= ?",
+            (c, meter, day),
+        )[0][0]
+        out.append(Streak(meter, c, district, manufacturer, max(count, 1), reason, detail, last))
+    out.sort(key=lambda s: (-s.days, s.concentrator, s.meter))
+    return out
+
+
+# --- to InfluxDB -------------------------------------------------------------------------------
+def day_epoch(day: str) -> int:
+    """Coverage points are stamped with the data day's date at 00:00 UTC: a label, not an
+    instant (the day is each meter's local calendar day)."""
+    return int(dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), dt.UTC).timestamp())
+
+
+def _fields(pairs: Mapping[str, object]) -> str:
+    return ",".join(f"{k}={field_value(v)}" for k, v in pairs.items() if v is not None)
+
+
+def day_lines(
+    cov: DayCoverage, published: dict[str, set[str]]
+) -> tuple[list[str], dict[str, set[str]]]:
+    """Line protocol for a day's coverage, plus zeroing points for series published before
+    that no longer apply (a meter a backfill recovered, a reason no meter has any more).
+    Returns the lines and the series now published, by measurement."""
+    at = day_epoch(cov.day)
+    lines: list[str] = []
+    now: dict[str, set[str]] = {"coverage_reason": set(), "coverage_streak": set()}
+    for s in cov.scopes:
+        tags = f"scope={s.scope},key={escape_tag(s.key)}"
+        counts = {
+            "expected": s.expected,
+            "read": s.read,
+            "failed": s.failed,
+            "timely": s.timely,
+            "complete": s.complete,
+            "rate": s.rate,
+            "timeliness_rate": s.timeliness_rate,
+            "completeness_rate": s.completeness_rate,
+        }
+        if s.scope == "fleet":
+            counts["unarchived_reads"] = cov.unarchived_reads
+        lines.append(f"coverage,{tags} {_fields(counts)} {at}")
+        for reason, n in sorted(s.reasons.items()):
+            series = f"{tags},reason={escape_tag(reason)}"
+            now["coverage_reason"].add(series)
+            lines.append(f"coverage_reason,{series} meters={field_value(n)} {at}")
+    for st in cov.streaks:
+        series = f"concentrator={escape_tag(st.concentrator)},meter={escape_tag(st.meter)}"
+        now["coverage_streak"].add(series)
+        streak = {
+            "days": st.days,
+            "district": st.district,
+            "manufacturer": st.manufacturer,
+            "last_reason": st.last_reason,
+            "last_detail": st.last_detail,
+            "last_success": st.last_success or "never",
+        }
+        lines.append(f"coverage_streak,{series} {_fields(streak)} {at}")
+    gone_reasons = published.get("coverage_reason", set()) - now["coverage_reason"]
+    lines += [f"coverage_reason,{series} meters=0.0 {at}" for series in sorted(gone_reasons)]
+    gone_streaks = published.get("coverage_streak", set()) - now["coverage_streak"]
+    lines += [f'coverage_streak,{s} days=0.0,last_reason="" {at}' for s in sorted(gone_streaks)]
+    return lines, now

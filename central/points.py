@@ -1,0 +1,236 @@
+"""Payloads in, InfluxDB line protocol and coverage facts out. Pure: no I/O.
+
+Measurements (docs/influx.md has the full table):
+
+- ``reading``      tags concentrator, meter, item; one field per value; time = data_time
+- ``round``        tags concentrator, plan; time = the round's end
+- ``read_failure`` tags concentrator, meter, plan; field reason; time = the round's end
+- ``event``        tags concentrator, event, meter; time = at
+- ``agent_status`` tags concentrator; time = at
+- ``archive``      tags concentrator; fields version, meters; time = updated_at
+
+Every point's identity (measurement, tags, time) comes from the payload itself, never from the
+time it arrived, so a replayed payload overwrites its own points.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DAILY_ITEM",
+    "ArchiveFact",
+    "Converted",
+    "DailyRead",
+    "Failure",
+    "convert",
+    "epoch",
+    "escape_tag",
+    "field_value",
+]
+
+DAILY_ITEM = "daily_freeze"
+_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\\": "\\\\"})
+
+
+def escape_tag(text: str) -> str:
+    """Tag keys and values: comma, equals sign, space (and backslash, newline) escaped."""
+    return text.translate(_TAG_ESCAPES)
+
+
+def field_value(value: object) -> str:
+    """A line-protocol field value: numbers are always floats (one type per field), text is a
+    quoted string, booleans are booleans."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(float(value))
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'
+
+
+_EPOCHS: dict[str, int] = {}
+
+
+def epoch(stamp: str) -> int:
+    """Unix seconds of an ISO 8601 time with an offset (a time without one is taken as UTC)."""
+    cached = _EPOCHS.get(stamp)
+    if cached is not None:
+        return cached
+    when = dt.datetime.fromisoformat(stamp)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    seconds = int(when.timestamp())
+    if len(_EPOCHS) > 100_000:  # bounded: readings of one batch mostly share their stamp
+        _EPOCHS.clear()
+    _EPOCHS[stamp] = seconds
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class DailyRead:
+    """A daily freeze collected: the fact coverage counts."""
+
+    concentrator: str
+    meter: str
+    day: str  # the freeze stamp's calendar date in the meter's local time
+    day_start: int  # unix seconds of that local midnight
+    read_at: int
+    values: frozenset[str]
+    backfill: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A meter a daily round could not read, with the agent's reason."""
+
+    concentrator: str
+    meter: str
+    day: str
+    reason: str
+    detail: str
+    reported_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveFact:
+    concentrator: str
+    version: int
+    updated_at: int
+    day_from: str  # the local date of updated_at: the first data day this version is in force
+    meters: tuple[tuple[str, str, str, str], ...]  # meter, district, manufacturer, bus
+
+
+@dataclass
+class Converted:
+    lines: list[str] = field(default_factory=list)
+    reads: list[DailyRead] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    archives: list[ArchiveFact] = field(default_factory=list)
+    readings: int = 0
+
+
+def _fields(pairs: Mapping[str, object]) -> str:
+    return ",".join(f"{k}={field_value(v)}" for k, v in pairs.items() if v is not None)
+
+
+def _readings(payload: dict[str, Any], out: Converted) -> None:
+    c = payload["concentrator"]
+    ctag = escape_tag(c)
+    for r in payload["readings"]:
+        values = r["values"]
+        parts = [f"{name}={field_value(v['value'])}" for name, v in values.items()]
+        quality = r.get("quality", "ok")
+        parts.append(f'quality="{quality}"')
+        read_at = epoch(r["read_at"])
+        parts.append(f"read_at={read_at}i")
+        if "plan" in r:
+            parts.append(f"plan={field_value(r['plan'])}")
+        if "clock_offset_s" in r:
+            parts.append(f"clock_offset_s={field_value(r['clock_offset_s'])}")
+        data_time = epoch(r["data_time"])
+        out.lines.append(
+            f"reading,concentrator={ctag},item={escape_tag(r['item'])},meter={escape_tag(r['meter'])}"
+            f" {','.join(parts)} {data_time}"
+        )
+        out.readings += 1
+        if r["item"] == DAILY_ITEM:
+            stamp = dt.datetime.fromisoformat(r["data_time"])
+            day = stamp.date()
+            midnight = dt.datetime.combine(day, dt.time(), stamp.tzinfo or dt.UTC)
+            out.reads.append(
+                DailyRead(
+                    c,
+                    r["meter"],
+                    day.isoformat(),
+                    int(midnight.timestamp()),
+                    read_at,
+                    frozenset(values),
+                    quality == "backfill",
+                )
+            )
+
+
+def _rounds(payload: dict[str, Any], out: Converted) -> None:
+    c = escape_tag(payload["concentrator"])
+    plan = payload["plan"]
+    at = epoch(payload["ended_at"])
+    failed = payload["failed"]
+    fields = {
+        "round_id": payload["round_id"],
+        "expected": payload["expected"],
+        "read": payload["read"],
+        "failed": len(failed),
+        "final": payload.get("final", False),
+        "duration_s": payload.get("duration_s"),
+        "data_day": payload.get("data_day"),
+    }
+    out.lines.append(f"round,concentrator={c},plan={escape_tag(plan)} {_fields(fields)} {at}")
+    for f in failed:
+        detail = {"reason": f["reason"], "detail": f.get("detail"), "attempts": f.get("attempts")}
+        out.lines.append(
+            f"read_failure,concentrator={c},meter={escape_tag(f['meter'])},plan={escape_tag(plan)}"
+            f" {_fields(detail)} {at}"
+        )
+    day = payload.get("data_day")
+    if plan == "daily" and day is not None:
+        out.failures += [
+            Failure(payload["concentrator"], f["meter"], day, f["reason"], f.get("detail", ""), at)
+            for f in failed
+        ]
+
+
+def _event(payload: dict[str, Any], out: Converted) -> None:
+    tags = f"event,concentrator={escape_tag(payload['concentrator'])},event={payload['event']}"
+    if payload.get("meter"):
+        tags += f",meter={escape_tag(payload['meter'])}"
+    fields = {
+        "detail": json.dumps(payload.get("detail", {}), sort_keys=True),
+        "bus": payload.get("bus"),
+    }
+    out.lines.append(f"{tags} {_fields(fields)} {epoch(payload['at'])}")
+
+
+def _status(payload: dict[str, Any], out: Converted) -> None:
+    fields = {
+        "state": payload["state"],
+        "online": payload["state"] == "online",
+        "version": payload.get("version"),
+        "archive_version": payload.get("archive_version"),
+        "outbox_depth": payload.get("outbox_depth"),
+    }
+    out.lines.append(
+        f"agent_status,concentrator={escape_tag(payload['concentrator'])} {_fields(fields)}"
+        f" {epoch(payload['at'])}"
+    )
+
+
+def _archive(payload: dict[str, Any], out: Converted) -> None:
+    c = payload["concentrator"]
+    updated = dt.datetime.fromisoformat(payload["updated_at"])
+    at = epoch(payload["updated_at"])
+    meters = tuple(
+        (m["meter"], m.get("district", ""), m.get("manufacturer", ""), m["bus"])
+        for m in payload["meters"]
+    )
+    out.archives.append(ArchiveFact(c, payload["version"], at, updated.date().isoformat(), meters))
+    fields = {"version": payload["version"], "meters": len(meters)}
+    out.lines.append(f"archive,concentrator={escape_tag(c)} {_fields(fields)} {at}")
+
+
+_CONVERTERS = {
+    "readings": _readings,
+    "rounds": _rounds,
+    "events": _event,
+    "status": _status,
+    "archive": _archive,
+}
+
+
+def convert(kind: str, payload: dict[str, Any], out: Converted) -> None:
+    """Add the points and facts of one schema-valid payload to `out`."""
+    _CONVERTERS[kind](payload, out)

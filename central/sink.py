@@ -1,0 +1,149 @@
+"""The write path: InfluxDB if it takes the lines now, else the local spool; never neither.
+
+`write()` returns only when the lines are durable: accepted by InfluxDB (2xx), held by the
+spool, or — for lines InfluxDB refuses with a 4xx — recorded as dead letters. A 4xx batch is
+split in halves until the refused lines are isolated, so one bad point does not take its
+neighbours with it. `drain()` is a long-lived task that replays the spool with exponential
+backoff and jitter; while the spool is not empty new batches go straight to it, so a down
+database costs one connection error per backoff period, not one per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+
+from central.config import InfluxConfig
+from central.spool import Spool
+from central.writers import Writer, WriteRejected, WriteUnavailable
+
+__all__ = ["Sink", "SinkStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SinkStats:
+    written_lines: int = 0
+    spooled_lines: int = 0
+    replayed_lines: int = 0
+    dead_lines: int = 0
+    write_errors: int = 0
+
+
+class Sink:
+    def __init__(self, writer: Writer, spool: Spool, cfg: InfluxConfig) -> None:
+        self.writer = writer
+        self.spool = spool
+        self.cfg = cfg
+        self.stats = SinkStats()
+        self._spool_nonempty = spool.pending()[0] > 0
+        self._wake = asyncio.Event()
+
+    async def write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        if not self._spool_nonempty:
+            delay = self.cfg.retry_initial_s
+            for attempt in range(1, self.cfg.attempts_before_spool + 1):
+                try:
+                    await self._write_chunks(lines)
+                    return
+                except _Remainder as rest:
+                    lines = rest.lines
+                    if attempt == self.cfg.attempts_before_spool:
+                        log.warning(
+                            "InfluxDB unavailable (%s); spooling %d lines", rest, len(lines)
+                        )
+                        break
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, self.cfg.retry_max_s)
+        await asyncio.to_thread(self.spool.put, lines)
+        self.stats.spooled_lines += len(lines)
+        self._spool_nonempty = True
+        self._wake.set()
+
+    async def write_now(self, lines: list[str]) -> None:
+        """Write without the spool (derived data that can be recomputed): raises
+        `WriteUnavailable` when InfluxDB cannot take it now."""
+        try:
+            await self._write_chunks(lines)
+        except _Remainder as rest:
+            raise rest.cause from None
+
+    async def _write_chunks(self, lines: list[str]) -> None:
+        """Write in chunks; on unavailability raise `_Remainder` with what was not written."""
+        step = self.cfg.max_lines_per_write
+        for start in range(0, len(lines), step):
+            chunk = lines[start : start + step]
+            try:
+                await self.writer.write(chunk)
+                self.stats.written_lines += len(chunk)
+            except WriteRejected as exc:
+                try:
+                    await self._isolate(chunk, exc)
+                except WriteUnavailable as lost:
+                    self.stats.write_errors += 1
+                    raise _Remainder(lines[start:], lost) from lost
+            except WriteUnavailable as exc:
+                self.stats.write_errors += 1
+                raise _Remainder(lines[start:], exc) from exc
+
+    async def _isolate(self, lines: list[str], exc: WriteRejected) -> None:
+        """Split a refused batch until each refused line is alone, and dead-letter those."""
+        if len(lines) == 1 or not exc.data_error:
+            log.error("InfluxDB refused %d lines: %s", len(lines), exc)
+            await asyncio.to_thread(
+                self.spool.dead,
+                "influx",
+                self.writer.name,
+                str(exc),
+                "\n".join(lines).encode(),
+                exc.status,
+            )
+            self.stats.dead_lines += len(lines)
+            return
+        half = len(lines) // 2
+        for part in (lines[:half], lines[half:]):
+            try:
+                await self.writer.write(part)
+                self.stats.written_lines += len(part)
+            except WriteRejected as inner:
+                await self._isolate(part, inner)
+
+    async def drain(self) -> None:
+        """Replay spooled batches, oldest first, forever (cancel to stop)."""
+        delay = self.cfg.retry_initial_s
+        while True:
+            batch = await asyncio.to_thread(self.spool.oldest)
+            if batch is None:
+                self._spool_nonempty = False
+                self._wake.clear()
+                # the timeout covers a put that finished between oldest() and clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                continue
+            batch_id, lines = batch
+            try:
+                await self._write_chunks(lines)
+            except _Remainder as rest:
+                log.info("InfluxDB still unavailable (%s); retry in %.1fs", rest, delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self.cfg.retry_max_s)
+                continue
+            await asyncio.to_thread(self.spool.done, batch_id)
+            self.stats.replayed_lines += len(lines)
+            delay = self.cfg.retry_initial_s
+
+    def idle(self) -> bool:
+        return not self._spool_nonempty
+
+
+class _Remainder(Exception):
+    def __init__(self, lines: list[str], cause: WriteUnavailable) -> None:
+        super().__init__(str(cause))
+        self.lines = lines
+        self.cause = cause

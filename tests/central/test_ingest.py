@@ -1,0 +1,146 @@
+"""MQTT → InfluxDB through the consumer, against a real influxd / VictoriaMetrics and Mosquitto."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from central.spool import Spool
+from tests.central.helpers import (
+    CST,
+    TARIFFS,
+    batch,
+    config,
+    meters,
+    publish,
+    reading,
+    running_consumer,
+    wait_for,
+)
+from tests.fixtures.services import InfluxDB1, Mosquitto, VictoriaMetrics
+
+
+def count(db: InfluxDB1) -> int:
+    series = db.query("SELECT count(energy_import_total_kwh) FROM reading")
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+async def test_readings_land_as_points_keyed_by_meter_item_and_data_time(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+) -> None:
+    cfg = config(tmp_path, mosquitto.port, influxdb.url)
+    ids = meters(300)
+    payloads = [
+        ("c-001", "readings", batch("c-001", [reading(m, "2026-11-25", kwh=1000 + i)
+                                              for i, m in enumerate(ids[k:k + 100])], f"b{k}"))
+        for k in range(0, 300, 100)
+    ]  # fmt: skip
+    async with running_consumer(cfg) as consumer:
+        await publish(mosquitto.port, payloads)
+        await wait_for(lambda: count(influxdb) == 300, what="300 points")
+        # the same batches again (a replay from the agent's outbox): still one point each
+        await publish(mosquitto.port, payloads)
+        await wait_for(lambda: consumer.stats.acked == 6, what="6 acks")
+    assert count(influxdb) == 300
+    series = influxdb.query(
+        "SELECT * FROM reading WHERE meter = '000000000007' GROUP BY concentrator, item, meter"
+    )
+    assert len(series) == 1
+    row = dict(zip(series[0]["columns"], series[0]["values"][0], strict=True))
+    assert series[0]["tags"] == {
+        "concentrator": "c-001",
+        "item": "daily_freeze",
+        "meter": "000000000007",
+    }
+    # data_time 2026-11-25T00:00+08:00 is the point's time, not the time it arrived
+    assert row["time"] == int(dt.datetime(2026, 11, 25, tzinfo=CST).timestamp())
+    assert row["energy_import_total_kwh"] == 1006.0
+    assert row["energy_import_t4_kwh"] == 251.5
+    assert row["quality"] == "ok"
+    assert set(TARIFFS) <= set(row)
+
+
+async def test_invalid_payloads_are_counted_kept_aside_and_acknowledged(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+) -> None:
+    cfg = config(tmp_path, mosquitto.port, influxdb.url)
+    good = batch("c-001", [reading("000000000001", "2026-11-25")], "ok")
+    bad_schema = json.loads(json.dumps(good)) | {"batch_id": ""}
+    wrong_topic = batch("c-002", [reading("000000000002", "2026-11-25")], "elsewhere")
+    async with running_consumer(cfg) as consumer:
+        await publish(
+            mosquitto.port,
+            [
+                ("c-001", "readings", b"{not json"),
+                ("c-001", "readings", bad_schema),
+                ("c-001", "readings", wrong_topic),  # names c-002 on c-001's topic
+                ("c-001", "readings", good),
+            ],
+        )
+        await wait_for(lambda: consumer.stats.acked == 4, what="4 acks")
+        assert consumer.stats.invalid == 3
+    assert count(influxdb) == 1
+    spool = Spool(cfg.consumer.spool)
+    try:
+        assert spool.dead_counts() == {"schema": 3}
+        errors = [d.error for d in spool.dead_letters()]
+    finally:
+        spool.close()
+    assert any("batch_id" in e for e in errors)
+    assert any("concentrator differs" in e for e in errors)
+
+
+async def test_lines_influxdb_refuses_are_isolated_into_dead_letters(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+) -> None:
+    cfg = config(tmp_path, mosquitto.port, influxdb.url)
+    ids = meters(50)
+    first = batch("c-001", [reading(m, "2026-11-25") for m in ids], "numbers")
+    # schema-valid, but a text value where the field already holds numbers: a 400 from influxd
+    odd = reading("000000000099", "2026-11-26")
+    odd["values"]["energy_import_total_kwh"] = {"value": "n/a", "unit": "kWh"}
+    second = batch("c-001", [*(reading(m, "2026-11-26") for m in ids), odd], "one-bad")
+    async with running_consumer(cfg) as consumer:
+        await publish(mosquitto.port, [("c-001", "readings", first)])
+        await wait_for(lambda: count(influxdb) == 50, what="first batch")
+        await publish(mosquitto.port, [("c-001", "readings", second)])
+        await wait_for(lambda: consumer.stats.acked == 2, what="2 acks")
+        assert consumer.sink.stats.dead_lines == 1
+    assert count(influxdb) == 100
+    spool = Spool(cfg.consumer.spool)
+    try:
+        (dead,) = spool.dead_letters()
+    finally:
+        spool.close()
+    assert (dead.kind, dead.status) == ("influx", 400)
+    assert b"meter=000000000099" in dead.body
+
+
+async def test_v2_write_path_through_influxdb_client_into_victoria_metrics(
+    tmp_path: Path, mosquitto: Mosquitto, victoria: VictoriaMetrics
+) -> None:
+    cfg = config(tmp_path, mosquitto.port, victoria.url, api="v2")
+    ids = meters(120)
+    async with running_consumer(cfg) as consumer:
+        await publish(
+            mosquitto.port,
+            [("c-007", "readings", batch("c-007", [reading(m, "2026-11-25", kwh=7.5)
+                                                   for m in ids], "v2"))],
+        )  # fmt: skip
+        await wait_for(lambda: consumer.stats.acked == 1, what="ack")
+
+    def exported() -> list[dict[str, Any]]:
+        return victoria.export('{__name__="reading_energy_import_total_kwh"}')
+
+    await wait_for(lambda: len(exported()) == 120, what="120 series in VictoriaMetrics")
+    one = next(s for s in exported() if s["metric"]["meter"] == "000000000042")
+    assert one["metric"] == {
+        "__name__": "reading_energy_import_total_kwh",
+        "concentrator": "c-007",
+        "item": "daily_freeze",
+        "meter": "000000000042",
+    }
+    assert one["values"] == [7.5]
+    assert one["timestamps"] == [int(dt.datetime(2026, 11, 25, tzinfo=CST).timestamp()) * 1000]
