@@ -164,6 +164,8 @@ class Outbox:
         self.dead_lettered = 0
         """rows moved to the dead-letter table since open"""
         self.dead_letters_dropped = 0
+        self.dead_letter_rows = 0
+        """rows in the dead-letter table now"""
         self.moved_aside: Path | None = None
         """where a corrupt file found at open was moved (None if the file was sound)"""
         self.put_count = 0
@@ -171,6 +173,7 @@ class Outbox:
         self.epoch = ""
         """random id of this outbox file; part of batch ids"""
         self._bytes_used = 0
+        self._depth: dict[str, int] = dict.fromkeys(STORED_KINDS, 0)
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="outbox-writer"
@@ -258,8 +261,12 @@ class Outbox:
         return await self._run(functools.partial(self._dead_letters_sync, limit))
 
     async def depth(self) -> dict[str, int]:
-        """Rows waiting, by kind (every stored kind present), plus ``dead_letter``."""
+        """Rows waiting for the broker, by kind (every stored kind present), counted in the file."""
         return await self._run(self._depth_sync)
+
+    def depth_now(self) -> dict[str, int]:
+        """`depth` as kept in memory by the writer: no I/O, for metrics and status payloads."""
+        return dict(self._depth)
 
     async def wait_for_put(self, seen: int) -> None:
         """Return once `put_count` exceeds `seen` (bound it with ``asyncio.timeout``)."""
@@ -329,6 +336,8 @@ class Outbox:
         (self.epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
         (used,) = conn.execute("SELECT coalesce(sum(size), 0) FROM outbox").fetchone()
         self._bytes_used = int(used)
+        self._depth = self._depth_sync()
+        (self.dead_letter_rows,) = conn.execute("SELECT count(*) FROM dead_letter").fetchone()
         if self.moved_aside is not None:
             self._insert_event(
                 "outbox_corrupt",
@@ -385,6 +394,7 @@ class Outbox:
             (kind, text, _row_size(text), now),
         )
         self._bytes_used += _row_size(text)
+        self._depth[kind] += 1
         assert cur.lastrowid is not None
         return cur.lastrowid
 
@@ -395,7 +405,7 @@ class Outbox:
 
     def _put_sync(self, kind: str, texts: list[str]) -> list[int]:
         now = time.time()
-        before = self._bytes_used
+        before = self._bytes_used, dict(self._depth)
         try:
             with self._transaction():
                 ids = [self._insert(kind, text, now) for text in texts]
@@ -405,7 +415,7 @@ class Outbox:
                     if eviction is not None:
                         self._insert("events", _encode(self._eviction_event(eviction)), now)
         except BaseException:
-            self._bytes_used = before
+            self._bytes_used, self._depth = before
             raise
         if eviction is not None:
             self.evictions += 1
@@ -467,6 +477,7 @@ class Outbox:
                 )
                 for kind, n in stage.items():
                     counts[kind] = counts.get(kind, 0) + n
+                    self._depth[kind] -= n
         return _Eviction(counts, freed)
 
     def _peek_sync(self, kind: str, limit: int) -> list[OutboxRow]:
@@ -489,24 +500,31 @@ class Outbox:
 
     def _delete_sync(self, ids: list[int]) -> None:
         with self._transaction() as conn:
-            self._bytes_used -= self._size_of(ids)
+            removed = self._tally(ids)
             conn.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
                 (json.dumps(ids),),
             )
+        self._forget(removed)
 
-    def _size_of(self, ids: list[int]) -> int:
-        (size,) = self._db.execute(
-            "SELECT coalesce(sum(size), 0) FROM outbox "
-            "WHERE id IN (SELECT value FROM json_each(?))",
+    def _tally(self, ids: list[int]) -> list[tuple[str, int, int]]:
+        """(kind, rows, bytes) of the given rows that are still in the outbox."""
+        rows = self._db.execute(
+            "SELECT kind, count(*), sum(size) FROM outbox "
+            "WHERE id IN (SELECT value FROM json_each(?)) GROUP BY kind",
             (json.dumps(ids),),
-        ).fetchone()
-        return int(size)
+        ).fetchall()
+        return [(kind, int(n), int(size)) for kind, n, size in rows]
+
+    def _forget(self, removed: list[tuple[str, int, int]]) -> None:
+        for kind, n, size in removed:
+            self._depth[kind] -= n
+            self._bytes_used -= size
 
     def _dead_letter_sync(self, ids: list[int], reason: str) -> int:
         ids_json = json.dumps(ids)
         with self._transaction() as conn:
-            size = self._size_of(ids)
+            removed = self._tally(ids)
             cur = conn.execute(
                 "INSERT INTO dead_letter (id, kind, payload, created_at, failed_at, reason) "
                 "SELECT id, kind, payload, created_at, ?, ? FROM outbox "
@@ -524,7 +542,8 @@ class Outbox:
                 "(SELECT id FROM dead_letter ORDER BY id LIMIT ?)",
                 (dropped,),
             )
-        self._bytes_used -= size
+        self._forget(removed)
+        self.dead_letter_rows = count - dropped
         self.dead_letters_dropped += dropped
         self.dead_lettered += moved
         log.error(
@@ -552,7 +571,6 @@ class Outbox:
         depth = dict.fromkeys(STORED_KINDS, 0)
         for kind, n in self._db.execute("SELECT kind, count(*) FROM outbox GROUP BY kind"):
             depth[kind] = n
-        (depth["dead_letter"],) = self._db.execute("SELECT count(*) FROM dead_letter").fetchone()
         return depth
 
 
