@@ -9,6 +9,7 @@ the high bytes with AA (缩位寻址).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from protocols.errors import AddressError, LocalProtocolError
 
@@ -17,8 +18,8 @@ __all__ = ["BROADCAST", "WILDCARD", "Address"]
 _WIRE_LEN = 6
 
 
-def _valid_wire_byte(b: int) -> bool:
-    return b == 0xAA or ((b >> 4) <= 9 and (b & 0x0F) <= 9)
+#: every byte an address may hold: two BCD digits, or the AAH wildcard
+_VALID_BYTES = bytes(b for b in range(256) if b == 0xAA or ((b >> 4) <= 9 and (b & 0x0F) <= 9))
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +31,9 @@ class Address:
     def __post_init__(self) -> None:
         if len(self.wire) != _WIRE_LEN:
             raise LocalProtocolError(f"an address is 6 bytes, got {len(self.wire)}")
-        for b in self.wire:
-            if not _valid_wire_byte(b):
-                raise AddressError(f"address byte {b:02X} is neither BCD nor AA", self.wire)
+        invalid = bytes(self.wire).translate(None, _VALID_BYTES)
+        if invalid:
+            raise AddressError(f"address byte {invalid[0]:02X} is neither BCD nor AA", self.wire)
 
     @classmethod
     def parse(cls, text: str) -> Address:
@@ -50,11 +51,14 @@ class Address:
         for pair in pairs:
             if "A" in pair and pair != "AA":
                 raise LocalProtocolError(f"address {text!r}: wildcards cover whole bytes (AA)")
+        wild = [p == "AA" for p in pairs]
+        if wild != sorted(wild, reverse=True):
+            raise LocalProtocolError(f"address {text!r}: wildcards (AA) fill the high bytes only")
         return cls(bytes(int(p, 16) for p in reversed(pairs)))
 
     @classmethod
     def from_wire(cls, wire: bytes) -> Address:
-        return cls(bytes(wire))
+        return _from_wire(bytes(wire)) if cls is Address else cls(bytes(wire))
 
     @property
     def digits(self) -> str:
@@ -96,6 +100,12 @@ class Address:
             if ours != theirs:
                 return all(b == 0xAA for b in self.wire[i:])
         return True
+
+
+@lru_cache(maxsize=1024)
+def _from_wire(wire: bytes) -> Address:
+    # a bus has few meters: decoding their replies reuses the validated, immutable address
+    return Address(wire)
 
 
 BROADCAST = Address(b"\x99" * _WIRE_LEN)

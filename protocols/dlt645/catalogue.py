@@ -8,7 +8,7 @@ are just not interpreted.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from protocols.dlt645.formats import Bcd, ClockField, Digits, ValueFormat, Word
@@ -54,6 +54,14 @@ class DataItem:
     """blocks whose length depends on the meter (tariff count) may stop after this many fields;
     0 means all fields are always present"""
     history: History | None = None
+    # (measurement, format, size, unit) per field, resolved once: decoding is on the hot path
+    _plan: tuple[tuple[str, ValueFormat, int, str | None], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        plan = tuple((f.measurement, f.format, f.format.size, f.unit) for f in self.fields)
+        object.__setattr__(self, "_plan", plan)
 
     @property
     def di_hex(self) -> str:
@@ -67,20 +75,22 @@ class DataItem:
         """Decode the value bytes (after the DI) into measurements."""
         out: list[Measurement] = []
         pos = 0
-        for i, fld in enumerate(self.fields):
-            if pos == len(data) and self.min_fields and i >= self.min_fields:
+        have = len(data)
+        for i, (name, fmt, size, unit) in enumerate(self._plan):
+            if pos == have and self.min_fields and i >= self.min_fields:
                 break
-            chunk = data[pos : pos + fld.format.size]
-            if len(chunk) < fld.format.size:
+            if have - pos < size:
                 raise ValueFormatError(
-                    f"DI {self.di_hex} ({self.name}): {len(data)} value bytes, "
-                    f"field {fld.measurement} needs {fld.format.size} more at offset {pos}"
+                    f"DI {self.di_hex} ({self.name}): {have} value bytes, "
+                    f"field {name} needs {size} more at offset {pos}"
                 )
-            value = fld.format.decode(chunk)
-            flags = fld.format.flags(int(value)) if isinstance(fld.format, Word) else ()
-            out.append(Measurement(fld.measurement, value, fld.unit, flags))
-            pos += fld.format.size
-        if pos != len(data):
+            value = fmt.decode(data[pos : pos + size])
+            if isinstance(fmt, Word):
+                out.append(Measurement(name, value, unit, fmt.flags(int(value))))
+            else:
+                out.append(Measurement(name, value, unit))
+            pos += size
+        if pos != have:
             raise ValueFormatError(
                 f"DI {self.di_hex} ({self.name}): {len(data) - pos} bytes left after the last field"
             )

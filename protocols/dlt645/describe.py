@@ -116,9 +116,13 @@ def describe(frame: Frame) -> dict[str, Any]:
         out["payload_error"] = str(exc)
         return out
     out["message"] = message_fields(message, frame.edition)
+    message_di = getattr(message, "di", None)
+    if di is None and isinstance(message_di, int):  # e.g. a 1997 re-read reply
+        out["di"] = f"{message_di:0{width}X}"
     if isinstance(message, ErrorReply | SecurityErrorReply):
         out["error"] = {"code": int(message.flags), "flags": list(message.flag_names)}
-    elif isinstance(message, ReadReply) and ctl.reply and not ctl.follow_up:
+    elif type(message) is ReadReply and not ctl.follow_up:
+        # a complete value; parts of a long reply (B1, follow-up replies) are only raw data
         try:
             out["values"] = values_of(message.di, message.value, frame.edition)
         except RemoteProtocolError as exc:

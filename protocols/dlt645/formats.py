@@ -10,7 +10,7 @@ that lies is reported, not believed); encoding rejects values that do not fit wi
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protocols.errors import LocalProtocolError, ValueFormatError
 
@@ -24,13 +24,13 @@ _BCD = tuple(
 
 def bcd_to_int(data: bytes, *, what: str = "value") -> int:
     """Little-endian packed BCD to an int."""
-    n = 0
-    for b in reversed(data):
-        v = _BCD[b]
-        if v < 0:
-            raise ValueFormatError(f"{what}: byte {b:02X} is not BCD ({data.hex(' ').upper()})")
-        n = n * 100 + v
-    return n
+    text = data[::-1].hex()  # a nibble over 9 shows as a letter
+    if text.isdigit():
+        return int(text)
+    if not data:
+        return 0
+    bad = next(b for b in data if _BCD[b] < 0)
+    raise ValueFormatError(f"{what}: byte {bad:02X} is not BCD ({data.hex(' ').upper()})")
 
 
 def int_to_bcd(n: int, size: int, *, what: str = "value") -> bytes:
@@ -62,33 +62,41 @@ class Bcd(ValueFormat):
 
     layout: str
     signed: bool = False
+    # derived from the layout once (decoding is on every reading's hot path)
+    size: int = field(init=False, repr=False, compare=False)
+    decimals: int = field(init=False, repr=False, compare=False)
+    _scale: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def size(self) -> int:  # type: ignore[override]
-        digits = len(self.layout.replace(".", ""))
-        return (digits + 1) // 2
-
-    @property
-    def decimals(self) -> int:
-        return len(self.layout.partition(".")[2])
+    def __post_init__(self) -> None:
+        integer, _, fraction = self.layout.partition(".")
+        if not integer or set(integer + fraction) != {"X"}:
+            raise LocalProtocolError(f"BCD layout {self.layout!r} is not like XXX.XX")
+        object.__setattr__(self, "size", (len(integer) + len(fraction) + 1) // 2)
+        object.__setattr__(self, "decimals", len(fraction))
+        object.__setattr__(self, "_scale", 10 ** len(fraction))
 
     def decode(self, data: bytes) -> float | int:
-        negative = False
-        if self.signed and data and data[-1] & 0x80:
-            negative = True
-            data = data[:-1] + bytes((data[-1] & 0x7F,))
-        n = bcd_to_int(data, what=self.layout)
+        if len(data) != self.size:
+            raise ValueFormatError(f"{self.layout}: expected {self.size} bytes, got {len(data)}")
+        negative = self.signed and data[-1] & 0x80
         if negative:
-            n = -n
-        if self.decimals == 0:
+            data = data[:-1] + bytes((data[-1] & 0x7F,))
+        text = data[::-1].hex()
+        if not text.isdigit():
+            bcd_to_int(data, what=self.layout)  # raises, naming the byte
+        n = -int(text) if negative else int(text)
+        if not self.decimals:
             return n
-        scale: int = 10**self.decimals
-        return round(n / scale, self.decimals)
+        # the correctly rounded quotient is already the nearest float to the decimal value
+        return n / self._scale
 
     def encode(self, value: float | int | str) -> bytes:
         if isinstance(value, str):
             raise LocalProtocolError(f"{self.layout}: expected a number, got {value!r}")
-        scaled = round(float(value) * 10**self.decimals)
+        try:
+            scaled = round(float(value) * self._scale)
+        except (OverflowError, ValueError):  # inf, nan, an int too large for a float
+            raise LocalProtocolError(f"{self.layout}: {value!r} is not a finite number") from None
         negative = scaled < 0
         if negative and not self.signed:
             raise LocalProtocolError(f"{self.layout}: {value} is negative but the format is not")
@@ -112,14 +120,21 @@ class Digits(ValueFormat):
         return "N" * (2 * self.size)
 
     def decode(self, data: bytes) -> str:
-        bcd_to_int(data, what="digit string")  # validates
-        return data[::-1].hex()
+        if len(data) != self.size:
+            raise ValueFormatError(f"digit string: expected {self.size} bytes, got {len(data)}")
+        text = data[::-1].hex()
+        if not text.isdigit():
+            bcd_to_int(data, what="digit string")  # raises, naming the byte
+        return text
 
     def encode(self, value: float | int | str) -> bytes:
         text = str(value).rjust(2 * self.size, "0")
-        if len(text) != 2 * self.size or not text.isdigit():
+        if len(text) != 2 * self.size or not (text.isascii() and text.isdigit()):
             raise LocalProtocolError(f"expected up to {2 * self.size} digits, got {value!r}")
         return bytes.fromhex(text)[::-1]
+
+
+_CLOCK_KEYS = frozenset({"YY", "MM", "DD", "WW", "hh", "mm", "ss"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,21 +142,32 @@ class ClockField(ValueFormat):
     """Calendar and clock fields, e.g. ``YYMMDDhhmm`` (sent mm hh DD MM YY).
 
     Decodes to ISO text: a date, a time ``hh:mm:ss`` or a naive date-time (meter clock).
-    The weekday ``WW`` (0 = Sunday) is checked against the date when encoding and is
-    range-checked when decoding (meters that never set it are common).
+    The weekday ``WW`` (0 = Sunday … 6 = Saturday) is computed from the date when encoding;
+    decoding only range-checks it (0..6) and drops it, because meters whose weekday was never
+    set are common. Fields the layout lacks are dropped when encoding (seconds of
+    ``YYMMDDhhmm``) and decode as 0.
     """
 
     layout: str
+    size: int = field(init=False, repr=False, compare=False)
+    _keys: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def size(self) -> int:  # type: ignore[override]
-        return len(self.layout) // 2
-
-    def _fields(self) -> list[str]:
-        return [self.layout[i : i + 2] for i in range(0, len(self.layout), 2)]
+    def __post_init__(self) -> None:
+        keys = [self.layout[i : i + 2] for i in range(0, len(self.layout), 2)]
+        object.__setattr__(self, "_keys", tuple(keys))
+        object.__setattr__(self, "size", len(keys))
+        if (
+            len(self.layout) % 2
+            or not set(keys) <= _CLOCK_KEYS
+            or len(set(keys)) != len(keys)
+            or ("DD" in keys and not {"YY", "MM"} <= set(keys))
+            or ("hh" in keys and "mm" not in keys)
+            or not {"DD", "hh"} & set(keys)
+        ):
+            raise LocalProtocolError(f"clock layout {self.layout!r} is not supported")
 
     def decode(self, data: bytes) -> str:
-        keys = self._fields()
+        keys = self._keys
         if len(data) != len(keys):
             raise ValueFormatError(f"{self.layout}: expected {len(keys)} bytes, got {len(data)}")
         parts = {
@@ -169,7 +195,7 @@ class ClockField(ValueFormat):
     def encode(self, value: float | int | str) -> bytes:
         if not isinstance(value, str):
             raise LocalProtocolError(f"{self.layout}: expected ISO text, got {value!r}")
-        keys = self._fields()
+        keys = self._keys
         try:
             if "DD" in keys and "hh" in keys:
                 moment = dt.datetime.fromisoformat(value)

@@ -137,9 +137,11 @@ def infer_edition(control: Control, data: bytes) -> Edition:
     """Guess the edition of a frame from its function code and data.
 
     Codes 11H-1DH exist only in 2007, 01/02/04/0A/0C/0F/10H only in 1997; 08H has the same
-    layout in both (2007 is reported). 03H is 2007 security (data starts with DI ``07xxxxFF``,
-    or an abnormal reply with the 2-byte SERR word) or 1997 re-read (no data in the request,
-    2-byte DI in the reply).
+    layout in both (2007 is reported). 03H is 2007 security or 1997 re-read: a request with
+    data is security (a re-read request has none); a normal reply is security when it starts
+    with a DI ``07xxxxFF`` (every 03H DI in use); an abnormal reply is security when it holds
+    the 2-byte SERR word (1997 abnormal replies carry one ERR byte). Pass the edition
+    explicitly (`decode_frame(..., edition=)`, `FrameDecoder(edition=)`) when it is known.
     """
     code = control.code
     if code >= 0x11:
@@ -147,6 +149,8 @@ def infer_edition(control: Control, data: bytes) -> Edition:
     if code == 0x03:
         if control.abnormal:
             return Edition.V2007 if len(data) == 2 else Edition.V1997
+        if not control.reply:
+            return Edition.V2007 if data else Edition.V1997
         if len(data) >= 4 and data[0] == 0xFF and data[3] == 0x07:
             return Edition.V2007
         return Edition.V1997

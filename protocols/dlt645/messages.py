@@ -54,9 +54,22 @@ __all__ = [
     "to_frame",
 ]
 
-# standard limits on L for requests (DL/T 645-2007 §5.1: reading ≤ 200, writing ≤ 50)
+# DL/T 645 §4.5 (both editions): "读数据时 L≤200，写数据时 L≤50". A read *request* is at most
+# 10 bytes, so the 200 is the data field of a read reply (longer data goes into follow-up
+# frames); the 50 is the data field of a write request, DI and password included. Every other
+# frame is only limited by the one-byte L field (255, checked by `Frame`). Decoding accepts
+# up to 255 everywhere: vendors do not all keep to the limits.
 READ_LIMIT = 200
 WRITE_LIMIT = 50
+#: (edition, function code, reply) -> limit on the data field when *building* that frame
+LENGTH_LIMITS: dict[tuple[Edition, int, bool], int] = {
+    (Edition.V2007, 0x11, True): READ_LIMIT,
+    (Edition.V2007, 0x12, True): READ_LIMIT,
+    (Edition.V1997, 0x01, True): READ_LIMIT,
+    (Edition.V1997, 0x02, True): READ_LIMIT,
+    (Edition.V2007, 0x14, False): WRITE_LIMIT,
+    (Edition.V1997, 0x04, False): WRITE_LIMIT,
+}
 
 
 class Message:
@@ -91,22 +104,34 @@ def register(codes: dict[Edition, int], reply: bool) -> Callable[[_Decoder], _De
 def to_frame(
     address: Address, message: Message, edition: Edition = Edition.V2007, *, follow_up: bool = False
 ) -> Frame:
+    """The frame that carries `message` in `edition`.
+
+    Raises `LocalProtocolError` when the message cannot be sent in that edition or breaks a
+    length limit of the standard (`LENGTH_LIMITS`). `follow_up` sets D5 (more data follows).
+    """
     code = message.code(edition)
     if code is None:
-        raise LocalProtocolError(f"{type(message).__name__} does not exist in DL/T 645-{edition}")
+        raise LocalProtocolError(f"{message!r} cannot be sent in DL/T 645-{edition}")
     data = message.payload(edition)
-    if not message.REPLY:
-        limit = WRITE_LIMIT if code in (0x14, 0x04) else READ_LIMIT
-        if len(data) > limit:
-            raise LocalProtocolError(f"request data of {len(data)} bytes exceeds the limit {limit}")
+    limit = None if message.ABNORMAL else LENGTH_LIMITS.get((edition, code, message.REPLY))
+    if limit is not None and len(data) > limit:
+        raise LocalProtocolError(
+            f"{type(message).__name__}: data field of {len(data)} bytes exceeds the limit {limit}"
+            " of DL/T 645 (split long read replies into follow-up frames)"
+        )
     control = Control(code, message.REPLY, message.ABNORMAL, follow_up)
     return Frame(address, control, data, edition)
 
 
 def from_frame(frame: Frame) -> Message:
-    """The message a frame carries. Raises `PayloadError` if the data does not fit."""
+    """The message a frame carries. Raises `PayloadError` if the data does not fit.
+
+    Only `RemoteProtocolError` subclasses are raised, whatever the bytes.
+    """
     ctl = frame.control
     if ctl.abnormal:
+        if not ctl.reply:
+            raise PayloadError(f"abnormal flag (D6) set on a request (C={ctl.byte:02X})")
         abnormal = _ABNORMAL.get((frame.edition, ctl.code), _decode_error_reply)
         return abnormal(frame.data, frame.edition, ctl.code)
     decoder = _DECODERS.get((frame.edition, ctl.code, ctl.reply))
@@ -218,6 +243,13 @@ class ErrorReply(Message):
         return self.function
 
     def payload(self, edition: Edition) -> bytes:
+        if (edition, self.function) in _ABNORMAL:
+            raise LocalProtocolError(
+                f"abnormal replies to {self.function:02X}H have a layout of their own"
+                " (03H: SecurityErrorReply with the 2-byte SERR word)"
+            )
+        if not 0 <= int(self.flags) <= 0xFF:
+            raise LocalProtocolError(f"ERR word {int(self.flags):#x} does not fit one byte")
         return bytes((int(self.flags),))
 
     @property
@@ -287,8 +319,9 @@ def _read_request(data: bytes, edition: Edition) -> Message:
 @dataclass(frozen=True, slots=True)
 class ReadReply(Message):
     """Normal read reply: the DI and the value bytes. `seq` is the frame sequence number that
-    ends a 12H follow-up reply (None for 11H replies). The control byte's follow-up bit, set
-    when more data follows, is a frame property (`Frame.control.follow_up`)."""
+    ends a 12H follow-up reply (`FollowUpReply`); an 11H reply has none, so it must be None
+    here. The control byte's follow-up bit, set when more data follows, is a frame property
+    (`to_frame(..., follow_up=True)`, `Frame.control.follow_up`)."""
 
     di: int
     value: bytes
@@ -297,15 +330,25 @@ class ReadReply(Message):
     REPLY: ClassVar[bool] = True
 
     def payload(self, edition: Edition) -> bytes:
-        tail = b"" if self.seq is None else bytes((self.seq,))
-        return di_bytes(self.di, edition) + self.value + tail
+        if self.seq is not None:
+            raise LocalProtocolError("a read reply (11H/01H) carries no SEQ; use FollowUpReply")
+        return di_bytes(self.di, edition) + self.value
 
 
 @dataclass(frozen=True, slots=True)
 class FollowUpReply(ReadReply):
-    """Reply to 12H: DI, value bytes, SEQ."""
+    """Reply to 12H: DI, value bytes, SEQ (0..255, required). In 1997 a 02H reply carries no
+    SEQ: `seq` is not sent and decodes as None."""
 
     CODE: ClassVar[dict[Edition, int]] = _FOLLOW
+
+    def payload(self, edition: Edition) -> bytes:
+        head = di_bytes(self.di, edition) + self.value
+        if edition is Edition.V1997:
+            return head
+        if self.seq is None or not 0 <= self.seq <= 0xFF:
+            raise LocalProtocolError(f"a 12H reply ends with a one-byte SEQ, got {self.seq!r}")
+        return head + bytes((self.seq,))
 
 
 @register(_READ, reply=True)
@@ -329,7 +372,8 @@ def _follow_reply_1997(data: bytes, edition: Edition) -> Message:
 
 @dataclass(frozen=True, slots=True)
 class ReadFollowUpRequest(Message):
-    """Ask for the next part of a long reply (2007: DI + SEQ; 1997: DI only)."""
+    """Ask for the next part of a long reply (2007: DI + SEQ; 1997: DI only — `seq` is not
+    sent and decodes as the default 1)."""
 
     di: int
     seq: int = 1
@@ -347,7 +391,7 @@ class ReadFollowUpRequest(Message):
 def _follow_request(data: bytes, edition: Edition) -> Message:
     if edition is Edition.V1997:
         need(data, 2, "follow-up request")
-        return ReadFollowUpRequest(read_di(data, edition), 0)
+        return ReadFollowUpRequest(read_di(data, edition))
     need(data, 5, "follow-up request")
     return ReadFollowUpRequest(read_di(data, edition), data[4])
 
@@ -374,14 +418,15 @@ register({Edition.V1997: 0x03}, reply=True)(_read_reply)
 # --- replies with no data (94, 95, 96, 99, 9A, 9B, 9C, 88 …) --------------------------------------
 @dataclass(frozen=True, slots=True)
 class Done(Message):
-    """A normal reply with an empty data field, acknowledging `function`."""
+    """A normal reply with an empty data field, acknowledging `function` (only functions whose
+    normal reply is empty: `DONE_CODES`)."""
 
     function: int
     CODE: ClassVar[dict[Edition, int]] = {}
     REPLY: ClassVar[bool] = True
 
     def code(self, edition: Edition) -> int | None:
-        return self.function
+        return self.function if self.function in DONE_CODES[edition] else None
 
     def payload(self, edition: Edition) -> bytes:
         return b""
@@ -395,10 +440,12 @@ def _done_for(code: int) -> _Decoder:
     return decode
 
 
-for _edition, _codes in {
+#: functions whose normal reply has an empty data field
+DONE_CODES: dict[Edition, tuple[int, ...]] = {
     Edition.V2007: (0x08, 0x14, 0x15, 0x16, 0x19, 0x1A, 0x1B, 0x1C),
     Edition.V1997: (0x04, 0x08, 0x0A, 0x10),
-}.items():
+}
+for _edition, _codes in DONE_CODES.items():
     for _code in _codes:
         register({_edition: _code}, reply=True)(_done_for(_code))
 

@@ -24,7 +24,9 @@ from protocols.dlt645.functions import Edition
 from protocols.dlt645.messages import (
     _ABNORMAL,
     Message,
+    di_bytes,
     flag_names,
+    four,
     need,
     read_di,
     register,
@@ -99,6 +101,8 @@ class SecurityErrorReply(Message):
     ABNORMAL: ClassVar[bool] = True
 
     def payload(self, edition: Edition) -> bytes:
+        if not 0 <= int(self.flags) <= 0xFFFF:
+            raise LocalProtocolError(f"SERR word {int(self.flags):#x} does not fit two bytes")
         return int(self.flags).to_bytes(2, "little")
 
     @property
@@ -362,12 +366,15 @@ class SecurityAck(Message):
     REPLY: ClassVar[bool] = True
 
     def payload(self, edition: Edition) -> bytes:
-        return self.di.to_bytes(4, "little")
+        return di_bytes(self.di, edition)
 
 
 @dataclass(frozen=True, slots=True)
 class SecurityRequest(Message):
-    """A 03H request whose DI has no typed layout here (e.g. key update): kept as bytes."""
+    """A 03H request whose DI has no typed layout here (e.g. key update): kept as bytes.
+
+    Also usable to relay any 03H request verbatim; decoding gives the typed class when the DI
+    has one (`TopUpRequest` …)."""
 
     di: int
     operator: bytes
@@ -375,18 +382,21 @@ class SecurityRequest(Message):
     CODE: ClassVar[dict[Edition, int]] = _CODE
 
     def payload(self, edition: Edition) -> bytes:
-        return self.di.to_bytes(4, "little") + self.operator + self.body
+        return di_bytes(self.di, edition) + four(self.operator, "operator code") + self.body
 
 
 @dataclass(frozen=True, slots=True)
 class SecurityReply(Message):
+    """A normal 83 reply whose DI has no typed reply layout, kept as bytes. Decoding gives the
+    typed class when there is one, and `SecurityAck` when nothing follows the DI."""
+
     di: int
     body: bytes
     CODE: ClassVar[dict[Edition, int]] = _CODE
     REPLY: ClassVar[bool] = True
 
     def payload(self, edition: Edition) -> bytes:
-        return self.di.to_bytes(4, "little") + self.body
+        return di_bytes(self.di, edition) + self.body
 
 
 _REQUESTS: dict[int, type[_Layout]] = {
