@@ -270,10 +270,12 @@ class Consumer:
         if not dirty:
             return 0
         known = await asyncio.to_thread(self.ledger.known_days)
-        latest = max([*known, *dirty])
-        first = max(min(dirty), day_offset(latest, -62))
+        # only days with data are published: a day before the first read is not a 0% day
+        first = max(min(dirty), day_offset(max([*known, *dirty]), -62))
         # a change on one day moves every later day's consecutive-failure counts
-        days = sorted({d for d in [*known, *dirty] if d >= first})
+        days = [d for d in known if d >= first]
+        for day in dirty.keys() - set(known):
+            await asyncio.to_thread(self.ledger.clean, day, dirty[day])
         for day in days:
             cov = await asyncio.to_thread(compute_day, self.ledger, day, self.cfg.coverage)
             published = {

@@ -231,7 +231,7 @@ def day_lines(
         tags = f"scope={s.scope},key={escape_tag(s.key)}"
         counts = {
             "expected": s.expected,
-            "read": s.read,
+            "collected": s.read,  # not "read": READ is an InfluxQL keyword
             "failed": s.failed,
             "timely": s.timely,
             "complete": s.complete,

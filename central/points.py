@@ -163,7 +163,7 @@ def _rounds(payload: dict[str, Any], out: Converted) -> None:
     fields = {
         "round_id": payload["round_id"],
         "expected": payload["expected"],
-        "read": payload["read"],
+        "collected": payload["read"],  # READ is an InfluxQL keyword
         "failed": len(failed),
         "final": payload.get("final", False),
         "duration_s": payload.get("duration_s"),

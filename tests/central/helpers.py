@@ -139,7 +139,7 @@ async def publish(
                 )
             )
             n += 1
-            if len(pending) >= 100:
+            if len(pending) >= 10:
                 await asyncio.gather(*pending)
                 pending = []
         await asyncio.gather(*pending)

@@ -1,0 +1,122 @@
+"""Coverage from the ledger: expected against the archive, reasons, streaks, late data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from central.config import CoverageConfig
+from central.coverage import UNEXPLAINED, compute_day, day_lines
+from central.ledger import Ledger
+from central.points import Converted, convert
+from central.schema_check import check
+from tests.central import scenario
+from tests.central.scenario import DAY, M
+
+
+def apply(ledger: Ledger, messages: list[tuple[str, str, dict[str, Any]]]) -> None:
+    facts = Converted()
+    for _, kind, payload in messages:
+        check(kind, payload)
+        convert(kind, payload, facts)
+    ledger.apply(facts, CoverageConfig().required_values)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Any:
+    led = Ledger(tmp_path / "ledger.sqlite3")
+    apply(led, scenario.messages())
+    yield led
+    led.close()
+
+
+def test_the_fleet_rate_counts_every_archived_meter(ledger: Ledger) -> None:
+    cov = compute_day(ledger, DAY, CoverageConfig())
+    fleet = cov.fleet()
+    assert (fleet.expected, fleet.read, fleet.timely, fleet.complete) == (14, 11, 10, 10)
+    assert fleet.rate == pytest.approx(100 * 11 / 14, abs=1e-4)
+    assert fleet.timeliness_rate == pytest.approx(100 * 10 / 14, abs=1e-4)
+    assert fleet.completeness_rate == pytest.approx(100 * 10 / 14, abs=1e-4)
+    assert dict(fleet.reasons) == {"no_reply": 1, "route_failure": 1, UNEXPLAINED: 1}
+
+
+def test_breakdowns_by_concentrator_district_and_manufacturer(ledger: Ledger) -> None:
+    cov = compute_day(ledger, DAY, CoverageConfig())
+    got = {(s.scope, s.key): (s.expected, s.read) for s in cov.scopes}
+    assert got == {
+        ("fleet", "all"): (14, 11),
+        ("concentrator", "c-001"): (10, 8),
+        ("concentrator", "c-002"): (4, 3),
+        ("district", "east"): (5, 5),
+        ("district", "west"): (9, 6),
+        ("manufacturer", "acme"): (9, 7),  # 1 3 5 7 9 + 101..104 -> 9 fails, 104 fails
+        ("manufacturer", "zeta"): (5, 4),  # 2 4 6 8 10 -> 10 fails
+    }
+    only = compute_day(ledger, DAY, CoverageConfig(), concentrator="c-002")
+    assert (only.fleet().key, only.fleet().expected, only.fleet().read) == ("c-002", 4, 3)
+
+
+def test_consecutive_failures_name_the_last_reason_and_the_last_good_day(ledger: Ledger) -> None:
+    cov = compute_day(ledger, DAY, CoverageConfig())
+    streaks = {s.meter: s for s in cov.streaks}
+    assert set(streaks) == {M[9], M[10], M[104]}
+    nine = streaks[M[9]]
+    assert (nine.days, nine.last_reason, nine.last_success) == (3, "no_reply", "2026-11-21")
+    assert nine.last_detail == "no_reply on rs485-1"
+    # meter 10 was never read: failing on every day the ledger knows (21..24)
+    assert (streaks[M[10]].days, streaks[M[10]].last_success) == (4, None)
+    assert streaks[M[10]].last_reason == UNEXPLAINED
+    # c-002 sent nothing for 21..23: its meters were expected and unread on those days too
+    assert (streaks[M[104]].days, streaks[M[104]].last_reason) == (4, "route_failure")
+    assert [s.meter for s in cov.streaks] == [M[10], M[104], M[9]]  # longest first
+
+
+def test_backfill_updates_the_past_day_and_a_later_archive_does_not(ledger: Ledger) -> None:
+    ledger.clean(DAY, ledger.dirty_days()[DAY])
+    apply(ledger, scenario.backfill())
+    assert DAY in ledger.dirty_days()
+    cov = compute_day(ledger, DAY, CoverageConfig())
+    fleet = cov.fleet()
+    # read now, but neither on time nor counted twice; meter 11 (archive v2 of the 25th) absent
+    assert (fleet.expected, fleet.read, fleet.timely) == (14, 12, 10)
+    assert M[9] not in {s.meter for s in cov.streaks}
+    assert dict(fleet.reasons) == {"route_failure": 1, UNEXPLAINED: 1}
+    next_day = compute_day(ledger, "2026-11-25", CoverageConfig())
+    assert next_day.by("concentrator")[0].expected == 11
+
+
+def test_replays_change_nothing(ledger: Ledger) -> None:
+    before = compute_day(ledger, DAY, CoverageConfig())
+    apply(ledger, scenario.messages())
+    after = compute_day(ledger, DAY, CoverageConfig())
+    assert [vars(s) for s in after.scopes] == [vars(s) for s in before.scopes]
+    assert after.streaks == before.streaks
+
+
+def test_timeliness_deadline_and_required_values_are_configurable(ledger: Ledger) -> None:
+    cfg = CoverageConfig(timely_by="23:45", required_values=["energy_import_total_kwh"])
+    led2 = Ledger(ledger.path.with_name("other.sqlite3"))
+    try:
+        facts = Converted()
+        for _, kind, payload in scenario.messages():
+            convert(kind, payload, facts)
+        led2.apply(facts, cfg.required_values)
+        fleet = compute_day(led2, DAY, cfg).fleet()
+    finally:
+        led2.close()
+    assert (fleet.read, fleet.timely, fleet.complete) == (11, 11, 11)
+
+
+def test_a_recovered_meter_is_zeroed_in_the_published_streaks(ledger: Ledger) -> None:
+    lines, published = day_lines(compute_day(ledger, DAY, CoverageConfig()), {})
+    assert any(
+        line.startswith(f"coverage_streak,concentrator=c-001,meter={M[9]} ") for line in lines
+    )
+    apply(ledger, scenario.backfill())
+    lines, _ = day_lines(compute_day(ledger, DAY, CoverageConfig()), published)
+    nine = [line for line in lines if f"meter={M[9]}" in line]
+    assert len(nine) == 1
+    assert 'days=0.0,last_reason=""' in nine[0]
+    assert any("reason=no_reply meters=0.0" in line for line in lines)
