@@ -151,7 +151,7 @@ def parse_fleet(
     )
     if len(master_key) != 16:
         raise FleetError("master_key: 32 hex digits (16 bytes) expected")
-    recorder = recorder or Recorder()
+    recorder = recorder if recorder is not None else Recorder()
     buses: list[Bus] = []
     for d_index, district in enumerate(_list(doc, "district", "")):
         path = f"district[{d_index}]"
