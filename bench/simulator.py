@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from protocols.dlt645 import Address, FrameDecoder, ReadRequest, to_frame  # noqa: E402
-from simulators import parse_fleet, serve_fleet  # noqa: E402
+from protocols.dlt645 import Address, FrameDecoder, ReadRequest, to_frame
+from simulators import parse_fleet, serve_fleet
 
 FLEET = """
 seed = 1
@@ -123,9 +123,8 @@ async def timing(baud: int, replies: int) -> None:
         finally:
             loop.remove_reader(fd)
             os.close(fd)
-    print(
-        f"line timing on a pty at {baud} baud, {replies} replies of {min(sizes)}-{max(sizes)} bytes:"
-    )
+    sized = f"{min(sizes)}-{max(sizes)} bytes"
+    print(f"line timing on a pty at {baud} baud, {replies} replies of {sized}:")
     print(
         f"  reply wire time  measured / computed = {statistics.mean(wire_ratios):.3f} "
         f"(min {min(wire_ratios):.3f}, max {max(wire_ratios):.3f})"
