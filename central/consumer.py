@@ -280,7 +280,7 @@ class Consumer:
             cov = await asyncio.to_thread(compute_day, self.ledger, day, self.cfg.coverage)
             published = {
                 m: await asyncio.to_thread(self.ledger.published, day, m)
-                for m in ("coverage_reason", "coverage_streak")
+                for m in ("coverage_streak",)
             }
             lines, now = day_lines(cov, published)
             await self.sink.write_now(lines)

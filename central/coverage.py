@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from central.config import CoverageConfig, parse_hhmm
 from central.ledger import Ledger, day_offset
 from central.points import escape_tag, field_value
+from protocols.payloads import FailureReason
 
 __all__ = [
     "SCOPES",
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 UNEXPLAINED = "unexplained"
+#: the closed set of the payload contract, plus meters no round report explained
+REASONS = (*(r.value for r in FailureReason), UNEXPLAINED)
 SCOPES = ("fleet", "concentrator", "district", "manufacturer")
 #: how far back a consecutive-failure streak is followed (meters keep 62 daily freezes)
 STREAK_HORIZON_DAYS = 62
@@ -222,11 +225,11 @@ def day_lines(
     cov: DayCoverage, published: dict[str, set[str]]
 ) -> tuple[list[str], dict[str, set[str]]]:
     """Line protocol for a day's coverage, plus zeroing points for series published before
-    that no longer apply (a meter a backfill recovered, a reason no meter has any more).
+    that no longer apply (a meter a backfill recovered).
     Returns the lines and the series now published, by measurement."""
     at = day_epoch(cov.day)
     lines: list[str] = []
-    now: dict[str, set[str]] = {"coverage_reason": set(), "coverage_streak": set()}
+    now: dict[str, set[str]] = {"coverage_streak": set()}
     for s in cov.scopes:
         tags = f"scope={s.scope},key={escape_tag(s.key)}"
         counts = {
@@ -242,10 +245,12 @@ def day_lines(
         if s.scope == "fleet":
             counts["unarchived_reads"] = cov.unarchived_reads
         lines.append(f"coverage,{tags} {_fields(counts)} {at}")
-        for reason, n in sorted(s.reasons.items()):
-            series = f"{tags},reason={escape_tag(reason)}"
-            now["coverage_reason"].add(series)
-            lines.append(f"coverage_reason,{series} meters={field_value(n)} {at}")
+        # every reason, zeros too: a panel's last() over a range then never shows a count
+        # from an older day for a reason that has gone
+        lines += [
+            f"coverage_reason,{tags},reason={reason} meters={field_value(s.reasons[reason])} {at}"
+            for reason in REASONS
+        ]
     for st in cov.streaks:
         series = f"concentrator={escape_tag(st.concentrator)},meter={escape_tag(st.meter)}"
         now["coverage_streak"].add(series)
@@ -258,8 +263,6 @@ def day_lines(
             "last_success": st.last_success or "never",
         }
         lines.append(f"coverage_streak,{series} {_fields(streak)} {at}")
-    gone_reasons = published.get("coverage_reason", set()) - now["coverage_reason"]
-    lines += [f"coverage_reason,{series} meters=0.0 {at}" for series in sorted(gone_reasons)]
     gone_streaks = published.get("coverage_streak", set()) - now["coverage_streak"]
     lines += [f'coverage_streak,{s} days=0.0,last_reason="" {at}' for s in sorted(gone_streaks)]
     return lines, now

@@ -119,4 +119,6 @@ def test_a_recovered_meter_is_zeroed_in_the_published_streaks(ledger: Ledger) ->
     nine = [line for line in lines if f"meter={M[9]}" in line]
     assert len(nine) == 1
     assert 'days=0.0,last_reason=""' in nine[0]
-    assert any("reason=no_reply meters=0.0" in line for line in lines)
+    reasons = [line for line in lines if line.startswith("coverage_reason,scope=fleet,")]
+    assert len(reasons) == 13  # the closed set and "unexplained", zeros included
+    assert any("reason=no_reply meters=0.0" in line for line in reasons)
