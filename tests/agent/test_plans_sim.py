@@ -1,0 +1,209 @@
+"""The agent's plans against the simulator: every live meter read with the simulator's own
+values, dead meters explained and backed off, history backfilled, clocks measured and synced."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from agent.config import ClockPlan, DailyPlan, HealthConfig, IntervalPlan
+from agent.plans.clock import ClockPlanner
+from agent.plans.daily import DailyPlanner
+from agent.plans.interval import IntervalPlanner
+from tests.agent.simenv import TZ, sim_agent
+
+DAY = dt.date(2026, 3, 11)
+
+FLEET = """
+seed = 11
+start = "2026-03-11T00:10:00"
+frozen = true
+[[district]]
+name = "d1"
+  [[district.bus]]
+  name = "b1"
+    [[district.bus.meters]]
+    count = 20
+    first_address = "000000000001"
+    models = {{ DDZY666 = 3, DTZY666 = 1 }}
+    prepaid = 1.0
+    dead = {dead}
+    offset_s = [{offset}, {offset}]
+    drift_ppm = [0, 0]
+    wakeup = [0, 4]
+"""
+
+
+def _daily(**kw: object) -> DailyPlan:
+    return DailyPlan(**kw)  # type: ignore[arg-type]
+
+
+async def test_daily_round_reads_every_live_meter_with_the_simulators_values(
+    tmp_path: Path,
+) -> None:
+    async with sim_agent(FLEET.format(dead=0.1, offset=0), tmp_path) as sa:
+        dead = {m.identity.meter_id for m in sa.fleet.meters() if m.faults.dead}
+        assert 0 < len(dead) < 20
+        planner = DailyPlanner(_daily(backfill_days=0), sa.ctx)
+        report = await planner.run_round(DAY, final=False)
+
+        readings = sa.sink.of("readings")
+        assert {r["meter"] for r in readings} == {
+            m.identity.meter_id for m in sa.fleet.meters()
+        } - dead
+        for r in readings:
+            meter = sa.fleet.meter(r["meter"])
+            (record,) = [f for f in meter.freeze_history() if f.time.date() == DAY]
+            assert r["item"] == "daily_freeze"
+            assert dt.datetime.fromisoformat(r["data_time"]) == record.time.replace(tzinfo=TZ)
+            expected = record.values()
+            for name, value in r["values"].items():
+                if name != "balance_yuan":
+                    assert value["value"] == pytest.approx(expected[name]), (r["meter"], name)
+            assert r["values"]["balance_yuan"]["value"] == pytest.approx(
+                meter.values()["balance_yuan"]
+            )
+        assert report["expected"] == 20
+        assert report["read"] == 20 - len(dead)
+        assert {f["meter"]: f["reason"] for f in report["failed"]} == dict.fromkeys(
+            dead, "no_reply"
+        )
+        assert report["failed_by_reason"] == {"no_reply": len(dead)}
+        assert report["bus_busy_s"]["b1"] > 0
+
+        # a second round only touches the meters still missing, and only after the spacing
+        again = await planner.run_round(DAY, final=False)
+        assert again["read"] == report["read"]
+        assert len(sa.sink.of("readings")) == len(readings)  # nobody read twice
+        assert all(f["attempts"] == 1 for f in again["failed"])  # spacing not over: not retried
+
+
+async def test_dead_meters_go_offline_after_count_and_time_then_cost_nothing(
+    tmp_path: Path,
+) -> None:
+    health = HealthConfig(
+        offline_after_failures=3, offline_after_minutes=30, reprobe_min_minutes=60
+    )
+    async with sim_agent(FLEET.format(dead=0.1, offset=0), tmp_path, health=health) as sa:
+        dead = {m.identity.meter_id for m in sa.fleet.meters() if m.faults.dead}
+        planner = DailyPlanner(_daily(backfill_days=0, retry_spacing_minutes=10), sa.ctx)
+        bus = sa.pollers["b1"]
+        for step in range(3):
+            await planner.run_round(DAY, final=False)
+            if step < 2:
+                assert not sa.ctx.health.offline
+                sa.fleet.world.advance(16 * 60)
+        assert set(sa.ctx.health.offline) == dead  # 3 failures over 32 minutes
+        assert [e for e, m, _ in sa.events if e == "meter_offline"] == ["meter_offline"] * len(dead)
+
+        sa.fleet.world.advance(11 * 60)
+        before = bus.transport.exchanges
+        report = await planner.run_round(DAY, final=False)
+        assert bus.transport.exchanges == before  # offline meters cost no bus time
+        assert {f["reason"] for f in report["failed"]} == {"meter_offline"}
+
+        sa.fleet.world.advance(50 * 60)  # re-probe due: one attempt each, then back off again
+        await planner.run_round(DAY, final=False)
+        assert bus.transport.exchanges == before + len(dead)
+
+
+async def test_backfill_reads_missed_days_from_frozen_history(tmp_path: Path) -> None:
+    async with sim_agent(FLEET.format(dead=0.0, offset=0), tmp_path) as sa:
+        planner = DailyPlanner(_daily(backfill_days=3), sa.ctx)
+        await planner.run_round(DAY, final=False)
+        recovered = await planner.backfill(DAY)
+        assert recovered == 20 * 3
+        backfilled = [r for r in sa.sink.of("readings") if r.get("quality") == "backfill"]
+        for r in backfilled:
+            data_time = dt.datetime.fromisoformat(r["data_time"])
+            (record,) = [
+                f
+                for f in sa.fleet.meter(r["meter"]).freeze_history()
+                if f.time == data_time.replace(tzinfo=None)
+            ]
+            assert r["values"]["energy_import_total_kwh"]["value"] == pytest.approx(
+                record.values()["energy_import_total_kwh"]
+            )
+        assert sorted({r["data_time"][:10] for r in backfilled}) == [
+            "2026-03-08",
+            "2026-03-09",
+            "2026-03-10",
+        ]
+        reports = [r for r in sa.sink.of("rounds") if "backfill" in r["round_id"]]
+        assert [(r["data_day"], r["read"]) for r in reports] == [
+            ("2026-03-10", 20),
+            ("2026-03-09", 20),
+            ("2026-03-08", 20),
+        ]
+        assert await planner.backfill(DAY) == 0  # nothing left to recover
+
+
+async def test_a_meter_whose_clock_is_behind_midnight_is_retried_not_misread(
+    tmp_path: Path,
+) -> None:
+    # world 00:10, meter clocks 15 minutes behind: the newest freeze is yesterday's
+    async with sim_agent(FLEET.format(dead=0.0, offset=-900), tmp_path) as sa:
+        planner = DailyPlanner(_daily(backfill_days=0), sa.ctx)
+        report = await planner.run_round(DAY, final=False)
+        assert report["read"] == 0
+        assert {f["reason"] for f in report["failed"]} == {"implausible_value"}
+        assert "newest daily freeze is 2026-03-10" in report["failed"][0]["detail"]
+        assert not sa.sink.of("readings")
+
+
+async def test_final_report_explains_every_unread_meter(tmp_path: Path) -> None:
+    async with sim_agent(FLEET.format(dead=0.1, offset=0), tmp_path) as sa:
+        planner = DailyPlanner(_daily(backfill_days=0), sa.ctx)
+        await planner.run_round(DAY, final=False)
+        final = await planner.run_round(DAY, final=True)
+        assert final["final"] is True
+        assert final["read"] + len(final["failed"]) == final["expected"] == 20
+
+
+async def test_clock_plan_measures_offsets_and_syncs_within_the_rules(tmp_path: Path) -> None:
+    fleet = FLEET.format(dead=0.0, offset=0).replace(
+        'start = "2026-03-11T00:10:00"', 'start = "2026-03-11T10:00:00"'
+    )
+    fleet = fleet.replace("offset_s = [0, 0]", "offset_s = [-200, 200]")
+    async with sim_agent(fleet, tmp_path) as sa:
+        errors = {m.identity.meter_id: m.clock.error_s for m in sa.fleet.meters()}
+        planner = ClockPlanner(ClockPlan(sync_threshold_s=10, max_offset_s=60), sa.ctx)
+        offsets = await planner.check_all()
+        for meter, offset in offsets.items():
+            assert offset == pytest.approx(errors[meter], abs=1.0)
+        synced = [e for e in sa.events if e[0] == "time_sync"]
+        assert len(synced) == 1
+        after = {m.identity.meter_id: m.clock.error_s for m in sa.fleet.meters()}
+        for meter, before in errors.items():
+            if abs(before) <= 10:
+                continue
+            assert abs(after[meter]) <= 1.0, (meter, before, after[meter])  # accepted and fixed
+        clock_readings = [r for r in sa.sink.of("readings") if r["item"] == "clock"]
+        assert len(clock_readings) >= 20
+        drift = {m for e, m, _ in sa.events if e == "clock_drift"}
+        assert drift == {m for m, e in errors.items() if abs(e) > 60}
+        # once a day: a second check does not broadcast again
+        await planner.check_all()
+        assert len([e for e in sa.events if e[0] == "time_sync"]) == 1
+
+
+async def test_interval_plan_stamps_readings_with_the_slot(tmp_path: Path) -> None:
+    async with sim_agent(FLEET.format(dead=0.0, offset=0), tmp_path) as sa:
+        sa.fleet.world.set(dt.datetime(2026, 3, 11, 10, 7, 12))
+        planner = IntervalPlanner(
+            IntervalPlan(enabled=True, every_minutes=15, items=["00010000", "voltage_a_v"]), sa.ctx
+        )
+        slot = planner._slot(sa.ctx.clock.now())
+        assert slot.time() == dt.time(10, 0)
+        assert await planner.run_slot(slot) == 40
+        readings = sa.sink.of("readings")
+        assert {r["item"] for r in readings} == {"00010000", "02010100"}
+        assert {r["data_time"] for r in readings} == {"2026-03-11T10:00:00+08:00"}
+        for r in readings:
+            if r["item"] == "00010000":
+                meter = sa.fleet.meter(r["meter"])
+                assert r["values"]["energy_import_total_kwh"]["value"] == pytest.approx(
+                    meter.values()["energy_import_total_kwh"]
+                )
