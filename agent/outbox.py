@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, Self, TypeVar
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -188,7 +188,7 @@ class Outbox:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         eviction: str = "oldest_readings",
-    ) -> Outbox:
+    ) -> Self:
         outbox = cls(Path(path), max_bytes=max_bytes, eviction=eviction)
         try:
             await outbox._run(outbox._open_sync)
@@ -207,7 +207,7 @@ class Outbox:
         finally:
             executor.shutdown(wait=True)
 
-    async def __aenter__(self) -> Outbox:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,0 +1,317 @@
+"""Helpers for the MQTT link tests: a validating subscriber, a command requester (the centre's
+side of MQTT v5 request/response), a link runner, and a subprocess entry point for the
+last-will test (``python -m tests.agent.helpers_mqtt PORT OUTBOX``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.mqtt import MqttLink, MqttSettings
+from agent.outbox import Outbox
+from protocols.payloads import PayloadInvalid, kind_of_topic, validate
+from tests.fixtures.services import Mosquitto, free_port, mosquitto_binary, wait_port
+
+CONCENTRATOR = "c-001"
+KEY = bytes.fromhex("5f1e" * 16)
+REPLY_TOPIC = "centre/replies/test"
+
+
+def reading(n: int) -> dict[str, Any]:
+    """A valid reading; distinct n give distinct (meter, item, data_time)."""
+    return {
+        "meter": f"{n // 336:012d}",
+        "item": "daily_freeze",
+        "plan": "daily",
+        "data_time": f"2026-{1 + n // 28 % 12:02d}-{1 + n % 28:02d}T00:00:00+08:00",
+        "read_at": "2026-11-26T00:20:01+08:00",
+        "values": {"energy_import_total_kwh": {"value": round(n * 0.01, 2), "unit": "kWh"}},
+    }
+
+
+def reading_key(r: dict[str, Any]) -> tuple[str, str, str]:
+    return (r["meter"], r["item"], r["data_time"])
+
+
+ARCHIVE = {
+    "version": 3,
+    "updated_at": "2026-11-26T00:00:00+08:00",
+    "meters": [{"meter": "000000000001", "protocol": "dlt645-2007", "bus": "rs485-1"}],
+}
+
+
+def props(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 20.0) -> None:
+    """Wait for `predicate`; the limit only keeps a broken test from hanging."""
+    async with asyncio.timeout(within):
+        # polling: the predicates look at counters and lists no event is tied to
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+@dataclass
+class Seen:
+    topic: str
+    kind: str
+    payload: dict[str, Any]
+    retain: bool
+
+
+@dataclass
+class Collector:
+    """Subscribes to the concentrator's topics and validates every payload it receives.
+    `persistent`: an MQTT v5 session that outlives disconnects (needs a broker with
+    persistence to outlive a restart), reconnecting on its own."""
+
+    broker: Mosquitto
+    client_id: str = "collector"
+    persistent: bool = False
+    filters: tuple[str, ...] = ("meterlink/v1/#",)
+    seen: list[Seen] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+    subscribed: int = 0
+    _task: asyncio.Task[None] | None = None
+
+    def of(self, kind: str) -> list[Seen]:
+        return [s for s in self.seen if s.kind == kind]
+
+    def readings(self) -> list[dict[str, Any]]:
+        return [r for s in self.of("readings") for r in s.payload["readings"]]
+
+    async def __aenter__(self) -> Collector:
+        self._task = asyncio.create_task(self._run(), name=f"collector-{self.client_id}")
+        await eventually(lambda: self.subscribed > 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        first = True
+        while True:
+            connect = props(PacketTypes.CONNECT)
+            if self.persistent:
+                connect.SessionExpiryInterval = 600
+            try:
+                async with aiomqtt.Client(
+                    self.broker.host,
+                    self.broker.port,
+                    identifier=self.client_id,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    clean_start=first or not self.persistent,
+                    properties=connect,
+                ) as client:
+                    first = False
+                    for f in self.filters:
+                        await client.subscribe(f, qos=1)
+                    self.subscribed += 1
+                    async for message in client.messages:
+                        self._take(message)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.05)
+
+    def _take(self, message: aiomqtt.Message) -> None:
+        name = message.topic.value
+        where = kind_of_topic(name)
+        kind = where[1] if where is not None else "other"
+        assert isinstance(message.payload, bytes)
+        try:
+            payload = json.loads(message.payload)
+        except ValueError:
+            self.invalid.append(f"{name}: not JSON: {message.payload[:40]!r}")
+            return
+        if where is not None:
+            try:
+                validate(kind, payload)
+            except PayloadInvalid as exc:
+                self.invalid.append(f"{name}: {exc}")
+        self.seen.append(Seen(name, kind, payload, bool(message.retain)))
+
+
+@dataclass
+class Reply:
+    payload: dict[str, Any]
+    correlation: bytes | None
+
+
+class Requester:
+    """The centre: publishes commands with a response topic and correlation data."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.replies: list[Reply] = []
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, broker: Mosquitto) -> AsyncIterator[Requester]:
+        async with aiomqtt.Client(
+            broker.host, broker.port, identifier="centre", protocol=aiomqtt.ProtocolVersion.V5
+        ) as client:
+            me = cls(client)
+            await client.subscribe(REPLY_TOPIC, qos=1)
+            task = asyncio.create_task(me._collect())
+            try:
+                yield me
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _collect(self) -> None:
+        async for message in self.client.messages:
+            p = message.properties
+            correlation = getattr(p, "CorrelationData", None) if p is not None else None
+            assert isinstance(message.payload, bytes)
+            self.replies.append(Reply(json.loads(message.payload), correlation))
+
+    async def send(
+        self,
+        payload: dict[str, Any] | bytes,
+        correlation: bytes | None,
+        *,
+        response_topic: str | None = REPLY_TOPIC,
+    ) -> None:
+        p = props(PacketTypes.PUBLISH)
+        if response_topic is not None:
+            p.ResponseTopic = response_topic
+        if correlation is not None:
+            p.CorrelationData = correlation
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        await self.client.publish(f"meterlink/v1/{CONCENTRATOR}/cmd", data, qos=1, properties=p)
+
+    async def request(self, payload: dict[str, Any] | bytes, correlation: bytes) -> Reply:
+        await self.send(payload, correlation)
+        await eventually(lambda: any(r.correlation == correlation for r in self.replies))
+        return next(r for r in self.replies if r.correlation == correlation)
+
+
+async def echo_handler(command: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, "result": {"echo": command.get("args", {})}}
+
+
+def settings_for(broker: Mosquitto, **overrides: Any) -> MqttSettings:
+    base = MqttSettings(
+        host=broker.host,
+        port=broker.port,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.3,
+        batch_size=50,
+        publish_timeout_s=10.0,
+        idle_poll_s=1.0,
+        response_wait_s=10.0,
+    )
+    return replace(base, **overrides)
+
+
+def make_link(
+    broker: Mosquitto,
+    outbox: Outbox,
+    *,
+    key: bytes | None = KEY,
+    handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] = echo_handler,
+    archive: Callable[[], dict[str, Any]] = lambda: dict(ARCHIVE),
+    **overrides: Any,
+) -> MqttLink:
+    return MqttLink(
+        settings_for(broker, **overrides),
+        outbox,
+        CONCENTRATOR,
+        archive_provider=archive,
+        status_provider=lambda: {"version": "test", "archive_version": ARCHIVE["version"]},
+        command_handler=handler,
+        command_key=key,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(link: MqttLink, *, wait_connected: bool = True) -> AsyncIterator[MqttLink]:
+    task = asyncio.create_task(link.run(), name="link-under-test")
+    try:
+        if wait_connected:
+            await eventually(lambda: link.connected and link.stats.published.get("status", 0) > 0)
+        yield link
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@dataclass
+class LocalMosquitto(Mosquitto):
+    """The fixture's broker, plus an optional ACL file, and usable persistence when the tests
+    run as root: Mosquitto then drops to user ``mosquitto`` unless told ``user root``, and that
+    user can neither read an ACL file nor write its database in pytest's 0700 temp dirs."""
+
+    acl_file: Path | None = None
+
+    def start(self) -> None:
+        conf = self.workdir / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.workdir}/",
+            "max_queued_messages 1000000",
+            "log_dest none",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
+        conf.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port, proc=self.proc)
+
+
+@contextlib.contextmanager
+def local_mosquitto(
+    workdir: Path, *, persistence: bool = False, acl: str | None = None
+) -> Iterator[LocalMosquitto]:
+    acl_file = None
+    if acl is not None:
+        acl_file = workdir / "acl"
+        acl_file.write_text(acl)
+    broker = LocalMosquitto(workdir, free_port(), persistence, acl_file=acl_file)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+async def _serve_link(port: int, db: Path) -> None:
+    """Run a link until killed; print "up" once the online status is acknowledged."""
+    outbox = await Outbox.open(db)
+    broker = Mosquitto(db.parent, port)
+    link = make_link(broker, outbox, key=None, keepalive=5)
+    task = asyncio.create_task(link.run())
+    await eventually(lambda: link.stats.published.get("status", 0) > 0)
+    sys.stdout.write("up\n")
+    sys.stdout.flush()
+    await task
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_link(int(sys.argv[1]), Path(sys.argv[2])))
