@@ -130,13 +130,15 @@ async def _probe(client: Dlt645Client, address: Address) -> tuple[list[str], boo
         request = to_frame(WILDCARD, ReadAddressRequest())
     else:
         request = to_frame(address, ReadRequest(0x04000401))
-    sink = FrameSink(Edition.V2007)
+    listen = _Listen(FrameSink(Edition.V2007))
     with contextlib.suppress(TransportError):  # silence is an answer: nobody matches
-        await client.transport.exchange(
-            request.to_bytes(client.transport.url.wakeup), _Listen(sink)
-        )
+        await client.transport.exchange(request.to_bytes(client.transport.url.wakeup), listen)
+    sink = listen.sink
     found = sorted({f.address.digits for f in sink.frames if f.address.is_specific})
-    collided = bool(sink.errors) or len(sink.frames) > 1
+    # overlapping replies garble each other: bytes that make no clean single frame = collision
+    collided = (
+        bool(sink.errors) or len(sink.frames) > 1 or (listen.received > 0 and not sink.frames)
+    )
     return found, collided
 
 
@@ -145,8 +147,10 @@ class _Listen:
 
     def __init__(self, sink: FrameSink) -> None:
         self.sink = sink
+        self.received = 0
 
     def feed(self, data: bytes) -> bool:
+        self.received += len(data)
         self.sink.feed(data)
         return False
 
