@@ -1,13 +1,15 @@
 """Private `construct` layouts of DL/T 645 frames and payload fields.
 
 Only this module knows construct; the public API is the dataclasses in `frame` and `messages`.
-The fixed frame header is a compiled construct Struct; the checksum and the +33H scrambling run
-on `bytes` (sum / translate), which keeps decoding of a read reply in the microseconds.
+The fixed frame header is a compiled construct Struct, parsed and built once per distinct header
+(memoised here and in `frame`: a bus repeats a few headers). The checksum and the +33H
+scrambling run on `bytes` (sum / translate), which keeps decoding of a read reply in the
+microseconds.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from functools import lru_cache
 
 import construct as cs
 
@@ -31,11 +33,15 @@ SCRAMBLE = bytes((b + 0x33) & 0xFF for b in range(256))
 UNSCRAMBLE = bytes((b - 0x33) & 0xFF for b in range(256))
 
 
-def parse_header(buf: bytes) -> Any:
-    return HEADER.parse(buf)
+def parse_header(header: bytes) -> tuple[bytes, int, int]:
+    """(address wire bytes, control byte, length) of the 10 header bytes."""
+    parsed = HEADER.parse(header)
+    return bytes(parsed.address), parsed.control, parsed.length
 
 
+@lru_cache(maxsize=4096)
 def build_header(address: bytes, control: int, length: int) -> bytes:
+    # a bus repeats the same few headers (meter, function, length): build each once
     return bytes(HEADER.build({"address": address, "control": control, "length": length}))
 
 

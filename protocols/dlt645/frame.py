@@ -9,6 +9,7 @@ bytes as they arrive from a line use `stream.FrameDecoder`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from protocols.dlt645 import _wire
 from protocols.dlt645.address import Address
@@ -20,7 +21,13 @@ from protocols.dlt645.functions import (
     function_for,
     infer_edition,
 )
-from protocols.errors import ChecksumError, FramingError, LocalProtocolError, TruncatedFrame
+from protocols.errors import (
+    AddressError,
+    ChecksumError,
+    FramingError,
+    LocalProtocolError,
+    TruncatedFrame,
+)
 
 __all__ = ["MAX_DATA_LEN", "Frame", "checksum", "decode_frame", "encode_frame"]
 
@@ -106,6 +113,13 @@ def decode_frame(raw: bytes, *, edition: Edition | None = None) -> Frame:
     return parse_validated(frame_bytes, edition)
 
 
+@lru_cache(maxsize=4096)
+def _header(header: bytes) -> tuple[Address, Control]:
+    # the replies on one bus repeat a few headers (meter, function, length): parse each once
+    wire, control, _ = _wire.parse_header(header)
+    return Address(wire), Control.from_byte(control)
+
+
 def parse_validated(frame_bytes: bytes, edition: Edition | None) -> Frame:
     """Check end byte and checksum of a delimited frame and build the `Frame`.
 
@@ -121,9 +135,10 @@ def parse_validated(frame_bytes: bytes, edition: Edition | None) -> Frame:
     found = frame_bytes[end_at - 1]
     if found != computed:
         raise ChecksumError(found, computed, frame_bytes)
-    header = _wire.parse_header(frame_bytes)
-    address = Address.from_wire(header.address)
-    control = Control.from_byte(header.control)
+    try:
+        address, control = _header(frame_bytes[: _wire.HEADER_LEN])
+    except AddressError as exc:  # report the whole frame, as the other frame errors do
+        raise AddressError(str(exc), frame_bytes) from None
     data = frame_bytes[_wire.HEADER_LEN : end_at - 1].translate(_wire.UNSCRAMBLE)
     if edition is None:
         edition = infer_edition(control, data)

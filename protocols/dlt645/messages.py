@@ -119,7 +119,9 @@ def to_frame(
             f"{type(message).__name__}: data field of {len(data)} bytes exceeds the limit {limit}"
             " of DL/T 645 (split long read replies into follow-up frames)"
         )
-    control = Control(code, message.REPLY, message.ABNORMAL, follow_up)
+    if not 0 <= code <= 0x1F:
+        raise LocalProtocolError(f"function code {code:#x} does not fit 5 bits")
+    control = Control.from_byte(code | message.REPLY << 7 | message.ABNORMAL << 6 | follow_up << 5)
     return Frame(address, control, data, edition)
 
 

@@ -32,7 +32,7 @@ from protocols.errors import FrameError, RemoteProtocolError
 from tests.protocols.strategies import addresses, any_message, split_at
 
 MAX_PENDING = 12 + 255
-FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 cuts = st.lists(st.integers(0, 2000), max_size=12)
 #: bytes that make frame candidates likely, mixed with anything
@@ -177,19 +177,41 @@ def aimed_false_start(draw: st.DrawFn, frame: bytes) -> bytes:
     return _false_header(length, draw(st.binary(min_size=7, max_size=7))) + gap
 
 
+def _valid_frame_overlapping(stream: bytes, start: int) -> bool:
+    """Whether a complete, valid frame begins before `start` and reaches past it: such bytes
+    are a frame in their own right and hide what follows from any decoder (the chance for line
+    noise to form one is about 2**-24; an aimed false start only needs its checksum to match)."""
+    for p in range(start):
+        if stream[p] != 0x68 or p + 12 > len(stream) or stream[p + 7] != 0x68:
+            continue
+        total = 12 + stream[p + 9]
+        if (
+            start < p + total <= len(stream)
+            and stream[p + total - 1] == 0x16
+            and sum(stream[p : p + total - 2]) & 0xFF == stream[p + total - 2]
+        ):
+            return True
+    return False
+
+
 @FUZZ
 @given(data=st.data(), at=cuts)
 def test_good_frames_wrapped_in_garbage_are_never_lost(data: st.DataObject, at: list[int]) -> None:
     good = data.draw(st.lists(encoded_frames(), min_size=1, max_size=3), label="good")
     stream = b""
+    starts = []
     for raw in good:
         stream += data.draw(garbage(), label="garbage")
         if data.draw(st.booleans(), label="aim a false start at it"):
             stream += data.draw(aimed_false_start(raw), label="false start")
+        starts.append(len(stream) + len(raw) - len(raw.lstrip(b"\xfe")))
         stream += raw
     stream += data.draw(garbage(), label="garbage after")
     frames, _, _ = run_decoder(split_at(stream, at))
     found = iter(frames)
-    for raw in good:  # in order, possibly with frames made of garbage in between
+    for raw, start in zip(good, starts, strict=True):
+        if _valid_frame_overlapping(stream, start):
+            continue  # not a decoder failure: the garbage before it is itself a valid frame
         frame = decode_frame(raw)
+        # in order, possibly with frames made of garbage in between
         assert any(f == frame for f in found), (frame, frames)

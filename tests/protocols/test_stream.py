@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from protocols.dlt645 import Address, Edition, Frame, FrameDecoder, ReadReply, to_frame
-from protocols.errors import ChecksumError, FramingError, TruncatedFrame
+from protocols.errors import AddressError, ChecksumError, FramingError, TruncatedFrame
 
 METER = Address.parse("000000000001")
 GOOD = bytes.fromhex("68 01 00 00 00 00 00 68 91 08 33 33 34 33 59 B3 55 44 DC 16")  # V14
@@ -78,6 +78,18 @@ def test_a_length_over_the_limit_is_reported_and_hunting_goes_on() -> None:
     assert _kinds(events) == ["FramingError", "Frame"]
     assert isinstance(events[0], FramingError)
     assert "L=32 exceeds the limit 8" in str(events[0])
+
+
+def test_a_bad_address_is_reported_with_the_whole_frame() -> None:
+    frame = bytearray(GOOD)
+    frame[3] = 0x1A  # not BCD, not AAH
+    frame[-2] = sum(frame[:-2]) & 0xFF
+    decoder = FrameDecoder()
+    events = decoder.feed(bytes(frame) + GOOD)
+    assert _kinds(events) == ["AddressError", "Frame"]
+    assert isinstance(events[0], AddressError)
+    assert events[0].raw == bytes(frame)
+    assert "address byte 1A" in str(events[0])
 
 
 def test_pending_never_exceeds_one_frame() -> None:
