@@ -285,6 +285,11 @@ class MqttLink:
         self._tasks: asyncio.TaskGroup | None = None
         self._command_slots = asyncio.Semaphore(MAX_COMMANDS_IN_FLIGHT)
 
+    @property
+    def published(self) -> dict[str, int]:
+        """Messages acknowledged by the broker, by kind (also in `stats`)."""
+        return self.stats.published
+
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
         """Connect, serve, reconnect with jittered backoff; until cancelled or drained."""
@@ -375,7 +380,7 @@ class MqttLink:
         will_props.ContentType = "application/json"
         will = aiomqtt.Will(
             self.status_topic,
-            _json_bytes(self._status("offline")),
+            _json_bytes(self._status("offline", will=True)),
             qos=1,
             retain=True,
             properties=will_props,
@@ -438,13 +443,13 @@ class MqttLink:
         """Log state changes once: losing the connection, or the first failed attempt."""
         if self._state == "up":
             log.warning(
-                "MQTT connection lost (%s); reconnecting with backoff up to %.0f s",
+                "MQTT connection lost (%s); reconnecting with backoff up to %g s",
                 reason,
                 self.settings.reconnect_max_s,
             )
         elif self._state == "starting":
             log.warning(
-                "cannot connect to MQTT broker %s:%d (%s); retrying with backoff up to %.0f s",
+                "cannot connect to MQTT broker %s:%d (%s); retrying with backoff up to %g s",
                 self.settings.host,
                 self.settings.port,
                 reason,
@@ -499,7 +504,8 @@ class MqttLink:
             log.warning("could not publish the offline status: %s", exc)
 
     # --- retained status and archive ----------------------------------------------------------
-    def _status(self, state: str) -> dict[str, Any]:
+    def _status(self, state: str, *, will: bool = False) -> dict[str, Any]:
+        """The status message; the will's leaves out the depth (it would be from connect time)."""
         base = {
             "schema": "meterlink.status/1",
             "concentrator": self.concentrator,
@@ -513,7 +519,8 @@ class MqttLink:
             except Exception:
                 log.exception("status provider failed; publishing the bare status")
         message.update(base)
-        message.setdefault("outbox_depth", sum(self.outbox.depth_now().values()))
+        if not will:
+            message.setdefault("outbox_depth", sum(self.outbox.depth_now().values()))
         try:
             validate("status", message)
         except PayloadInvalid as exc:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +263,8 @@ class LocalMosquitto(Mosquitto):
     user can neither read an ACL file nor write its database in pytest's 0700 temp dirs."""
 
     acl_file: Path | None = None
+    extra: tuple[str, ...] = ()
+    """more configuration lines (they apply to the listener: e.g. TLS files)"""
 
     def start(self) -> None:
         conf = self.workdir / "mosquitto.conf"
@@ -276,6 +280,7 @@ class LocalMosquitto(Mosquitto):
             lines.append("user root")
         if self.acl_file is not None:
             lines.append(f"acl_file {self.acl_file}")
+        lines.extend(self.extra)
         conf.write_text("\n".join(lines) + "\n")
         self.proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(conf)],
@@ -287,18 +292,122 @@ class LocalMosquitto(Mosquitto):
 
 @contextlib.contextmanager
 def local_mosquitto(
-    workdir: Path, *, persistence: bool = False, acl: str | None = None
+    workdir: Path,
+    *,
+    persistence: bool = False,
+    acl: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[LocalMosquitto]:
     acl_file = None
     if acl is not None:
         acl_file = workdir / "acl"
         acl_file.write_text(acl)
-    broker = LocalMosquitto(workdir, free_port(), persistence, acl_file=acl_file)
+    broker = LocalMosquitto(workdir, free_port(), persistence, acl_file=acl_file, extra=extra)
     broker.start()
     try:
         yield broker
     finally:
         broker.stop()
+
+
+@dataclass
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_pki(workdir: Path) -> Pki:
+    """A throw-away CA with a server certificate for 127.0.0.1 and a client certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.now(UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return path
+
+    def write_cert(cert: x509.Certificate, path: Path) -> Path:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("meterlink test CA"))
+        .issuer_name(name("meterlink test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(cn: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName]) -> Any:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=2))
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return key, builder.sign(ca_key, hashes.SHA256())
+
+    server_key, server = leaf(
+        "127.0.0.1",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    client_key, client = leaf("meterlink-agent-c-001", ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    return Pki(
+        ca=write_cert(ca, workdir / "ca.pem"),
+        server_cert=write_cert(server, workdir / "server.pem"),
+        server_key=write_key(server_key, workdir / "server.key"),
+        client_cert=write_cert(client, workdir / "client.pem"),
+        client_key=write_key(client_key, workdir / "client.key"),
+    )
 
 
 async def _serve_link(port: int, db: Path) -> None:

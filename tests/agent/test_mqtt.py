@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agent.mqtt import MqttSettings, backoff_delay
+from agent.mqtt import MqttLink, MqttSettings, backoff_delay
 from agent.outbox import Outbox
 from protocols.commands import (
     CommandRejected,
@@ -42,6 +42,7 @@ from tests.agent.helpers_mqtt import (
     eventually,
     local_mosquitto,
     make_link,
+    make_pki,
     reading,
     reading_key,
     running,
@@ -297,6 +298,7 @@ def test_last_will_says_offline_when_the_agent_is_killed(
     (retained,) = late.of("status")
     assert retained.retain
     assert retained.payload["state"] == "offline"
+    assert "outbox_depth" not in retained.payload  # a will cannot know it
     assert watcher.invalid == late.invalid == []
 
 
@@ -333,6 +335,48 @@ async def test_drain_without_a_broker_keeps_the_rows_and_returns(
             await link.drain(0.5)
             await task
         assert outbox.depth_now()["readings"] == 5
+
+
+async def test_mutual_tls_connects_with_the_right_ca_and_client_certificate(
+    tmp_path: Path,
+) -> None:
+    pki = make_pki(tmp_path)
+    tls = (
+        f"cafile {pki.ca}",
+        f"certfile {pki.server_cert}",
+        f"keyfile {pki.server_key}",
+        "require_certificate true",
+    )
+    with local_mosquitto(tmp_path, extra=tls) as broker:
+        async with await Outbox.open(tmp_path / "o.db") as outbox:
+            good = make_link(
+                broker,
+                outbox,
+                tls=True,
+                ca_file=pki.ca,
+                cert_file=pki.client_cert,
+                key_file=pki.client_key,
+            )
+            async with running(good):
+                await outbox.put("readings", reading(1))
+                await eventually(lambda: good.stats.published_rows.get("readings") == 1)
+
+            # the broker's certificate is checked against our CA: the system store fails it
+            untrusted = make_link(
+                broker, outbox, tls=True, cert_file=pki.client_cert, key_file=pki.client_key
+            )
+            # and the broker insists on a client certificate (with TLS 1.3 it says so only
+            # after the handshake, so the attempt ends at the CONNACK timeout)
+            anonymous = make_link(broker, outbox, tls=True, ca_file=pki.ca, connect_timeout_s=0.5)
+            await never_connects(untrusted)
+            await never_connects(anonymous)
+
+
+async def never_connects(link: MqttLink) -> None:
+    async with running(link, wait_connected=False):
+        await eventually(lambda: link.stats.connect_failures >= 2)
+        assert not link.connected
+        assert link.stats.published == {}
 
 
 # --- commands ---------------------------------------------------------------------------------
