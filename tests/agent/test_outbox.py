@@ -20,6 +20,7 @@ from agent.outbox import (
     Outbox,
     OutboxError,
 )
+from protocols.payloads import validate
 from tests.conftest import REPO
 
 
@@ -47,6 +48,11 @@ def round_report(n: int) -> dict[str, Any]:
 
 def event(name: str) -> dict[str, Any]:
     return {"at": "2026-11-26T00:05:00+08:00", "event": name}
+
+
+def as_message(event_row: dict[str, Any]) -> dict[str, Any]:
+    """What the publisher makes of an events row."""
+    return {**event_row, "schema": "meterlink.events/1", "concentrator": "c-001"}
 
 
 def row_bytes(payload: dict[str, Any]) -> int:
@@ -181,6 +187,7 @@ async def test_budget_evicts_oldest_readings_first_and_counts_them(tmp_path: Pat
         assert box.evictions < evicted
         for r in reports:
             assert r["detail"]["freed_bytes"] >= (1 - LOW_WATER) * budget - one
+            validate("events", as_message(r))
 
 
 async def test_rounds_and_events_go_only_when_no_reading_is_left(tmp_path: Path) -> None:
@@ -233,6 +240,7 @@ async def test_a_file_that_is_not_a_database_is_moved_aside(tmp_path: Path) -> N
         events = [p for _, p in await box.peek("events", 10)]
         assert [e["event"] for e in events] == ["outbox_corrupt"]
         assert events[0]["detail"]["moved_to"] == str(box.moved_aside)
+        validate("events", as_message(events[0]))
         assert await box.put("readings", reading(1)) == 2
 
 
