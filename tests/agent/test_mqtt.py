@@ -361,9 +361,34 @@ async def test_mutual_tls_connects_with_the_right_ca_and_client_certificate(
                 await outbox.put("readings", reading(1))
                 await eventually(lambda: good.stats.published_rows.get("readings") == 1)
 
-            # the broker's certificate is checked against our CA: the system store fails it
+            # the certificate names 127.0.0.1 only: by host name it fails the name check,
+            # unless tls_insecure skips that check (the chain is still verified, see below)
+            def by_name(*, insecure: bool) -> MqttLink:
+                return make_link(
+                    broker,
+                    outbox,
+                    host="localhost",
+                    tls=True,
+                    tls_insecure=insecure,
+                    ca_file=pki.ca,
+                    cert_file=pki.client_cert,
+                    key_file=pki.client_key,
+                )
+
+            await never_connects(by_name(insecure=False))
+            insecure = by_name(insecure=True)
+            async with running(insecure):
+                assert insecure.connected
+
+            # the broker's certificate is checked against our CA, even with tls_insecure:
+            # the system trust store does not know our CA
             untrusted = make_link(
-                broker, outbox, tls=True, cert_file=pki.client_cert, key_file=pki.client_key
+                broker,
+                outbox,
+                tls=True,
+                tls_insecure=True,
+                cert_file=pki.client_cert,
+                key_file=pki.client_key,
             )
             # and the broker insists on a client certificate (with TLS 1.3 it says so only
             # after the handshake, so the attempt ends at the CONNACK timeout)
