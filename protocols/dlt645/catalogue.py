@@ -1,8 +1,8 @@
 """Data-identifier catalogue: DI -> name, fields (measurement, format, unit, sign), history.
 
-Sources and confidence for each family are in ``../shared/docs/dlt645.md`` §2-3 and repeated in
-``docs/dlt645-catalogue.md``. A DI missing here is still readable: the frame decodes, its values
-are just not interpreted.
+Sources and confidence for each family: ``docs/dlt645.md`` (The catalogue); the generated table
+of every item: ``docs/dlt645-catalogue.md`` (``scripts/gen-catalogue-doc``). A DI missing here is
+still readable: the frame decodes, its values are just not interpreted.
 """
 
 from __future__ import annotations
@@ -188,6 +188,12 @@ for _w in (4, 5, 6):
     _STATUS_BITS[_w] = _PHASE_FAULTS
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th … 11th, 12th, 13th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _item(
     di: int,
     name: str,
@@ -337,7 +343,7 @@ for _nn in range(1, 11):
         _fixed(
             _item(
                 0x03330000 | _ss << 8 | _nn,
-                f"{_m} of the {_nn}th last purchase",
+                f"{_m} of the {ordinal(_nn)} last purchase",
                 [(_m, _fmt)],
                 history=_h,
             )
@@ -477,7 +483,7 @@ def _energy_item(di: int) -> DataItem | None:
     family = _ENERGY_TYPES[tt]
     fmt = ENERGY_SIGNED if family in _SIGNED_FAMILIES else ENERGY
     history = History("settlement", ss) if ss else None
-    when = f", {ss}th last settlement day" if ss else ""
+    when = f", {ordinal(ss)} last settlement day" if ss else ""
     desc = ENERGY_FAMILIES[family][1]
     if rr == 0xFF:
         return _item(

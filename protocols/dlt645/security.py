@@ -4,7 +4,7 @@
                                                   abnormal reply C3: SERR (2 bytes)
 
 Amounts and purchase counts inside 03H are 4-byte binary, low byte first, amounts in fen
-(0.01 yuan) — see ``../shared/docs/dlt645.md`` §3.7 (marked UNCONFIRMED against the official
+(0.01 yuan) — see ``docs/dlt645.md`` (Sources and confidence: UNCONFIRMED against the official
 text). MACs, ciphertexts and random numbers come from the utility's encryption machine; this
 module only lays them out.
 """
