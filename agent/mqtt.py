@@ -460,18 +460,20 @@ class MqttLink:
         self._state = "down"
 
     async def _announce(self, client: _Client) -> None:
-        try:
-            await self._publish_status(client, "online")
-        except PublishRefused as exc:
-            log.error("%s", exc)
-        with contextlib.suppress(PublishRefused):
-            await self._publish_archive(client)
+        # Subscribe first: "online" must mean "commands are heard". (With the persistent session
+        # the subscription usually exists already; not on a first connect or after it expired.)
         granted = await client.subscribe(
             self.cmd_topic, qos=1, timeout=self.settings.connect_timeout_s
         )
         for code in granted:
             if isinstance(code, ReasonCode) and code.is_failure:
                 log.error("broker refused our subscription to %s: %s", self.cmd_topic, code)
+        try:
+            await self._publish_status(client, "online")
+        except PublishRefused as exc:
+            log.error("%s", exc)
+        with contextlib.suppress(PublishRefused):
+            await self._publish_archive(client)
 
     async def _serve(self, client: _Client) -> bool:
         """Run the command listener and the publisher until one fails (the connection is gone:

@@ -435,6 +435,20 @@ async def test_signed_command_round_trip_with_correlation_data(
     assert link.stats.responses_sent == 1
 
 
+async def test_online_means_commands_are_heard(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    status = f"meterlink/v1/{CONCENTRATOR}/status"
+    async with (
+        await Outbox.open(tmp_path / "o.db") as outbox,
+        Collector(mosquitto, filters=(status,)) as watcher,
+        Requester.connect(mosquitto) as centre,
+        running(make_link(mosquitto, outbox), wait_connected=False),
+    ):
+        # a fresh broker: no session holds the agent's subscription yet
+        await eventually(lambda: len(watcher.of("status")) == 1)
+        reply = await centre.request(command(), b"right away")
+    assert reply.payload["ok"] is True
+
+
 def _tampered() -> dict[str, Any]:
     cmd = command()
     cmd["args"] = {"items": ["balance_yuan"]}
