@@ -41,7 +41,7 @@ from agent.outbox import Outbox, OutboxRow
 from protocols.commands import CommandRejected, NonceCache, verify_command
 from protocols.payloads import TOPIC_ROOT, PayloadInvalid, topic, validate
 
-__all__ = ["MqttLink", "MqttSettings", "PublishRefused", "backoff_delay"]
+__all__ = ["LinkStats", "MqttLink", "MqttSettings", "PublishRefused", "backoff_delay"]
 
 log = logging.getLogger(__name__)
 
