@@ -213,9 +213,9 @@ decode, dlt645     DLT645Protocol.deserialize (finds the frame, checks CS and 16
 frame only         the frame layer alone: FrameDecoder.feed vs DLT645Protocol.deserialize
 encode (bytes)     meterlink to_frame(ReadReply) + encode_frame; dlt645 build_frame; both from
                    the DI and the value bytes
+encode (value)     the same from the numbers: meterlink DataItem.encode, dlt645 float_to_bcd
 meterlink parses and builds the 10-byte header with construct once per distinct header (4096
-memoised); the "8192 meters" row defeats that memo and shows the cold path.
-encode (value)     the same from the numbers: meterlink DataItem.encode, dlt645 float_to_bcd"""
+memoised); the "8192 meters" row defeats that memo and shows the cold path."""
 
 
 def main() -> int:
