@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from agent.config import AgentConfig, MeterConfig, parse_hhmm
 from agent.transports import BusUrl
+from agent.transports.base import REPLY_SLACK_S
 
 __all__ = ["BusBudget", "daily_budget"]
 
@@ -62,7 +63,10 @@ def _exchange_s(url: BusUrl, request: int, reply: int) -> float:
 def _per_meter(url: BusUrl, meter: MeterConfig, cfg: AgentConfig) -> tuple[int, float, float]:
     """(exchanges, seconds when it answers, seconds when it is silent)."""
     silent = (
-        url.wire_time(_REQUEST + url.wakeup) + url.reply_timeout_ms / 1000 + url.frame_gap_ms / 1000
+        url.wire_time(_REQUEST + url.wakeup + 1)
+        + url.reply_timeout_ms / 1000
+        + REPLY_SLACK_S
+        + url.frame_gap_ms / 1000
     )
     if meter.protocol == "modbus":
         t = _exchange_s(url, _MODBUS_REQUEST, _MODBUS_REPLY)

@@ -16,8 +16,8 @@ from typing import Protocol, cast
 #: name -> ("module" or "module:object", one-line help); the target has configure() and run()
 COMMANDS: dict[str, tuple[str, str]] = {
     "frame": ("meterlink.frame_cmd", "decode or build DL/T 645 frames (technician's decoder)"),
-    "central": ("central.cli", "MQTT to InfluxDB consumer and the daily coverage report"),
     "sim": ("simulators.cli", "meter simulator: serve a fleet on ptys / TCP / serial, fleet files"),
+    "central": ("central.cli", "MQTT to InfluxDB consumer and the daily coverage report"),
     "agent": ("agent.cli", "run the concentrator agent, or check its configuration"),
     "read": ("agent.technician:READ", "read items of one meter on a bus (values with units)"),
     "scan": (

@@ -1,8 +1,8 @@
 """MQTT topics and payload schemas shared by the agent (producer) and the central side (consumer).
 
 This module is the contract: both sides import it, tests validate every payload against it, and
-``docs/schemas/*.json`` is generated from it (``meterlink schema --out docs/schemas``; a test keeps
-the published files in sync). Pure data plus validation: no I/O.
+``docs/schemas/*.json`` is generated from it (``scripts/gen-schemas``; a test keeps the published
+files in sync). Pure data plus validation: no I/O.
 
 Topic tree (``<c>`` = concentrator id)::
 

@@ -21,7 +21,12 @@ from typing import Protocol, Self
 from agent.transports.errors import BusError, NoReply, TruncatedReply
 from agent.transports.url import BusUrl
 
-__all__ = ["ByteTransport", "ReplySink", "TraceHook"]
+__all__ = ["REPLY_SLACK_S", "ByteTransport", "ReplySink", "TraceHook"]
+
+REPLY_SLACK_S = 0.03
+"""added to the reply window: a reply byte is only complete one byte time after the meter starts
+sending it, and the OS / USB adapter adds milliseconds; without it, meters that answer at the
+edge of the standard's 500 ms are counted as silent"""
 
 TraceHook = Callable[[str, bytes], None]
 """called with ("->", bytes sent) and ("<-", bytes received)"""
@@ -139,7 +144,7 @@ class ByteTransport(ABC):
         self, request: bytes, sink: ReplySink, started: float, reply_timeout: float | None
     ) -> bytes:
         window = self.url.reply_timeout_ms / 1000 if reply_timeout is None else reply_timeout
-        deadline = started + self.url.wire_time(len(request)) + window
+        deadline = started + self.url.wire_time(len(request) + 1) + window + REPLY_SLACK_S
         byte_gap = self.url.byte_gap_ms / 1000
         echo = request if self.url.echo else b""
         received = bytearray()

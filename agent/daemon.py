@@ -1,0 +1,347 @@
+"""`meterlink agent run`: the concentrator daemon.
+
+One `asyncio.TaskGroup` of named long-lived tasks: a poller per bus, one task per enabled plan,
+the MQTT link (publishing the outbox, carrying commands), the metrics endpoint. SIGHUP reloads
+the archive and plans; SIGTERM/SIGINT stop in stages, each with its own time limit, whose sum
+(`stop_timeout_s`) stays below the systemd unit's TimeoutStopSec:
+
+    1. pollers stop taking work and finish the exchange on the wire     (40 %)
+    2. plans record what they got (outcomes, reports) and stop           (10 %)
+    3. the MQTT link publishes what the outbox still holds               (40 %)
+    4. the outbox and the state are closed                               (the rest)
+
+Nothing committed to the outbox is lost at any stage: what is not published stays on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from agent.archive import ArchiveStore
+from agent.budget import daily_budget
+from agent.commands import CommandExecutor
+from agent.config import AgentConfig, load_config
+from agent.health import HealthTracker
+from agent.metrics import AgentMetrics, serve_metrics
+from agent.mqtt import MqttLink, MqttSettings
+from agent.outbox import Outbox
+from agent.plans.clock import ClockPlanner
+from agent.plans.context import Clock, PlanContext
+from agent.plans.daily import DailyPlanner
+from agent.plans.interval import IntervalPlanner
+from agent.poller import BusPoller, dlt645_poller
+from agent.state import PlanState
+
+__all__ = ["STAGES", "Agent", "run_agent"]
+
+log = logging.getLogger(__name__)
+
+#: share of stop_timeout_s each shutdown stage may take
+STAGES = {"pollers": 0.4, "plans": 0.1, "publish": 0.4, "close": 0.1}
+VERSION = "0.1.0"
+
+
+def _pollers(cfg: AgentConfig) -> dict[str, BusPoller[Any]]:
+    out: dict[str, BusPoller[Any]] = {}
+    for bus in cfg.buses:
+        url = bus.bus_url
+        if url.is_modbus:
+            from agent.modbus import modbus_poller
+
+            out[bus.name] = modbus_poller(bus.name, url)
+        else:
+            out[bus.name] = dlt645_poller(bus.name, url)
+    return out
+
+
+def _command_key(cfg: AgentConfig) -> bytes | None:
+    key = cfg.mqtt.command_key
+    if not key:
+        return None
+    try:
+        return bytes.fromhex(key)
+    except ValueError:
+        return key.encode()
+
+
+class Agent:
+    def __init__(
+        self, cfg: AgentConfig, config_path: Path | None = None, *, clock: Clock | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        state_dir = cfg.agent.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.archive = ArchiveStore(cfg)
+        self.state = PlanState(state_dir / "state.sqlite")
+        self.metrics = AgentMetrics()
+        self.pollers = _pollers(cfg)
+        self.outbox: Outbox | None = None
+        self.link: MqttLink | None = None
+        self._pending_events: list[dict[str, Any]] = []
+        self.health = HealthTracker(cfg.health, self._event)
+        self.clock = clock or Clock(cfg.agent.tz)
+        self.ctx = PlanContext(
+            concentrator=cfg.agent.concentrator,
+            archive=lambda: self.archive.current,
+            pollers=self.pollers,
+            health=self.health,
+            state=self.state,
+            sink=self,
+            clock=self.clock,
+            events=self._event,
+            clock_offsets=self.state.clock_offsets(),
+            max_clock_offset_s=cfg.plans.clock.max_offset_s,
+            on_outcome=self.metrics.outcome,
+        )
+        self.planners: dict[str, Any] = {}
+        self._plan_tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+
+    # --- Sink: what plans produce goes to the outbox ---------------------------------------------
+    async def put(self, kind: str, payload: dict[str, Any]) -> int:
+        assert self.outbox is not None
+        return await self.outbox.put(kind, payload)
+
+    async def put_many(self, kind: str, payloads: list[dict[str, Any]]) -> list[int]:
+        assert self.outbox is not None
+        return await self.outbox.put_many(kind, payloads)
+
+    def _event(self, name: str, meter: str | None, detail: dict[str, Any]) -> None:
+        event: dict[str, Any] = {
+            "at": self.clock.now().isoformat(timespec="seconds"),
+            "event": name,
+            "detail": detail,
+        }
+        if meter is not None:
+            event["meter"] = meter
+        log.info("event %s", name, extra={"meter": meter, "detail": detail})
+        self._pending_events.append(event)
+
+    async def _flush_events(self) -> None:
+        while True:
+            if self._pending_events and self.outbox is not None:
+                batch, self._pending_events = self._pending_events, []
+                await self.outbox.put_many("events", batch)
+            await asyncio.sleep(0.2)
+
+    # --- providers for the MQTT link -------------------------------------------------------------
+    def archive_payload(self) -> dict[str, Any]:
+        return self.archive.current.payload()
+
+    def status_payload(self) -> dict[str, Any]:
+        depth = self.outbox.depth_now() if self.outbox is not None else {}
+        return {
+            "state": "online",
+            "at": self.clock.now().isoformat(timespec="seconds"),
+            "version": VERSION,
+            "archive_version": self.archive.current.version,
+            "outbox_depth": sum(depth.values()),
+        }
+
+    async def _archive_changed(self) -> None:
+        if self.link is not None:
+            await self.link.publish_archive()
+
+    # --- plans -----------------------------------------------------------------------------------
+    def _make_planners(self) -> dict[str, Any]:
+        plans = self.cfg.plans
+        out: dict[str, Any] = {}
+        if plans.daily.enabled:
+            out["daily"] = DailyPlanner(plans.daily, self.ctx)
+        if plans.interval.enabled:
+            out["interval"] = IntervalPlanner(plans.interval, self.ctx)
+        if plans.clock.enabled:
+            out["clock"] = ClockPlanner(plans.clock, self.ctx)
+        for budget in daily_budget(self.cfg, list(self.archive.current.meters)):
+            if budget.ok:
+                log.info("%s", budget.describe())
+            else:
+                log.warning("%s", budget.describe())
+                self._event(
+                    "plan_budget",
+                    None,
+                    {
+                        "bus": budget.bus,
+                        "meters": budget.meters,
+                        "round_s": round(budget.round_s),
+                        "window_s": round(budget.window_s),
+                        "rounds_possible": round(budget.rounds_possible, 2),
+                    },
+                )
+        return out
+
+    def _start_plans(self, group: asyncio.TaskGroup) -> None:
+        self.planners = self._make_planners()
+        for name, planner in self.planners.items():
+            self._plan_tasks[name] = group.create_task(planner.run(), name=f"plan:{name}")
+
+    async def _stop_plans(self) -> None:
+        tasks = list(self._plan_tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._plan_tasks.clear()
+
+    async def _watch_reload(self, group: asyncio.TaskGroup) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            if self.config_path is None:
+                continue
+            try:
+                cfg = load_config(self.config_path)
+            except Exception as exc:
+                log.error("reload refused, keeping the running configuration: %s", exc)
+                continue
+            if [(b.name, b.url) for b in cfg.buses] != [(b.name, b.url) for b in self.cfg.buses]:
+                log.warning("bus changes need a restart; reloading archive and plans only")
+            self.cfg = cfg
+            self.archive.reload(cfg)
+            await self._stop_plans()
+            self._start_plans(group)
+            await self._archive_changed()
+            log.info(
+                "reloaded: archive version %d, plans %s",
+                self.archive.current.version,
+                ", ".join(self.planners) or "none",
+            )
+
+    # --- run and stop ----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        self.outbox = await Outbox.open(
+            cfg.agent.state_dir / "outbox.sqlite",
+            max_bytes=cfg.outbox.max_mb * 1024 * 1024,
+            eviction=cfg.outbox.eviction,
+        )
+        m = cfg.mqtt
+        settings = MqttSettings(
+            host=m.host,
+            port=m.port,
+            client_id=m.client_id or f"meterlink-agent-{cfg.agent.concentrator}",
+            username=m.username,
+            password=m.password,
+            tls=m.tls,
+            ca_file=m.ca_file,
+            cert_file=m.cert_file,
+            key_file=m.key_file,
+            tls_insecure=m.tls_insecure,
+            keepalive=m.keepalive,
+            reconnect_min_s=m.reconnect_min_s,
+            reconnect_max_s=m.reconnect_max_s,
+            batch_size=m.batch_size,
+            session_expiry_s=m.session_expiry_s,
+        )
+        executor = CommandExecutor(self.ctx, self.archive, self._archive_changed)
+        self.link = MqttLink(
+            settings,
+            self.outbox,
+            cfg.agent.concentrator,
+            archive_provider=self.archive_payload,
+            status_provider=self.status_payload,
+            command_handler=executor,
+            command_key=_command_key(cfg),
+        )
+        self._wire_metrics()
+        log.info(
+            "agent %s starting: %d buses, %d archived meters",
+            cfg.agent.concentrator,
+            len(self.pollers),
+            len(self.archive.current.meters),
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                others = [
+                    group.create_task(p.run(), name=f"bus:{name}")
+                    for name, p in self.pollers.items()
+                ]
+                others.append(group.create_task(self.link.run(), name="mqtt"))
+                others.append(group.create_task(self._flush_events(), name="events"))
+                others.append(group.create_task(self._watch_reload(group), name="reload"))
+                if cfg.metrics.listen:
+                    others.append(
+                        group.create_task(
+                            serve_metrics(self.metrics, cfg.metrics.listen), name="metrics"
+                        )
+                    )
+                self._start_plans(group)
+                await self._stop.wait()
+                await self._shutdown(others)
+        finally:
+            await self._close()
+
+    async def _shutdown(self, others: list[asyncio.Task[Any]]) -> None:
+        budget = self.cfg.stop_timeout_s
+        log.info("stopping (budget %.0f s)", budget)
+        drained = await asyncio.gather(
+            *(p.drain(budget * STAGES["pollers"]) for p in self.pollers.values())
+        )
+        if not all(drained):
+            log.warning("some bus exchanges were still running at the stop deadline")
+        try:
+            async with asyncio.timeout(budget * STAGES["plans"]):
+                await self._stop_plans()
+        except TimeoutError:
+            log.warning("plans did not stop in time")
+        if self._pending_events and self.outbox is not None:
+            await self.outbox.put_many("events", self._pending_events)
+            self._pending_events = []
+        if self.link is not None:
+            await self.link.drain(budget * STAGES["publish"])
+        for task in others:
+            task.cancel()
+
+    async def _close(self) -> None:
+        if self.outbox is not None:
+            await self.outbox.close()
+        self.state.close()
+        log.info("agent stopped")
+
+    def _wire_metrics(self) -> None:
+        src = self.metrics.sources
+        assert self.outbox is not None
+        assert self.link is not None
+        outbox, link = self.outbox, self.link
+        src["outbox_depth"] = outbox.depth_now
+        src["outbox_evicted"] = lambda: dict(outbox.evicted)
+        src["publish_latency"] = lambda: link.publish_latency_s
+        src["connected"] = lambda: 1.0 if link.connected else 0.0
+        src["bus_busy"] = lambda: {n: p.busy_seconds for n, p in self.pollers.items()}
+        src["offline"] = lambda: len(self.health.offline)
+
+
+def run_agent(config_path: Path) -> int:
+    from meterlink.config import ConfigError
+    from meterlink.logs import setup_logging
+
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        print(f"meterlink agent: configuration error: {exc}", flush=True)
+        return exc.exit_code
+    setup_logging(cfg.agent.log_level, cfg.agent.log_format)
+    try:
+        agent = Agent(cfg, config_path)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return exc.exit_code
+    asyncio.run(agent.run())
+    return 0

@@ -1,0 +1,170 @@
+"""The agent configuration: the example loads, mistakes are named, exit code 78."""
+
+from __future__ import annotations
+
+import configparser
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.archive import ArchiveStore, ArchiveUpdateError
+from agent.budget import daily_budget
+from agent.config import load_config
+from agent.daemon import STAGES
+from meterlink.config import EX_CONFIG, ConfigError
+from tests.conftest import REPO
+
+EXAMPLE = REPO / "deploy" / "agent.example.toml"
+UNIT = REPO / "deploy" / "systemd" / "meterlink-agent.service"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+MINIMAL = """
+[agent]
+concentrator = "c-1"
+state_dir = "{state}"
+[[buses]]
+name = "b1"
+url = "serial:///dev/ttyS1"
+[[archive.meters]]
+address = "1"
+bus = "b1"
+"""
+
+
+def test_example_config_loads_with_every_section() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg.agent.concentrator == "c-0001"
+    assert [b.name for b in cfg.buses] == ["rs485-1", "dtu-east", "modbus-1"]
+    assert {m.protocol for m in cfg.archive.meters} == {"dlt645-2007", "dlt645-1997", "modbus"}
+    assert cfg.buses[0].bus_url.parity == "E"  # production default stays 8E1
+    assert cfg.plans.daily.backfill_days == 7
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        (
+            ("[agent]", "[agent]\nconcentratr = 'x'"),
+            "agent.concentratr: unknown key; did you mean concentrator?",
+        ),
+        (
+            ('url = "serial:///dev/ttyS1"', 'url = "serial:///dev/ttyS1?baud=2401"'),
+            "not a standard rate",
+        ),
+        (('bus = "b1"', 'bus = "b2"'), "archive.meters[0].bus: no bus 'b2'"),
+        (('address = "1"', 'address = "12ab"'), "address must be 1-12 digits"),
+        (
+            ("[agent]", "[plans.daily]\nretry_spacing = 5\n[agent]"),
+            "plans.daily.retry_spacing: unknown key; did you mean retry_spacing_minutes?",
+        ),
+        (("[agent]", "[plans.daily]\nstart = '25:00'\n[agent]"), "'25:00' is not HH:MM"),
+        (('concentrator = "c-1"', 'concentrator = "c/1"'), "must match"),
+        (
+            ('concentrator = "c-1"', "concentrator = 7"),
+            "agent.concentrator: expected str, got int 7",
+        ),
+    ],
+)
+def test_mistakes_are_named(tmp_path: Path, patch: tuple[str, str], message: str) -> None:
+    text = MINIMAL.format(state=tmp_path).replace(*patch)
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, text))
+    assert message in str(err.value)
+
+
+def test_secrets_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METERLINK_MQTT_PASSWORD", "s3cret")
+    cfg = load_config(_write(tmp_path, MINIMAL.format(state=tmp_path)))
+    assert cfg.mqtt.password == "s3cret"
+
+
+def test_bad_config_exits_78_with_a_readable_message(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL.format(state=tmp_path).replace("[agent]", "[agent]\nbogus = 1"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "meterlink", "agent", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == EX_CONFIG
+    assert "agent.bogus: unknown key" in proc.stdout + proc.stderr
+
+
+def test_check_command_prints_the_budget(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "meterlink", "agent", "check", "--config", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "bus rs485-1: 1 meters" in proc.stdout
+
+
+def test_budget_warns_when_a_bus_cannot_finish(tmp_path: Path) -> None:
+    many = "".join(f'[[archive.meters]]\naddress = "{i}"\nbus = "b1"\n' for i in range(2, 1501))
+    text = MINIMAL.format(state=tmp_path).replace(
+        'url = "serial:///dev/ttyS1"', 'url = "serial:///dev/ttyS1?baud=1200"'
+    )
+    text += many + '[plans.daily]\nstart = "00:05"\ndeadline = "00:30"\n'
+    cfg = load_config(_write(tmp_path, text))
+    (budget,) = daily_budget(cfg, ArchiveStore.preview(cfg))
+    assert budget.meters == 1500
+    assert not budget.ok
+    assert "DOES NOT FIT" in budget.describe()
+    # two reads per meter: 2 x (20 B request + 0.26 s + reply) at 1200 baud, 11 bits a byte
+    per_meter = (20 * 11 / 1200 + 0.26 + 21 * 11 / 1200 + 0.02) + (
+        20 * 11 / 1200 + 0.26 + 36 * 11 / 1200 + 0.02
+    )
+    silent = 21 * 11 / 1200 + 0.5 + 0.03 + 0.02  # window + slack + gap
+    assert budget.round_s == pytest.approx(1500 * (0.98 * per_meter + 0.02 * silent))
+
+
+def test_archive_versions_and_centre_updates(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, MINIMAL.format(state=tmp_path)))
+    store = ArchiveStore(cfg)
+    assert store.current.version == 1
+    assert [m.meter_id for m in store.current.meters] == ["000000000001"]
+    updated = store.apply_update(
+        {"mode": "upsert", "meters": [{"address": "2", "bus": "b1", "prepaid": True}]}
+    )
+    assert updated.version == 2
+    assert ArchiveStore(cfg).current.version == 2  # centre updates survive a restart
+    with pytest.raises(ArchiveUpdateError, match="no bus named 'nope'"):
+        store.apply_update({"mode": "upsert", "meters": [{"address": "3", "bus": "nope"}]})
+    assert store.current.version == 2  # a refused update changes nothing
+    with pytest.raises(ArchiveUpdateError, match="not in the archive"):
+        store.apply_update({"mode": "remove", "meters": ["999999999999"]})
+    edited = load_config(
+        _write(tmp_path, MINIMAL.format(state=tmp_path).replace('address = "1"', 'address = "5"'))
+    )
+    assert store.reload(edited).version == 3  # an edited config replaces the working copy
+    assert [m.meter_id for m in store.current.meters] == ["000000000005"]
+    payload = store.current.payload()
+    assert payload["meters"][0] == {
+        "meter": "000000000005",
+        "protocol": "dlt645-2007",
+        "bus": "b1",
+        "address": "000000000005",
+        "prepaid": False,
+    }
+
+
+def test_unit_file_stops_within_timeout_and_does_not_loop_on_bad_config() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(UNIT)
+    service = unit["Service"]
+    assert service["RestartPreventExitStatus"] == "78"
+    assert load_config(EXAMPLE).stop_timeout_s < float(service["TimeoutStopSec"])
+    assert sum(STAGES.values()) == pytest.approx(1.0)
+    assert service["NoNewPrivileges"] == "yes"
