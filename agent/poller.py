@@ -90,9 +90,11 @@ class BusPoller(Generic[C]):
                 future.cancel()
                 raise
             except Exception as exc:
-                future.set_exception(exc)
+                if not future.done():  # the submitter may be gone (plan reloaded or stopped)
+                    future.set_exception(exc)
             else:
-                future.set_result(result)
+                if not future.done():
+                    future.set_result(result)
             finally:
                 self._active -= 1
                 self.jobs_done += 1

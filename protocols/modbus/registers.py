@@ -144,14 +144,19 @@ def _validate(regmap: RegisterMap) -> None:
 
 
 def load_map(model: str) -> RegisterMap:
-    """The register map of a model named in `MAPS` (validated against the vocabulary)."""
-    try:
-        module = importlib.import_module(MAPS[model])
-    except KeyError:
-        raise LocalProtocolError(f"no Modbus register map for model {model!r}") from None
-    regmap: RegisterMap = module.MAP
+    """The register map of a model: its key in `MAPS` ("chint_dtsu666") or the model name on
+    the nameplate ("DTSU666", any case). Validated against the vocabulary."""
+    key = model if model in MAPS else _by_model_name().get(model.upper())
+    if key is None:
+        known = ", ".join(sorted(MAPS))
+        raise LocalProtocolError(f"no Modbus register map for model {model!r} (known: {known})")
+    regmap: RegisterMap = importlib.import_module(MAPS[key]).MAP
     _validate(regmap)
     return regmap
+
+
+def _by_model_name() -> dict[str, str]:
+    return {importlib.import_module(mod).MAP.model.upper(): key for key, mod in MAPS.items()}
 
 
 def decode_register(reg: Register, words: Sequence[int]) -> Measurement:

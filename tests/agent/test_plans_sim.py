@@ -207,3 +207,46 @@ async def test_interval_plan_stamps_readings_with_the_slot(tmp_path: Path) -> No
                 assert r["values"]["energy_import_total_kwh"]["value"] == pytest.approx(
                     meter.values()["energy_import_total_kwh"]
                 )
+
+
+MODBUS_FLEET = """
+seed = 4
+start = "2026-03-11T00:10:00"
+frozen = true
+[[district]]
+name = "d1"
+  [[district.bus]]
+  name = "m1"
+  protocol = "modbus"
+    [[district.bus.meters]]
+    count = 2
+    first_unit = 1
+    models = { DTSU666 = 1, SDM630 = 1 }
+    [[district.bus.meters]]
+    count = 1
+    first_unit = 9
+    models = { DTSU666 = 1 }
+    dead = 1.0
+"""
+
+
+async def test_modbus_meters_in_the_daily_plan(tmp_path: Path) -> None:
+    async with sim_agent(MODBUS_FLEET, tmp_path) as sa:
+        report = await DailyPlanner(_daily(backfill_days=0), sa.ctx).run_round(DAY, final=False)
+        readings = {r["meter"]: r for r in sa.sink.of("readings")}
+        assert set(readings) == {"m1:1", "m1:2"}
+        for meter_id, r in readings.items():
+            meter = sa.fleet.meter(meter_id)
+            assert r["values"]["energy_import_total_kwh"]["value"] == pytest.approx(
+                meter.values()["energy_import_total_kwh"], rel=1e-6
+            )
+            assert r["data_time"] == r["read_at"]  # no frozen history: stamped with the read
+        assert report["failed"] == [
+            {
+                "meter": "m1:9",
+                "reason": "no_reply",
+                "attempts": 1,
+                "detail": report["failed"][0]["detail"],
+                "last_attempt_at": report["failed"][0]["last_attempt_at"],
+            }
+        ]
