@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -106,6 +104,21 @@ def _rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def _reads_so_far(port: int) -> int:
+    """Successful daily reads so far, from the agent's own Prometheus endpoint."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except (OSError, urllib.error.URLError):
+        return 0
+    for line in text.splitlines():
+        if line.startswith('meterlink_reads_total{plan="daily",result="ok"}'):
+            return int(float(line.split()[-1]))
+    return 0
+
+
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -123,7 +136,7 @@ def footprint(meters: int) -> None:
         )
         archive = tmp / "archive.json"
         archive.write_text(json.dumps(parse_fleet(fleet_file.read_text()).archive()))
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         sim = subprocess.Popen(
             [
                 sys.executable,
@@ -158,7 +171,7 @@ log_level = "warning"
 host = "{broker.host}"
 port = {broker.port}
 [metrics]
-listen = ""
+listen = "127.0.0.1:{metrics_port}"
 [[buses]]
 name = "b1"
 url = "tcp://127.0.0.1:{port}?parity=N&baud=115200&frame_gap_ms=0&reply_timeout_ms=300"
@@ -174,27 +187,16 @@ enabled = false
                 agent = subprocess.Popen(
                     [sys.executable, "-m", "meterlink", "agent", "run", "--config", str(config)]
                 )
-                state = tmp / "state" / "state.sqlite"
-                started = time.monotonic()
                 read = 0
-                first: tuple[int, float] | None = (
-                    None  # (meters read, agent CPU) once reading began
-                )
+                first: tuple[int, float] | None = None  # (readings, agent CPU) once reading began
+                started = time.monotonic()
                 while time.monotonic() - started < 600:
-                    time.sleep(0.2)
-                    if state.exists():
-                        with (
-                            contextlib.suppress(sqlite3.OperationalError),
-                            contextlib.closing(
-                                sqlite3.connect(f"file:{state}?mode=ro", uri=True)
-                            ) as db,
-                        ):
-                            query = "SELECT count(*) FROM daily WHERE status='read'"
-                            read = db.execute(query).fetchone()[0]
-                        if read and first is None:
-                            first = (read, _cpu_s(agent.pid))
-                        if read >= meters:
-                            break
+                    time.sleep(0.1)
+                    read = _reads_so_far(metrics_port)
+                    if read and first is None:
+                        first = (read, _cpu_s(agent.pid))
+                    if read >= meters:
+                        break
                 rss, base = _rss_kb(agent.pid), _rss_kb(baseline.pid)
                 cpu = _cpu_s(agent.pid)
                 assert first is not None, "the agent read nothing"

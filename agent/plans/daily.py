@@ -18,7 +18,9 @@ import asyncio
 import datetime as dt
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from agent.config import DailyPlan as DailyPlanConfig
@@ -39,7 +41,6 @@ DI_FREEZE_TIME = 0x05060000
 DI_FREEZE_IMPORT = 0x05060100
 DI_FREEZE_EXPORT = 0x05060200
 DI_BALANCE = 0x00900200
-DI_IMPORT_BLOCK = 0x0001FF00
 DI_IMPORT_1997 = 0x901F
 ITEM = "daily_freeze"
 
@@ -118,22 +119,10 @@ class DailyPlanner:
         ctx = self.ctx
         started = ctx.clock.now()
         self.rounds += 1
-        busy_before = {name: p.busy_seconds for name, p in ctx.pollers.items()}
+        busy_before = self._busy()
         deadline = dt.datetime.combine(day, self.deadline, ctx.clock.tz)
         due = [] if final else self._due(day, started)
-        outcomes = await asyncio.gather(*(self._attempt(m, day, deadline) for m in due))
-        for outcome in outcomes:
-            if outcome.attempted:
-                ctx.on_outcome("daily", outcome.reason.value if outcome.reason else None)
-            ctx.state.record(
-                day,
-                outcome.meter,
-                ok=outcome.ok,
-                at=ctx.clock.now(),
-                reason=outcome.reason.value if outcome.reason else None,
-                detail=outcome.detail or None,
-                attempted=outcome.attempted,
-            )
+        self._record(day, await asyncio.gather(*(self._attempt(m, day, deadline) for m in due)))
         report = self._report(day, started, final=final, busy_before=busy_before, kind="round")
         await ctx.sink.put("rounds", report)
         log.info(
@@ -145,6 +134,21 @@ class DailyPlanner:
             extra={"plan": "daily", "failed_by_reason": report["failed_by_reason"]},
         )
         return report
+
+    def _busy(self) -> dict[str, float]:
+        return {name: p.busy_seconds for name, p in self.ctx.pollers.items()}
+
+    def _record(self, day: dt.date, outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            self.ctx.state.record(
+                day,
+                o.meter,
+                ok=o.ok,
+                at=self.ctx.clock.now(),
+                reason=o.reason.value if o.reason else None,
+                detail=o.detail or None,
+                attempted=o.attempted,
+            )
 
     def _report(
         self,
@@ -195,29 +199,31 @@ class DailyPlanner:
         }
 
     async def _attempt(self, meter: MeterConfig, day: dt.date, deadline: dt.datetime) -> Outcome:
+        if self.ctx.clock.now() >= deadline:
+            return Outcome(
+                meter.meter_id, False, FailureReason.NOT_ATTEMPTED, "plan deadline reached", False
+            )
+        outcome = await self._on_bus(
+            meter, lambda client: self._read_today(client, meter, day), PRIORITY_DAILY
+        )
+        if outcome.attempted:  # live metrics, as each meter completes
+            self.ctx.on_outcome("daily", outcome.reason.value if outcome.reason else None)
+        return outcome
+
+    async def _on_bus(
+        self, meter: MeterConfig, job: Callable[[Any], Awaitable[dict[str, Any]]], priority: int
+    ) -> Outcome:
+        """Run one meter's read on its bus: health gate, failure reason, outbox on success."""
         ctx = self.ctx
         mid = meter.meter_id
-        if ctx.clock.now() >= deadline:
-            return Outcome(
-                mid, False, FailureReason.NOT_ATTEMPTED, "plan deadline reached", attempted=False
-            )
         if not ctx.health.may_attempt(mid, ctx.clock.monotonic()):
             return Outcome(
-                mid,
-                False,
-                FailureReason.METER_OFFLINE,
-                "offline, re-probe not due",
-                attempted=False,
+                mid, False, FailureReason.METER_OFFLINE, "offline, re-probe not due", False
             )
-        poller = ctx.poller_for(meter.bus)
         try:
-            reading = await poller.submit(
-                lambda client: self._read_meter(client, meter, day), priority=PRIORITY_DAILY
-            )
+            reading = await ctx.poller_for(meter.bus).submit(job, priority=priority)
         except BusClosed:
-            return Outcome(
-                mid, False, FailureReason.NOT_ATTEMPTED, "agent shutting down", attempted=False
-            )
+            return Outcome(mid, False, FailureReason.NOT_ATTEMPTED, "agent shutting down", False)
         except Exception as exc:
             reason, detail = reason_of(exc)
             ctx.health.failure(mid, reason, ctx.clock.monotonic())
@@ -226,55 +232,52 @@ class DailyPlanner:
         await ctx.sink.put("readings", reading)
         return Outcome(mid, True)
 
-    async def _read_meter(self, client: Any, meter: MeterConfig, day: dt.date) -> dict[str, Any]:
-        ctx = self.ctx
-        tz = ctx.clock.tz
+    def _reading(
+        self,
+        meter: MeterConfig,
+        data_time: dt.datetime,
+        values: list[Measurement],
+        quality: str | None = None,
+    ) -> dict[str, Any]:
+        return make_reading(
+            self.ctx,
+            meter=meter.meter_id,
+            item=ITEM,
+            plan="daily",
+            data_time=data_time,
+            read_at=self.ctx.clock.now(),
+            values=values,
+            bus=meter.bus,
+            quality=quality,
+        )
+
+    async def _read_today(self, client: Any, meter: MeterConfig, day: dt.date) -> dict[str, Any]:
         if meter.protocol == "modbus":
             values = await client.read_energy(meter)
-            now = ctx.clock.now()
-            return make_reading(
-                ctx,
-                meter=meter.meter_id,
-                item=ITEM,
-                plan="daily",
-                data_time=now,
-                read_at=now,
-                values=values,
-                bus=meter.bus,
-            )
+            return self._reading(meter, self.ctx.clock.now(), values)
         assert isinstance(client, Dlt645Client)
         assert meter.address is not None
-        address = Address.parse(meter.address)
-        edition = edition_of(meter.protocol)
         if meter.protocol == "dlt645-1997":
-            result = await client.read(address, DI_IMPORT_1997, edition)
-            now = ctx.clock.now()
-            return make_reading(
-                ctx,
-                meter=meter.meter_id,
-                item=ITEM,
-                plan="daily",
-                data_time=now,
-                read_at=now,
-                values=result.measurements,
-                bus=meter.bus,
-            )
+            address = Address.parse(meter.address)
+            result = await client.read(address, DI_IMPORT_1997, edition_of(meter.protocol))
+            return self._reading(meter, self.ctx.clock.now(), result.measurements)
+        reading = await self._read_frozen(client, meter, day)
+        if self.cfg.prepaid_balance and meter.prepaid and day == self.ctx.clock.now().date():
+            balance = await client.read(Address.parse(meter.address), DI_BALANCE)
+            reading["values"].update({m.name: m.as_json() for m in balance.measurements})
+        return reading
+
+    async def _read_frozen(
+        self, client: Dlt645Client, meter: MeterConfig, day: dt.date, quality: str | None = None
+    ) -> dict[str, Any]:
+        """The daily freeze of `day` from a 2007 meter: its record number, then its energy."""
+        assert meter.address is not None
+        address = Address.parse(meter.address)
         nn, freeze = await self._find_freeze(client, address, day)
         values = list((await client.read(address, DI_FREEZE_IMPORT | nn)).measurements)
         if self.cfg.reverse_energy:
             values += (await client.read(address, DI_FREEZE_EXPORT | nn)).measurements
-        if self.cfg.prepaid_balance and meter.prepaid and day == ctx.clock.now().date():
-            values += (await client.read(address, DI_BALANCE)).measurements
-        return make_reading(
-            ctx,
-            meter=meter.meter_id,
-            item=ITEM,
-            plan="daily",
-            data_time=freeze.replace(tzinfo=tz),
-            read_at=ctx.clock.now(),
-            values=values,
-            bus=meter.bus,
-        )
+        return self._reading(meter, freeze.replace(tzinfo=self.ctx.clock.tz), values, quality)
 
     async def _find_freeze(
         self, client: Dlt645Client, address: Address, day: dt.date
@@ -299,7 +302,8 @@ class DailyPlanner:
 
     # --- backfill ---------------------------------------------------------------------------------
     async def backfill(self, today: dt.date) -> int:
-        """Read missed past days from frozen history; returns how many readings were recovered."""
+        """Read missed past days from frozen history; returns how many readings were recovered.
+        Each day that recovered something gets an updated (final) report."""
         ctx = self.ctx
         days = [today - dt.timedelta(days=n) for n in range(1, self.cfg.backfill_days + 1)]
         read = ctx.state.read_days(days)
@@ -312,21 +316,19 @@ class DailyPlanner:
             ]
             if not missing:
                 continue
-            started = ctx.clock.now()
-            busy_before = {name: p.busy_seconds for name, p in ctx.pollers.items()}
-            outcomes = await asyncio.gather(*(self._backfill_one(m, day) for m in missing))
-            got = 0
-            for o in outcomes:
-                ctx.state.record(
-                    day,
-                    o.meter,
-                    ok=o.ok,
-                    at=ctx.clock.now(),
-                    reason=o.reason.value if o.reason else None,
-                    detail=o.detail or None,
-                    attempted=o.attempted,
+            started, busy_before = ctx.clock.now(), self._busy()
+            outcomes = await asyncio.gather(
+                *(
+                    self._on_bus(
+                        m,
+                        partial(self._read_frozen, meter=m, day=day, quality="backfill"),
+                        PRIORITY_BACKFILL,
+                    )
+                    for m in missing
                 )
-                got += o.ok
+            )
+            self._record(day, outcomes)
+            got = sum(o.ok for o in outcomes)
             recovered += got
             if got:
                 report = self._report(
@@ -334,41 +336,3 @@ class DailyPlanner:
                 )
                 await ctx.sink.put("rounds", report)
         return recovered
-
-    async def _backfill_one(self, meter: MeterConfig, day: dt.date) -> Outcome:
-        ctx = self.ctx
-        mid = meter.meter_id
-        if not ctx.health.may_attempt(mid, ctx.clock.monotonic()):
-            return Outcome(mid, False, FailureReason.METER_OFFLINE, "offline", attempted=False)
-        assert meter.address is not None
-        address = Address.parse(meter.address)
-
-        async def job(client: Dlt645Client) -> dict[str, Any]:
-            nn, freeze = await self._find_freeze(client, address, day)
-            values = list((await client.read(address, DI_FREEZE_IMPORT | nn)).measurements)
-            if self.cfg.reverse_energy:
-                values += (await client.read(address, DI_FREEZE_EXPORT | nn)).measurements
-            return make_reading(
-                ctx,
-                meter=mid,
-                item=ITEM,
-                plan="daily",
-                data_time=freeze.replace(tzinfo=ctx.clock.tz),
-                read_at=ctx.clock.now(),
-                values=values,
-                bus=meter.bus,
-                quality="backfill",
-            )
-
-        try:
-            reading = await ctx.poller_for(meter.bus).submit(job, priority=PRIORITY_BACKFILL)
-        except BusClosed:
-            return Outcome(
-                mid, False, FailureReason.NOT_ATTEMPTED, "agent shutting down", attempted=False
-            )
-        except Exception as exc:
-            reason, detail = reason_of(exc)
-            ctx.health.failure(mid, reason, ctx.clock.monotonic())
-            return Outcome(mid, False, reason, detail)
-        await ctx.sink.put("readings", reading)
-        return Outcome(mid, True)
