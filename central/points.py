@@ -118,41 +118,55 @@ def _fields(pairs: Mapping[str, object]) -> str:
     return ",".join(f"{k}={field_value(v)}" for k, v in pairs.items() if v is not None)
 
 
+_DAYS: dict[str, tuple[str, int]] = {}
+
+
+def _data_day(data_time: str) -> tuple[str, int]:
+    """(calendar date in the stamp's own offset, unix seconds of that local midnight)."""
+    cached = _DAYS.get(data_time)
+    if cached is None:
+        stamp = dt.datetime.fromisoformat(data_time)
+        midnight = dt.datetime.combine(stamp.date(), dt.time(), stamp.tzinfo or dt.UTC)
+        cached = (stamp.date().isoformat(), int(midnight.timestamp()))
+        if len(_DAYS) > 100_000:
+            _DAYS.clear()
+        _DAYS[data_time] = cached
+    return cached
+
+
 def _readings(payload: dict[str, Any], out: Converted) -> None:
     c = payload["concentrator"]
     ctag = escape_tag(c)
+    lines, reads = out.lines, out.reads
     for r in payload["readings"]:
         values = r["values"]
-        parts = [f"{name}={field_value(v['value'])}" for name, v in values.items()]
+        parts = []
+        for name, v in values.items():
+            x = v["value"]
+            t = type(x)
+            # the hot path: numbers; text goes through the general formatter
+            parts.append(f"{name}={x!r}" if t is float else f"{name}={field_value(x)}")
         quality = r.get("quality", "ok")
-        parts.append(f'quality="{quality}"')
         read_at = epoch(r["read_at"])
-        parts.append(f"read_at={read_at}i")
+        parts.append(f'quality="{quality}",read_at={read_at}i')
         if "plan" in r:
             parts.append(f"plan={field_value(r['plan'])}")
         if "clock_offset_s" in r:
             parts.append(f"clock_offset_s={field_value(r['clock_offset_s'])}")
-        data_time = epoch(r["data_time"])
-        out.lines.append(
-            f"reading,concentrator={ctag},item={escape_tag(r['item'])},meter={escape_tag(r['meter'])}"
-            f" {','.join(parts)} {data_time}"
+        data_time = r["data_time"]
+        item = r["item"]
+        lines.append(
+            f"reading,concentrator={ctag},item={escape_tag(item)},meter={escape_tag(r['meter'])}"
+            f" {','.join(parts)} {epoch(data_time)}"
         )
-        out.readings += 1
-        if r["item"] == DAILY_ITEM:
-            stamp = dt.datetime.fromisoformat(r["data_time"])
-            day = stamp.date()
-            midnight = dt.datetime.combine(day, dt.time(), stamp.tzinfo or dt.UTC)
-            out.reads.append(
+        if item == DAILY_ITEM:
+            day, day_start = _data_day(data_time)
+            reads.append(
                 DailyRead(
-                    c,
-                    r["meter"],
-                    day.isoformat(),
-                    int(midnight.timestamp()),
-                    read_at,
-                    frozenset(values),
-                    quality == "backfill",
+                    c, r["meter"], day, day_start, read_at, frozenset(values), quality == "backfill"
                 )
             )
+    out.readings += len(payload["readings"])
 
 
 def _rounds(payload: dict[str, Any], out: Converted) -> None:
