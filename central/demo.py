@@ -1,0 +1,340 @@
+"""`meterlink demo`: the whole chain on one machine, from nothing.
+
+Starts what is missing — a Mosquitto and an InfluxDB 1.x (`influxd`) on free loopback ports
+when none is given — then the meter simulator with a fleet (default: the documented field
+profile, simulators/fleets/field.toml) on TCP serial servers, `meterlink agent run` for one
+concentrator, and `meterlink central run`. The agent's daily plan reads today's freeze; when
+every archived meter is read or explained (or `--wait` runs out) the demo prints the coverage
+report, sets it beside what the simulator's own answer record says, and says where to look.
+
+Everything runs as child processes of the demo (agent and simulator are separate programs; the
+central side imports neither) and is stopped by PID at the end, unless `--keep-running`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from central.config import CoverageConfig
+from central.coverage import compute_day
+from central.ledger import Ledger
+from central.report import render
+
+__all__ = ["configure", "run"]
+
+REPO = Path(__file__).resolve().parent.parent
+FIELD_FLEET = REPO / "simulators" / "fleets" / "field.toml"
+CONCENTRATOR = "demo-c1"
+#: DIs whose intact answer means the meter gave its daily energy (2007 frozen import energy,
+#: 1997 import energy totals); the simulator's record is checked against these
+ENERGY_DIS = ("0506", "901F", "9010")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fleet", type=Path, default=FIELD_FLEET, help="simulated fleet (TOML)")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("var/demo"), help="configs, logs, data (var/demo)"
+    )
+    parser.add_argument("--mqtt", metavar="HOST:PORT", help="use this broker, start none")
+    parser.add_argument("--influx", metavar="URL", help="use this InfluxDB 1.x, start none")
+    parser.add_argument(
+        "--wait", type=float, default=240.0, help="longest wait for the plan (s, default 240)"
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=20.0,
+        help="done once everything is explained and nothing changed for this long (s, 20)",
+    )
+    parser.add_argument(
+        "--keep-running", action="store_true", help="keep everything running until Ctrl-C"
+    )
+
+
+@dataclass
+class _Stack:
+    workdir: Path
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, stdout=kwargs.pop("stdout", log), stderr=log, cwd=REPO)  # type: ignore[call-overload]
+        self.procs.append((name, proc))
+        return proc  # type: ignore[no-any-return]
+
+    def check(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
+    )
+    if found is None:
+        raise RuntimeError(f"{name} is not installed: run scripts/setup")
+    return found
+
+
+def _mosquitto(stack: _Stack) -> tuple[str, int]:
+    port = _free_port()
+    conf = stack.workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "max_queued_messages 1000000\nlog_dest none\n"
+    )
+    proc = stack.start("mosquitto", [_binary("mosquitto"), "-c", str(conf)])
+    _wait_port(port, proc)
+    return "127.0.0.1", port
+
+
+def _influxd(stack: _Stack) -> str:
+    port, rpc = _free_port(), _free_port()
+    data = stack.workdir / "influxdb"
+    conf = stack.workdir / "influxdb.conf"
+    conf.write_text(
+        f'reporting-disabled = true\nbind-address = "127.0.0.1:{rpc}"\n'
+        f'[meta]\n  dir = "{data}/meta"\n[data]\n  dir = "{data}/data"\n'
+        f'  wal-dir = "{data}/wal"\n  query-log-enabled = false\n'
+        f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
+        "[monitor]\n  store-enabled = false\n"
+    )
+    proc = stack.start("influxd", [_binary("influxd"), "run", "-config", str(conf)])
+    _wait_port(port, proc)
+    return f"http://127.0.0.1:{port}"
+
+
+def _simulator(stack: _Stack, fleet: Path) -> list[tuple[str, str, str]]:
+    """Serve the fleet on TCP; returns (bus, protocol, host:port) per bus."""
+    meterlink = [sys.executable, "-m", "meterlink"]
+    archive = subprocess.run(
+        [*meterlink, "sim", "fleet", "--archive", "--fleet", str(fleet)],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    (stack.workdir / "archive.json").write_bytes(archive)
+    record = stack.workdir / "answers.jsonl"
+    record.unlink(missing_ok=True)
+    proc = stack.start(
+        "simulator",
+        [*meterlink, "sim", "serve", "--fleet", str(fleet), "--tcp", "127.0.0.1:0",
+         "--record", str(record)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    buses = []
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        line = raw.decode().strip()
+        if line == "ready":
+            break
+        # "bus east-1 (dlt645) tcp 127.0.0.1:34879 meters=256"
+        parts = line.split()
+        if parts and parts[0] == "bus":
+            buses.append((parts[1], parts[2].strip("()"), parts[4]))
+    if not buses:
+        stack.check()
+        raise RuntimeError("the simulator announced no bus")
+    return buses
+
+
+def _agent_config(stack: _Stack, host: str, port: int, buses: list[tuple[str, str, str]]) -> Path:
+    lines = [
+        "stop_timeout_s = 10",
+        "[agent]",
+        f'concentrator = "{CONCENTRATOR}"',
+        "timezone = \"UTC\"  # the simulator's meters keep the machine's UTC clock",
+        f'state_dir = "{stack.workdir / "agent-state"}"',
+        'log_format = "text"',
+        "[mqtt]",
+        f'host = "{host}"',
+        f"port = {port}",
+        "reconnect_min_s = 0.2",
+        "reconnect_max_s = 2.0",
+        "[metrics]",
+        'listen = ""',
+    ]
+    for name, protocol, where in buses:
+        opts = "parity=N&reply_timeout_ms=300&byte_gap_ms=100&frame_gap_ms=0&baud=9600"
+        url = f"modbus+tcp://{where}" if protocol == "modbus" else f"tcp://{where}?{opts}"
+        lines += ["[[buses]]", f'name = "{name}"', f'url = "{url}"']
+    lines += [
+        "[archive]",
+        f'file = "{stack.workdir / "archive.json"}"',
+        "[plans.daily]",
+        'start = "00:00"',
+        'deadline = "23:59"',
+        "retry_spacing_minutes = 0.1",
+        "backfill_days = 0",
+        "[plans.clock]",
+        "enabled = false",
+    ]
+    path = stack.workdir / "agent.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _central_config(stack: _Stack, host: str, port: int, influx: str) -> Path:
+    w = stack.workdir
+    path = w / "central.toml"
+    path.write_text(
+        f'[mqtt]\nhost = "{host}"\nport = {port}\nclient_id = "demo-central-1"\n'
+        f'group = "demo"\n[influx]\napi = "v1"\nurl = "{influx}"\ndatabase = "meterlink"\n'
+        f'[consumer]\nspool = "{w}/central-spool.sqlite3"\nflush_interval_s = 0.2\n'
+        f'[coverage]\nledger = "{w}/coverage.sqlite3"\ninterval_s = 2.0\n'
+    )
+    return path
+
+
+def answered(record: Path) -> set[str]:
+    """Meters the simulator's own record shows giving their energy intact (independent of the
+    agent's and the centre's view)."""
+    out: set[str] = set()
+    if not record.exists():
+        return out
+    for line in record.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if r["outcome"] == "answered" and r["meter"] and (r["di"] or "").startswith(ENERGY_DIS):
+            out.add(r["meter"])
+    return out
+
+
+def _settled(ledger: Ledger, day: str, cfg: CoverageConfig) -> tuple[bool, str]:
+    cov = compute_day(ledger, day, cfg)
+    fleet = cov.fleet()
+    unexplained = fleet.reasons.get("unexplained", 0)
+    status = f"{fleet.read}/{fleet.expected} read, {unexplained} not yet read or explained"
+    return fleet.expected > 0 and unexplained == 0, status
+
+
+@contextlib.contextmanager
+def _running(workdir: Path) -> Iterator[_Stack]:
+    stack = _Stack(workdir)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir: Path = args.workdir.resolve()
+    for stale in ("coverage.sqlite3", "central-spool.sqlite3", "agent-state"):
+        target = workdir / stale
+        if target.is_dir():
+            shutil.rmtree(target)
+        for f in workdir.glob(f"{stale}*"):
+            f.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    meterlink = [sys.executable, "-m", "meterlink"]
+    with _running(workdir) as stack:
+        if args.mqtt:
+            host, _, port_text = args.mqtt.rpartition(":")
+            port = int(port_text)
+        else:
+            host, port = _mosquitto(stack)
+        influx = args.influx or _influxd(stack)
+        print(f"demo: broker mqtt://{host}:{port}, InfluxDB {influx} (database meterlink)")
+        buses = _simulator(stack, args.fleet)
+        print(
+            f"demo: simulator {args.fleet.name}: " + ", ".join(f"{b} at {w}" for b, _, w in buses)
+        )
+        central_conf = _central_config(stack, host, port, influx)
+        stack.start("central", [*meterlink, "central", "run", "--config", str(central_conf)])
+        time.sleep(1.0)  # subscribed before the agent publishes its archive and first readings
+        stack.start("agent", [*meterlink, "agent", "run", "--config",
+                              str(_agent_config(stack, host, port, buses))])  # fmt: skip
+        day = dt.datetime.now(dt.UTC).date().isoformat()
+        cfg = CoverageConfig(ledger=workdir / "coverage.sqlite3")
+        deadline = time.monotonic() + args.wait
+        status = "waiting for the first round"
+        settled, changed = False, time.monotonic()
+        while time.monotonic() < deadline:
+            stack.check()
+            time.sleep(2.0)
+            if not cfg.ledger.exists():
+                continue
+            ledger = Ledger(cfg.ledger)
+            try:
+                settled, now = _settled(ledger, day, cfg)
+            finally:
+                ledger.close()
+            if now != status:
+                status, changed = now, time.monotonic()
+                print(f"demo: daily plan for {day}: {status}", flush=True)
+            # done when every meter is read or explained and the retries have stopped helping
+            if settled and time.monotonic() - changed > args.settle:
+                break
+        time.sleep(2 * 2.0 + 1)  # the consumer's coverage job publishes to InfluxDB
+        ledger = Ledger(cfg.ledger)
+        try:
+            cov = compute_day(ledger, day, cfg)
+        finally:
+            ledger.close()
+        print()
+        sys.stdout.write(render(cov, "table", min_days=1))
+        sim = answered(workdir / "answers.jsonl")
+        print(
+            f"\nsimulator's own record: {len(sim)} of {cov.fleet().expected} archived meters gave"
+            f" their energy intact; coverage counts {cov.fleet().read} read"
+        )
+        _where_to_look(workdir, influx, central_conf)
+        if args.keep_running:
+            print("demo: running; Ctrl-C stops everything")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    stack.check()
+                    time.sleep(5)
+    return 0 if settled else 1
+
+
+def _where_to_look(workdir: Path, influx: str, central_conf: Path) -> None:
+    print(
+        f"""
+where to look:
+  report     meterlink central report --config {central_conf} [--format csv|json]
+  InfluxDB   {influx}  database "meterlink": measurements reading, round, read_failure,
+             coverage, coverage_reason, coverage_streak (docs/influx.md)
+  Grafana    deploy/grafana/ (provisioning + dashboard; point the datasource at {influx})
+  logs       {workdir}/{{simulator,agent,central,mosquitto,influxd}}.log
+  simulator  {workdir}/answers.jsonl (who answered what)"""
+    )
