@@ -8,8 +8,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -24,7 +22,7 @@ from paho.mqtt.properties import Properties
 from agent.mqtt import MqttLink, MqttSettings
 from agent.outbox import Outbox
 from protocols.payloads import PayloadInvalid, kind_of_topic, validate
-from tests.fixtures.services import Mosquitto, free_port, mosquitto_binary, wait_port
+from tests.fixtures.services import Mosquitto, free_port
 
 CONCENTRATOR = "c-001"
 KEY = bytes.fromhex("5f1e" * 16)
@@ -256,40 +254,6 @@ async def running(link: MqttLink, *, wait_connected: bool = True) -> AsyncIterat
             await task
 
 
-@dataclass
-class LocalMosquitto(Mosquitto):
-    """The fixture's broker, plus an optional ACL file, and usable persistence when the tests
-    run as root: Mosquitto then drops to user ``mosquitto`` unless told ``user root``, and that
-    user can neither read an ACL file nor write its database in pytest's 0700 temp dirs."""
-
-    acl_file: Path | None = None
-    extra: tuple[str, ...] = ()
-    """more configuration lines (they apply to the listener: e.g. TLS files)"""
-
-    def start(self) -> None:
-        conf = self.workdir / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            f"persistence {'true' if self.persistence else 'false'}",
-            f"persistence_location {self.workdir}/",
-            "max_queued_messages 1000000",
-            "log_dest none",
-        ]
-        if os.geteuid() == 0:
-            lines.append("user root")
-        if self.acl_file is not None:
-            lines.append(f"acl_file {self.acl_file}")
-        lines.extend(self.extra)
-        conf.write_text("\n".join(lines) + "\n")
-        self.proc = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_port(self.port, proc=self.proc)
-
-
 @contextlib.contextmanager
 def local_mosquitto(
     workdir: Path,
@@ -297,12 +261,12 @@ def local_mosquitto(
     persistence: bool = False,
     acl: str | None = None,
     extra: tuple[str, ...] = (),
-) -> Iterator[LocalMosquitto]:
+) -> Iterator[Mosquitto]:
     acl_file = None
     if acl is not None:
         acl_file = workdir / "acl"
         acl_file.write_text(acl)
-    broker = LocalMosquitto(workdir, free_port(), persistence, acl_file=acl_file, extra=extra)
+    broker = Mosquitto(workdir, free_port(), persistence, acl_file=acl_file, extra=extra)
     broker.start()
     try:
         yield broker
