@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from pathlib import Path
@@ -233,22 +234,9 @@ class Agent:
             eviction=cfg.outbox.eviction,
         )
         m = cfg.mqtt
+        # the [mqtt] section names the link's settings one to one; the key stays with the agent
         settings = MqttSettings(
-            host=m.host,
-            port=m.port,
-            client_id=m.client_id or f"meterlink-agent-{cfg.agent.concentrator}",
-            username=m.username,
-            password=m.password,
-            tls=m.tls,
-            ca_file=m.ca_file,
-            cert_file=m.cert_file,
-            key_file=m.key_file,
-            tls_insecure=m.tls_insecure,
-            keepalive=m.keepalive,
-            reconnect_min_s=m.reconnect_min_s,
-            reconnect_max_s=m.reconnect_max_s,
-            batch_size=m.batch_size,
-            session_expiry_s=m.session_expiry_s,
+            **{k: v for k, v in dataclasses.asdict(m).items() if k != "command_key"}
         )
         executor = CommandExecutor(self.ctx, self.archive, self._archive_changed)
         self.link = MqttLink(
