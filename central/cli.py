@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -54,6 +55,11 @@ def _run(cfg: CentralConfig, level: str) -> int:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Every reading leaves a JSON tree of short-lived containers that reference counting frees;
+    # the cycle collector scanning them every 700 allocations cost ~1.5 µs per reading.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
     async def main() -> None:
         stop = asyncio.Event()

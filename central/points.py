@@ -19,7 +19,7 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "DAILY_ITEM",
@@ -39,7 +39,7 @@ _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "
 
 def escape_tag(text: str) -> str:
     """Tag keys and values: comma, equals sign, space (and backslash, newline) escaped."""
-    return text.translate(_TAG_ESCAPES)
+    return text if text.isalnum() else text.translate(_TAG_ESCAPES)
 
 
 def field_value(value: object) -> str:
@@ -71,9 +71,8 @@ def epoch(stamp: str) -> int:
     return seconds
 
 
-@dataclass(frozen=True, slots=True)
-class DailyRead:
-    """A daily freeze collected: the fact coverage counts."""
+class DailyRead(NamedTuple):
+    """A daily freeze collected: the fact coverage counts (a tuple: one per reading, hot)."""
 
     concentrator: str
     meter: str
