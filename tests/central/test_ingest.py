@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from central.spool import Spool
+from meterlink.cli import main
 from tests.central.helpers import (
     CST,
     TARIFFS,
@@ -63,7 +66,7 @@ async def test_readings_land_as_points_keyed_by_meter_item_and_data_time(
 
 
 async def test_invalid_payloads_are_counted_kept_aside_and_acknowledged(
-    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = config(tmp_path, mosquitto.port, influxdb.url)
     good = batch("c-001", [reading("000000000001", "2026-11-25")], "ok")
@@ -90,6 +93,12 @@ async def test_invalid_payloads_are_counted_kept_aside_and_acknowledged(
         spool.close()
     assert any("batch_id" in e for e in errors)
     assert any("concentrator differs" in e for e in errors)
+    conf = tmp_path / "central.toml"
+    conf.write_text(f'[consumer]\nspool = "{cfg.consumer.spool}"\n')
+    assert main(["central", "spool", "--config", str(conf)]) == 0
+    shown = capsys.readouterr().out
+    assert "waiting for InfluxDB: 0 batches, 0 lines" in shown
+    assert "dead letters: schema 3" in shown
 
 
 async def test_lines_influxdb_refuses_are_isolated_into_dead_letters(
