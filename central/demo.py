@@ -315,7 +315,8 @@ def run(args: argparse.Namespace) -> int:
         sim = answered(workdir / "answers.jsonl")
         print(
             f"\nsimulator's own record: {len(sim)} of {cov.fleet().expected} archived meters gave"
-            f" their energy intact; coverage counts {cov.fleet().read} read"
+            f" their energy intact; coverage counts {cov.fleet().read} read (a read needs every"
+            " item of one attempt; the record counts single replies)"
         )
         _where_to_look(workdir, influx, central_conf)
         if args.keep_running:
