@@ -63,12 +63,27 @@ name = "north"
 """
 
 
+_STARTED: list[AgentProcess] = []
+
+
+@pytest.fixture(autouse=True)
+async def _no_agent_left_behind() -> AsyncIterator[None]:
+    """Whatever a test does (or fails to do), no agent process outlives it."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop().proc
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 @dataclass
 class AgentProcess:
     config: Path
     proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
+        _STARTED.append(self)
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
