@@ -37,11 +37,10 @@ from central.config import CentralConfig
 from central.coverage import compute_day, day_lines
 from central.ledger import Ledger, day_offset
 from central.points import Converted, convert
-from central.schema_check import PayloadInvalid, check
 from central.sink import Sink
 from central.spool import Spool
 from central.writers import WriteUnavailable, make_writer
-from protocols.payloads import TOPIC_ROOT, kind_of_topic
+from protocols.payloads import TOPIC_ROOT, PayloadInvalid, kind_of_topic, validate
 
 __all__ = ["Consumer", "ConsumerStats"]
 
@@ -197,7 +196,7 @@ class Consumer:
         kind = where[1]
         try:
             payload = json.loads(body)
-            check(kind, payload)
+            validate(kind, payload)
             if payload["concentrator"] != where[0]:
                 raise PayloadInvalid(kind, "concentrator differs from the topic's", "/concentrator")
         except (ValueError, PayloadInvalid) as exc:  # JSONDecodeError is a ValueError

@@ -11,7 +11,7 @@ from central.config import CoverageConfig
 from central.coverage import UNEXPLAINED, compute_day, day_lines
 from central.ledger import Ledger
 from central.points import Converted, convert
-from central.schema_check import check
+from protocols.payloads import validate
 from tests.central import scenario
 from tests.central.scenario import DAY, M
 
@@ -19,7 +19,7 @@ from tests.central.scenario import DAY, M
 def apply(ledger: Ledger, messages: list[tuple[str, str, dict[str, Any]]]) -> None:
     facts = Converted()
     for _, kind, payload in messages:
-        check(kind, payload)
+        validate(kind, payload)
         convert(kind, payload, facts)
     ledger.apply(facts, CoverageConfig().required_values)
 
