@@ -148,7 +148,7 @@ class ArchiveStore:
             )
             return Archive(saved["version"], dt.datetime.fromisoformat(saved["updated_at"]), meters)
         version = saved["version"] + 1 if saved is not None else 1
-        archive = Archive(version, dt.datetime.now(dt.UTC), configured)
+        archive = Archive(version, dt.datetime.now(self._cfg.agent.tz), configured)
         self._save(archive, digest)
         return archive
 
@@ -209,7 +209,7 @@ class ArchiveStore:
             checked = _check(meters, self._buses)
         except ConfigError as exc:
             raise ArchiveUpdateError(str(exc)) from None
-        archive = Archive(self.current.version + 1, dt.datetime.now(dt.UTC), checked)
+        archive = Archive(self.current.version + 1, dt.datetime.now(self._cfg.agent.tz), checked)
         self._save(archive, _digest(self._configured()))
         self.current = archive
         return archive

@@ -44,19 +44,32 @@ MAX_FOLLOW_UPS = 255
 
 
 class FrameSink:
-    """ReplySink over the codec's stream decoder: complete on the first reply frame, or on a
-    reply that is complete but corrupt (checksum). Our own echoed request is ignored."""
+    """ReplySink over the codec's stream decoder: complete on the first reply frame that answers
+    `expect` (same function, from an address the request reaches), or on a reply that is
+    complete but corrupt (checksum). Our own echoed request is ignored, and so is a valid reply
+    that answers something else — typically a slow meter's late reply to the previous request —
+    which is kept in `strays` while the window stays open for the meter asked."""
 
-    def __init__(self, edition: Edition | None) -> None:
+    def __init__(self, edition: Edition | None, *, expect: Frame | None = None) -> None:
         self._decoder = FrameDecoder(edition=edition)
+        self._expect = expect
         self.frames: list[Frame] = []
+        self.strays: list[Frame] = []
         self.errors: list[FrameError] = []
+
+    def _answers(self, frame: Frame) -> bool:
+        req = self._expect
+        if req is None:
+            return True
+        return frame.control.code == req.control.code and (
+            req.address.is_wildcard or req.address.reaches(frame.address)
+        )
 
     def feed(self, data: bytes) -> bool:
         for event in self._decoder.feed(data):
             if isinstance(event, Frame):
                 if event.control.reply:
-                    self.frames.append(event)
+                    (self.frames if self._answers(event) else self.strays).append(event)
             else:
                 self.errors.append(event)
         return bool(self.frames) or any(isinstance(e, ChecksumError) for e in self.errors)
@@ -106,17 +119,19 @@ class Dlt645Client:
         if address.is_broadcast:
             await self.transport.send(raw)
             return None
-        sink = FrameSink(edition)
-        received = await self.transport.exchange(raw, sink)
+        sink = FrameSink(edition, expect=request)
+        try:
+            received = await self.transport.exchange(raw, sink)
+        except NoReply as exc:
+            if sink.strays:
+                heard = ", ".join(f"C={f.control.byte:02X} from {f.address}" for f in sink.strays)
+                raise NoReply(
+                    f"{exc}; ignored a reply that answers something else ({heard})"
+                ) from exc
+            raise
         if frames is not None:
             frames.append(("rx", received))
         reply = sink.reply()
-        if reply.control.code != request.control.code:
-            raise AddressMismatch(
-                f"reply C={reply.control.byte:02X} does not answer C={request.control.byte:02X}"
-            )
-        if not address.is_wildcard and not address.reaches(reply.address):
-            raise AddressMismatch(f"asked {address}, reply from {reply.address}")
         answer = from_frame(reply)
         if isinstance(answer, ErrorReply | SecurityErrorReply):
             raise answer.error()

@@ -50,8 +50,16 @@ class HealthTracker:
         return self._meters.setdefault(meter, MeterHealth())
 
     def may_attempt(self, meter: str, now: float) -> bool:
+        """Whether a plan may talk to the meter now. A due re-probe of an offline meter is
+        handed out once (the probe is reserved until its outcome is recorded), so the daily,
+        interval and clock plans do not all probe the same dead meter at once."""
         h = self._meters.get(meter)
-        return h is None or not h.offline or now >= h.next_probe
+        if h is None or not h.offline:
+            return True
+        if now < h.next_probe:
+            return False
+        h.next_probe = now + h.backoff_s
+        return True
 
     @property
     def offline(self) -> list[str]:

@@ -22,6 +22,10 @@ _SCHEMA = [
     CREATE TABLE clock (meter TEXT PRIMARY KEY, offset_s REAL NOT NULL, measured_at TEXT NOT NULL);
     CREATE TABLE marks (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # version 2: the newest daily forward energy of each meter, to catch a meter that lies
+    """
+    CREATE TABLE energy (meter TEXT PRIMARY KEY, data_time TEXT NOT NULL, total REAL NOT NULL);
+    """,
 ]
 
 
@@ -99,6 +103,30 @@ class PlanState:
                 int(attempted),
                 at.isoformat() if attempted else None,
             ),
+        )
+
+    def energy(self, meter: str) -> tuple[dt.datetime, float] | None:
+        row = self._db.execute(
+            "SELECT data_time, total FROM energy WHERE meter=?", (meter,)
+        ).fetchone()
+        return None if row is None else (dt.datetime.fromisoformat(row[0]), float(row[1]))
+
+    def set_energy(self, meter: str, data_time: dt.datetime, total: float) -> None:
+        """Keep the newest (by data time) daily forward energy total of a meter."""
+        self._db.execute(
+            """INSERT INTO energy (meter, data_time, total) VALUES (?, ?, ?)
+               ON CONFLICT (meter) DO UPDATE SET data_time=excluded.data_time, total=excluded.total
+               WHERE excluded.data_time > energy.data_time""",
+            (meter, data_time.isoformat(), total),
+        )
+
+    def forget_read(self, day: dt.date, meter: str) -> None:
+        """A reading of this day left the outbox without being delivered (disk budget): make
+        the day eligible for backfill again."""
+        self._db.execute(
+            "UPDATE daily SET status='failed', reason='not_attempted',"
+            " detail='evicted from the outbox' WHERE day=? AND meter=?",
+            (day.isoformat(), meter),
         )
 
     def prune(self, keep_after: dt.date) -> None:

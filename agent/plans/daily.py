@@ -26,9 +26,10 @@ from typing import Any
 from agent.config import DailyPlan as DailyPlanConfig
 from agent.config import MeterConfig, parse_hhmm
 from agent.dlt645 import Dlt645Client, reason_of
+from agent.health import CONTACT_FAILURES
 from agent.plans.context import PlanContext, edition_of, make_reading
 from agent.poller import PRIORITY_BACKFILL, PRIORITY_DAILY, BusClosed
-from protocols.dlt645 import Address
+from protocols.dlt645 import Address, ErrorFlags, MeterError
 from protocols.errors import ValueFormatError
 from protocols.measurements import Measurement
 from protocols.payloads import FailureReason
@@ -43,6 +44,9 @@ DI_FREEZE_EXPORT = 0x05060200
 DI_BALANCE = 0x00900200
 DI_IMPORT_1997 = 0x901F
 ITEM = "daily_freeze"
+DAILY_RECORDS = 62  # a meter keeps its last 62 daily freezes
+KEEP_DAYS = 70  # plan state kept beyond the meters' own history
+ENERGY_SLACK_KWH = 0.005  # BCD rounding: totals never move back by more than this
 
 
 class NotFrozenYet(ValueFormatError):
@@ -88,6 +92,7 @@ class DailyPlanner:
                 if self.ctx.state.mark("daily_final") != day.isoformat():
                     await self.run_round(day, final=True)
                     self.ctx.state.set_mark("daily_final", day.isoformat())
+                    self.ctx.state.prune(day - dt.timedelta(days=KEEP_DAYS))
                 await clock.sleep_until(begin + dt.timedelta(days=1))
                 continue
             report = await self.run_round(day, final=False)
@@ -122,7 +127,8 @@ class DailyPlanner:
         busy_before = self._busy()
         deadline = dt.datetime.combine(day, self.deadline, ctx.clock.tz)
         due = [] if final else self._due(day, started)
-        self._record(day, await asyncio.gather(*(self._attempt(m, day, deadline) for m in due)))
+        # each outcome is recorded as it completes: a round cut short (reload, stop) keeps them
+        await asyncio.gather(*(self._attempt(m, day, deadline) for m in due))
         report = self._report(day, started, final=final, busy_before=busy_before, kind="round")
         await ctx.sink.put("rounds", report)
         log.info(
@@ -200,20 +206,34 @@ class DailyPlanner:
 
     async def _attempt(self, meter: MeterConfig, day: dt.date, deadline: dt.datetime) -> Outcome:
         if self.ctx.clock.now() >= deadline:
-            return Outcome(
+            outcome = Outcome(
                 meter.meter_id, False, FailureReason.NOT_ATTEMPTED, "plan deadline reached", False
             )
+            self._record(day, [outcome])
+            return outcome
         outcome = await self._on_bus(
-            meter, lambda client: self._read_today(client, meter, day), PRIORITY_DAILY
+            meter, day, lambda client: self._read_today(client, meter, day), PRIORITY_DAILY
         )
         if outcome.attempted:  # live metrics, as each meter completes
             self.ctx.on_outcome("daily", outcome.reason.value if outcome.reason else None)
         return outcome
 
     async def _on_bus(
+        self,
+        meter: MeterConfig,
+        day: dt.date,
+        job: Callable[[Any], Awaitable[dict[str, Any]]],
+        priority: int,
+    ) -> Outcome:
+        """One meter's read of `day` on its bus: health gate, failure reason, plausibility,
+        outbox on success; the outcome is recorded in the plan state before returning."""
+        outcome = await self._run_job(meter, job, priority)
+        self._record(day, [outcome])
+        return outcome
+
+    async def _run_job(
         self, meter: MeterConfig, job: Callable[[Any], Awaitable[dict[str, Any]]], priority: int
     ) -> Outcome:
-        """Run one meter's read on its bus: health gate, failure reason, outbox on success."""
         ctx = self.ctx
         mid = meter.meter_id
         if not ctx.health.may_attempt(mid, ctx.clock.monotonic()):
@@ -229,8 +249,31 @@ class DailyPlanner:
             ctx.health.failure(mid, reason, ctx.clock.monotonic())
             return Outcome(mid, False, reason, detail)
         ctx.health.success(mid, ctx.clock.monotonic())
+        problem = self._implausible(mid, reading)
+        if problem:
+            return Outcome(mid, False, FailureReason.IMPLAUSIBLE_VALUE, problem)
         await ctx.sink.put("readings", reading)
+        total = reading["values"].get("energy_import_total_kwh", {}).get("value")
+        if isinstance(total, int | float):
+            ctx.state.set_energy(mid, dt.datetime.fromisoformat(reading["data_time"]), float(total))
         return Outcome(mid, True)
+
+    def _implausible(self, meter: str, reading: dict[str, Any]) -> str:
+        """A forward energy total that runs backwards against the meter's own history."""
+        total = reading["values"].get("energy_import_total_kwh", {}).get("value")
+        known = self.ctx.state.energy(meter)
+        if not isinstance(total, int | float) or known is None:
+            return ""
+        at = dt.datetime.fromisoformat(reading["data_time"])
+        known_at, known_total = known
+        if (at > known_at and total < known_total - ENERGY_SLACK_KWH) or (
+            at < known_at and total > known_total + ENERGY_SLACK_KWH
+        ):
+            return (
+                f"forward energy {total} kWh at {at:%Y-%m-%d %H:%M} against {known_total} kWh "
+                f"at {known_at:%Y-%m-%d %H:%M}: energy never runs backwards"
+            )
+        return ""
 
     def _reading(
         self,
@@ -282,57 +325,96 @@ class DailyPlanner:
     async def _find_freeze(
         self, client: Dlt645Client, address: Address, day: dt.date
     ) -> tuple[int, dt.datetime]:
-        """The record number NN (1 = newest) of the daily freeze taken at 00:00 of `day`."""
-        newest = _freeze_time((await client.read(address, DI_FREEZE_TIME | 1)).measurements)
+        """The record number NN (1 = newest) of the daily freeze taken at 00:00 of `day`.
+
+        Records are newest first, one per midnight the meter saw: NN = days back + 1, unless the
+        meter missed a midnight (off: older days move to lower numbers) or froze twice (clock
+        set back: higher numbers). So the guess is checked and, if needed, walked toward the
+        day until the stamps pass it.
+        """
+
+        async def stamp(nn: int) -> dt.datetime:
+            return _freeze_time((await client.read(address, DI_FREEZE_TIME | nn)).measurements)
+
+        newest = await stamp(1)
         lag = (newest.date() - day).days
         if lag < 0:
             raise NotFrozenYet(f"newest daily freeze is {newest:%Y-%m-%d %H:%M}, wanted {day}")
         if lag == 0:
             return 1, newest
-        if lag > 61:
-            raise NotFrozenYet(f"{day} is older than the 62 daily records the meter keeps")
-        nn = lag + 1
-        stamp = _freeze_time((await client.read(address, DI_FREEZE_TIME | nn)).measurements)
-        if stamp.date() != day:
-            # a gap in the meter's history (it was off at midnight): no record for that day
+        nn = min(lag + 1, DAILY_RECORDS)
+        while True:  # a meter that has fewer records than the guess says "no such data"
+            try:
+                current = await stamp(nn)
+                break
+            except MeterError as exc:
+                if not exc.flags & ErrorFlags.NO_DATA or nn <= 2:
+                    raise
+                nn -= 1
+        step = -1 if current.date() < day else 1
+        while current.date() != day:
+            nxt = nn + step
+            if not 1 <= nxt <= DAILY_RECORDS:
+                break
+            candidate = await stamp(nxt)
+            if (candidate.date() > day) if step == -1 else (candidate.date() < day):
+                break  # walked past it: the meter has no record of that day
+            nn, current = nxt, candidate
+        if current.date() != day:
             raise NotFrozenYet(
-                f"record {nn} is {stamp:%Y-%m-%d}, the meter has no freeze for {day}"
+                f"the meter has no daily freeze for {day} (record {nn} is {current:%Y-%m-%d})"
             )
-        return nn, stamp
+        return nn, current
 
     # --- backfill ---------------------------------------------------------------------------------
     async def backfill(self, today: dt.date) -> int:
         """Read missed past days from frozen history; returns how many readings were recovered.
-        Each day that recovered something gets an updated (final) report."""
+
+        Only meters that answered today are asked (a dead meter costs nothing more), each from
+        its newest missing day back, stopping at its first failure to answer; a (meter, day)
+        tried within `retry_spacing_minutes` waits. Each day that recovered something gets an
+        updated (final) report.
+        """
         ctx = self.ctx
         days = [today - dt.timedelta(days=n) for n in range(1, self.cfg.backfill_days + 1)]
-        read = ctx.state.read_days(days)
-        recovered = 0
-        for day in days:
-            missing = [
-                m
-                for m in ctx.archive().meters
-                if m.meter_id not in read[day] and m.protocol == "dlt645-2007"
-            ]
-            if not missing:
-                continue
-            started, busy_before = ctx.clock.now(), self._busy()
-            outcomes = await asyncio.gather(
-                *(
-                    self._on_bus(
-                        m,
-                        partial(self._read_frozen, meter=m, day=day, quality="backfill"),
-                        PRIORITY_BACKFILL,
-                    )
-                    for m in missing
-                )
+        alive = {m for m, s in ctx.state.day(today).items() if s.status == "read"}
+        statuses = {day: ctx.state.day(day) for day in days}
+        now = ctx.clock.now()
+        spacing = dt.timedelta(minutes=self.cfg.retry_spacing_minutes)
+
+        def wanted(meter: str, day: dt.date) -> bool:
+            s = statuses[day].get(meter)
+            if s is None:
+                return True
+            return s.status != "read" and (
+                s.last_attempt is None or now - s.last_attempt >= spacing
             )
-            self._record(day, outcomes)
-            got = sum(o.ok for o in outcomes)
-            recovered += got
-            if got:
-                report = self._report(
-                    day, started, final=True, busy_before=busy_before, kind="backfill"
-                )
-                await ctx.sink.put("rounds", report)
+
+        plan = {
+            m: [d for d in days if wanted(m.meter_id, d)]
+            for m in ctx.archive().meters
+            if m.protocol == "dlt645-2007" and m.meter_id in alive
+        }
+        plan = {m: ds for m, ds in plan.items() if ds}
+        if not plan:
+            return 0
+        started, busy_before = ctx.clock.now(), self._busy()
+        results = await asyncio.gather(*(self._backfill_meter(m, ds) for m, ds in plan.items()))
+        recovered_days = sorted({d for got in results for d in got}, reverse=True)
+        for day in recovered_days:
+            report = self._report(
+                day, started, final=True, busy_before=busy_before, kind="backfill"
+            )
+            await ctx.sink.put("rounds", report)
+        return sum(len(got) for got in results)
+
+    async def _backfill_meter(self, meter: MeterConfig, days: list[dt.date]) -> list[dt.date]:
+        recovered = []
+        for day in days:  # newest first
+            job = partial(self._read_frozen, meter=meter, day=day, quality="backfill")
+            outcome = await self._on_bus(meter, day, job, PRIORITY_BACKFILL)
+            if outcome.ok:
+                recovered.append(day)
+            elif outcome.reason in CONTACT_FAILURES or not outcome.attempted:
+                break  # it stopped answering (or the agent is stopping): not now
         return recovered

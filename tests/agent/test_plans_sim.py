@@ -250,3 +250,105 @@ async def test_modbus_meters_in_the_daily_plan(tmp_path: Path) -> None:
                 "last_attempt_at": report["failed"][0]["last_attempt_at"],
             }
         ]
+
+
+async def test_backfill_asks_only_meters_alive_today_and_stops_at_silence(tmp_path: Path) -> None:
+    async with sim_agent(FLEET.format(dead=0.1, offset=0), tmp_path) as sa:
+        dead = {m.identity.meter_id for m in sa.fleet.meters() if m.faults.dead}
+        planner = DailyPlanner(_daily(backfill_days=7), sa.ctx)
+        await planner.run_round(DAY, final=False)
+        bus = sa.pollers["b1"]
+        before = bus.transport.exchanges
+        dead_attempts = [r for r in sa.fleet.recorder.records if r.meter in dead]
+        recovered = await planner.backfill(DAY)
+        assert recovered == (20 - len(dead)) * 7
+        # dead meters cost nothing more; their one failure today does not grow into eight
+        assert [r for r in sa.fleet.recorder.records if r.meter in dead] == dead_attempts
+        assert all(sa.ctx.health.state(m).failures == 1 for m in dead)
+        assert bus.transport.exchanges > before
+        # what was recovered is not asked again; what failed waits for the retry spacing
+        before = bus.transport.exchanges
+        assert await planner.backfill(DAY) == 0
+        assert bus.transport.exchanges == before
+
+
+async def test_outcomes_survive_a_round_cut_short(tmp_path: Path) -> None:
+    import asyncio
+
+    async with sim_agent(FLEET.format(dead=0.0, offset=0), tmp_path) as sa:
+        planner = DailyPlanner(_daily(backfill_days=0), sa.ctx)
+        task = asyncio.create_task(planner.run_round(DAY, final=False))
+        while len(sa.sink.of("readings")) < 5:  # noqa: ASYNC110 - polling a plain list
+            await asyncio.sleep(0.005)
+        task.cancel()  # SIGHUP reload: the plan task is cancelled mid-round
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        published = {r["meter"] for r in sa.sink.of("readings")}
+        recorded = {m for m, s in sa.ctx.state.day(DAY).items() if s.status == "read"}
+        assert published <= recorded  # nothing published is forgotten
+        await planner.run_round(DAY, final=False)
+        meters = [r["meter"] for r in sa.sink.of("readings")]
+        assert len(meters) == len(set(meters)) == 20  # and nobody is read twice
+
+
+async def test_a_meter_whose_energy_runs_backwards_is_not_believed(tmp_path: Path) -> None:
+    async with sim_agent(FLEET.format(dead=0.0, offset=0), tmp_path) as sa:
+        liar = sa.fleet.meters()[3].identity.meter_id
+        (today,) = [f for f in sa.fleet.meter(liar).freeze_history() if f.time.date() == DAY]
+        yesterday = dt.datetime.combine(DAY - dt.timedelta(days=1), dt.time()).replace(tzinfo=TZ)
+        # the meter's own history says it was above today's value yesterday
+        sa.ctx.state.set_energy(liar, yesterday, today.values()["energy_import_total_kwh"] + 5)
+        report = await DailyPlanner(_daily(backfill_days=0), sa.ctx).run_round(DAY, final=False)
+        (failed,) = report["failed"]
+        assert failed["meter"] == liar
+        assert failed["reason"] == "implausible_value"
+        assert "energy never runs backwards" in failed["detail"]
+        assert liar not in {r["meter"] for r in sa.sink.of("readings")}
+
+
+class _History:
+    """A meter's daily-freeze stamps by record number, for the record search."""
+
+    def __init__(self, stamps: list[str]) -> None:
+        self.stamps = [dt.datetime.fromisoformat(s) for s in stamps]
+        self.asked: list[int] = []
+
+    async def read(self, address: object, di: int, edition: object = None) -> object:
+        from agent.dlt645 import ReadResult
+        from protocols.dlt645 import ErrorFlags, MeterError
+        from protocols.measurements import Measurement
+
+        nn = di & 0xFF
+        self.asked.append(nn)
+        if nn > len(self.stamps):
+            raise MeterError(0x11, ErrorFlags.NO_DATA)
+        value = Measurement("freeze_time", self.stamps[nn - 1].isoformat(), None)
+        return ReadResult(di, b"", [value])
+
+
+@pytest.mark.parametrize(
+    ("stamps", "day", "nn"),
+    [
+        (["2026-03-11", "2026-03-10", "2026-03-09"], "2026-03-09", 3),
+        # the meter was off at midnight on 03-10: older records moved up one
+        (["2026-03-11", "2026-03-09", "2026-03-08"], "2026-03-09", 2),
+        (["2026-03-11", "2026-03-09", "2026-03-08"], "2026-03-08", 3),
+        # two freezes on 03-10 (clock set back): older records moved down one
+        (["2026-03-11", "2026-03-10", "2026-03-10", "2026-03-09"], "2026-03-09", 4),
+    ],
+)
+async def test_the_record_of_a_day_is_found_across_gaps(
+    stamps: list[str], day: str, nn: int, tmp_path: Path
+) -> None:
+    from agent.plans.daily import NotFrozenYet
+    from protocols.dlt645 import Address
+
+    history = _History([f"{s}T00:00:00" for s in stamps])
+    planner = DailyPlanner(_daily(), None)  # type: ignore[arg-type]
+    found, stamp = await planner._find_freeze(
+        history, Address.parse("1"), dt.date.fromisoformat(day)
+    )  # type: ignore[arg-type]
+    assert (found, stamp.date().isoformat()) == (nn, day)
+    gap = _History([f"{s}T00:00:00" for s in ["2026-03-11", "2026-03-09", "2026-03-08"]])
+    with pytest.raises(NotFrozenYet, match="no daily freeze for 2026-03-10"):
+        await planner._find_freeze(gap, Address.parse("1"), dt.date(2026, 3, 10))  # type: ignore[arg-type]

@@ -92,3 +92,21 @@ async def test_drain_refuses_queued_work_and_waits_for_the_running_job() -> None
         assert await busy == "finished"
         with pytest.raises(BusClosed):
             await p.submit(running, priority=PRIORITY_COMMAND)
+
+
+def test_a_due_reprobe_is_handed_out_once() -> None:
+    from agent.config import HealthConfig
+    from agent.health import HealthTracker
+    from protocols.payloads import FailureReason
+
+    health = HealthTracker(
+        HealthConfig(offline_after_failures=1, offline_after_minutes=0, reprobe_min_minutes=1)
+    )
+    health.failure("m", FailureReason.NO_REPLY, 0.0)
+    assert health.offline == ["m"]
+    assert not health.may_attempt("m", 30.0)
+    assert health.may_attempt("m", 61.0)  # the daily plan takes the probe ...
+    assert not health.may_attempt("m", 61.5)  # ... the interval plan does not probe as well
+    health.failure("m", FailureReason.NO_REPLY, 62.0)  # backoff doubles from the outcome
+    assert not health.may_attempt("m", 62.0 + 119)
+    assert health.may_attempt("m", 62.0 + 120)

@@ -28,7 +28,7 @@ from protocols.dlt645 import (
     to_frame,
 )
 from protocols.dlt645.messages import FollowUpReply, MeterError
-from protocols.errors import AddressMismatch, ChecksumError
+from protocols.errors import ChecksumError
 from protocols.payloads import FailureReason
 from tests.agent.linefake import pty_far_end
 
@@ -141,26 +141,46 @@ async def test_follow_up_frames_are_joined() -> None:
     assert len(result.frames) == 4
 
 
-async def test_reply_from_another_meter_and_abnormal_reply() -> None:
+async def test_a_reply_from_another_meter_is_ignored_not_taken() -> None:
     other = Address.parse("000000000001")
 
     def script(req: Frame) -> list[tuple[float, bytes]]:
         msg = from_frame(req)
         assert isinstance(msg, ReadRequest)
-        if msg.di == ENERGY:
+        if msg.di == ENERGY:  # only another meter answers (a duplicated or late reply)
             return [(0.0, reply_to(req, addr=other))]
         return [(0.0, to_frame(METER, ErrorReply(0x11, ErrorFlags.NO_DATA)).to_bytes())]
 
     with pty_far_end(script) as far:
         async with open_byte_transport(f"serial://{far.path}{FAST}") as bus:
             client = Dlt645Client(bus)
-            with pytest.raises(AddressMismatch) as mismatch:
+            with pytest.raises(NoReply, match="ignored a reply that answers something") as silent:
                 await client.read(METER, ENERGY)
             with pytest.raises(MeterError) as rejected:
                 await client.read(METER, 0x04000101)
-    assert reason_of(mismatch.value)[0] is FailureReason.ADDRESS_MISMATCH
+    assert reason_of(silent.value)[0] is FailureReason.NO_REPLY
     assert reason_of(rejected.value) == (FailureReason.ABNORMAL_REPLY, "02 no_data")
     assert rejected.value.retryable is False
+
+
+async def test_a_slow_meters_late_reply_does_not_become_the_next_meters_answer() -> None:
+    first = Address.parse("000000000001")
+    pending: list[bytes] = []
+
+    def script(req: Frame) -> list[tuple[float, bytes]]:
+        if req.address == first:  # answers after our window: its reply lands in the next one
+            pending.append(reply_to(req, bytes.fromhex("00000000"), addr=first))
+            return []
+        late = pending.pop() if pending else b""
+        return [(0.0, late), (0.03, reply_to(req))]
+
+    with pty_far_end(script) as far:
+        async with open_byte_transport(f"serial://{far.path}{FAST}") as bus:
+            client = Dlt645Client(bus)
+            with pytest.raises(NoReply):
+                await client.read(first, ENERGY)
+            result = await client.read(METER, ENERGY)
+    assert result.value == bytes.fromhex("26802211")  # the meter asked, not the late one
 
 
 async def test_1997_meter() -> None:
