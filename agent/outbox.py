@@ -23,14 +23,21 @@ and yields one event, not one per put) by the chosen policy:
 
 ``oldest_readings`` (default)
     oldest readings first; round reports, then events, only once no reading is left. Readings are
-    nearly all of the volume, old daily frozen values can be read again from the meters' own
-    frozen history by backfill, while a round report is the only record of *why* meters are
-    missing and events are few and small.
+    nearly all of the volume and the newest are the most useful; a daily frozen value can be read
+    again from the meter's own frozen history (backfill) -- but only if the agent learns that it
+    was dropped, see `on_evicted`. A round report is the only record of *why* meters are missing,
+    and events are few and small.
 ``oldest``
     strictly oldest row first, whatever its kind.
 
 Rows written by the put that triggered the eviction are never evicted by it. Every evicted row is
-counted in `evicted` and reported by an ``outbox_eviction`` row in ``events``.
+counted in `evicted` and reported by an ``outbox_eviction`` row in ``events``. The evicted payloads
+themselves go to the owner's `on_evicted` callback, ``on_evicted(kind, payloads)``, once per kind
+and eviction, oldest first, called on the event loop (scheduled by the writer thread with
+``call_soon_threadsafe`` once the eviction is committed, so it runs before the `put` that caused it
+returns, and even if that `put` was cancelled meanwhile). The outbox only reports: marking those
+(meter, data day) pairs unread so that backfill visits them again is the owner's job (without
+that, backfill skips days the plan state says were read, and the evicted values are lost).
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "STORED_KINDS",
+    "EvictedCallback",
     "Outbox",
     "OutboxError",
     "OutboxRow",
@@ -107,6 +115,10 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
+EvictedCallback = Callable[[str, list[dict[str, Any]]], None]
+"""``on_evicted(kind, payloads)``: the payloads (as put, oldest first) of the rows of one kind that
+one eviction removed; called on the event loop. Exceptions are logged, never raised into `put`."""
+
 
 class OutboxError(RuntimeError):
     """The outbox cannot be used (newer schema, closed, unusable file)."""
@@ -123,6 +135,8 @@ class OutboxRow(NamedTuple):
 class _Eviction:
     counts: dict[str, int]
     freed: int
+    payloads: dict[str, list[dict[str, Any]]]
+    """by kind, oldest first; only collected when there is an `Outbox.on_evicted`"""
 
     def __bool__(self) -> bool:
         return bool(self.counts)
@@ -179,6 +193,9 @@ class Outbox:
             max_workers=1, thread_name_prefix="outbox-writer"
         )
         self._put_event = asyncio.Event()
+        self.on_evicted: EvictedCallback | None = None
+        """told which payloads an eviction removed (see `EvictedCallback`); settable any time"""
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     @classmethod
@@ -188,8 +205,10 @@ class Outbox:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         eviction: str = "oldest_readings",
+        on_evicted: EvictedCallback | None = None,
     ) -> Self:
         outbox = cls(Path(path), max_bytes=max_bytes, eviction=eviction)
+        outbox.on_evicted = on_evicted
         try:
             await outbox._run(outbox._open_sync)
         except BaseException:
@@ -278,7 +297,8 @@ class Outbox:
     async def _run(self, fn: Callable[[], T]) -> T:
         if self._executor is None:
             raise OutboxError(f"outbox {self.path} is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        self._loop = asyncio.get_running_loop()  # where the writer reports evictions
+        return await self._loop.run_in_executor(self._executor, fn)
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -421,6 +441,9 @@ class Outbox:
             self.evictions += 1
             for evicted_kind, n in eviction.counts.items():
                 self.evicted[evicted_kind] += n
+            if eviction.payloads and self._loop is not None:
+                # after the commit: the owner hears only of rows that are really gone
+                self._loop.call_soon_threadsafe(self._report_evicted, eviction.payloads)
             log.warning(
                 "outbox over its %d byte budget: evicted %s (%d bytes) by policy %s",
                 self.max_bytes,
@@ -430,6 +453,17 @@ class Outbox:
                 extra={"evicted": eviction.counts, "policy": self.eviction},
             )
         return ids
+
+    def _report_evicted(self, payloads: dict[str, list[dict[str, Any]]]) -> None:
+        """On the event loop: hand each kind's evicted payloads to `on_evicted`."""
+        callback = self.on_evicted
+        if callback is None:
+            return
+        for kind, rows in payloads.items():
+            try:
+                callback(kind, rows)
+            except Exception:
+                log.exception("outbox: on_evicted failed for %d %s row(s)", len(rows), kind)
 
     def _eviction_event(self, eviction: _Eviction) -> dict[str, Any]:
         return {
@@ -451,23 +485,29 @@ class Outbox:
         conn = self._db
         target = math.floor(self.max_bytes * LOW_WATER)
         counts: dict[str, int] = {}
+        payloads: dict[str, list[dict[str, Any]]] = {}
         freed = 0
+        # the payloads are read (and parsed, here on the writer thread) only for a listener
+        text_column = "payload" if self.on_evicted is not None else "NULL"
         for kinds in _EVICTION_ORDER[self.eviction]:
             if self._bytes_used <= target:
                 break
             kinds_json = json.dumps(kinds)
             rows = conn.execute(
-                "SELECT id, kind, size FROM outbox WHERE kind IN (SELECT value FROM json_each(?)) "
-                "AND id < ? ORDER BY id",
+                f"SELECT id, kind, size, {text_column} FROM outbox "  # noqa: S608 - a constant
+                "WHERE kind IN (SELECT value FROM json_each(?)) AND id < ? ORDER BY id",
                 (kinds_json, below_id),
             )
             cutoff = None
             stage: dict[str, int] = {}
-            for row_id, kind, size in rows:
+            for row_id, kind, size, text in rows:
                 cutoff = row_id
                 stage[kind] = stage.get(kind, 0) + 1
                 self._bytes_used -= size
                 freed += size
+                if text is not None:
+                    with contextlib.suppress(ValueError):  # put() stores JSON only
+                        payloads.setdefault(kind, []).append(json.loads(text))
                 if self._bytes_used <= target:
                     break
             if cutoff is not None:
@@ -478,7 +518,7 @@ class Outbox:
                 for kind, n in stage.items():
                     counts[kind] = counts.get(kind, 0) + n
                     self._depth[kind] -= n
-        return _Eviction(counts, freed)
+        return _Eviction(counts, freed, payloads)
 
     def _peek_sync(self, kind: str, limit: int) -> list[OutboxRow]:
         rows = self._db.execute(

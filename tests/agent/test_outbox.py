@@ -223,6 +223,81 @@ async def test_the_triggering_put_is_never_evicted(tmp_path: Path) -> None:
         assert box.evicted["readings"] == 0
 
 
+async def test_eviction_hands_exactly_the_evicted_payloads_to_on_evicted(tmp_path: Path) -> None:
+    calls: list[tuple[str, list[dict[str, Any]], int]] = []
+    budget = 40 * row_bytes(reading(0))
+
+    def on_evicted(kind: str, payloads: list[dict[str, Any]]) -> None:
+        calls.append((kind, payloads, threading.get_ident()))
+
+    async with await Outbox.open(tmp_path / "o.db", max_bytes=budget, on_evicted=on_evicted) as box:
+        await box.put("rounds", round_report(1))
+        puts = [reading(i, meter=f"{i:012d}") for i in range(100)]
+        for n, payload in enumerate(puts):
+            await box.put("readings", payload)
+            # reported before the put that caused the eviction returns
+            assert sum(len(p) for _, p, _ in calls) == box.evicted["readings"], n
+        evicted = box.evicted["readings"]
+        assert evicted > 0
+        assert box.evictions == len(calls) > 1
+        assert {kind for kind, _, _ in calls} == {"readings"}
+        # every evicted reading once, oldest first, exactly as it was put; nothing else
+        assert [p for _, payloads, _ in calls for p in payloads] == puts[:evicted]
+        left = [p for _, p in await box.peek("readings", 1000)]
+        assert left == puts[evicted:]
+        # on the event loop's thread, not the writer's
+        assert {thread for _, _, thread in calls} == {threading.get_ident()}
+
+
+async def test_on_evicted_is_told_even_when_the_put_was_cancelled(tmp_path: Path) -> None:
+    told = asyncio.Event()
+    heard: list[tuple[str, list[dict[str, Any]]]] = []
+    budget = 10 * row_bytes(reading(0))
+
+    def on_evicted(kind: str, payloads: list[dict[str, Any]]) -> None:
+        heard.append((kind, payloads))
+        told.set()
+
+    async with await Outbox.open(tmp_path / "o.db", max_bytes=budget) as box:
+        box.on_evicted = on_evicted  # settable after open
+        first = [reading(i) for i in range(10)]
+        await box.put_many("readings", first)
+        assert heard == []
+        started, gate = threading.Event(), threading.Event()
+        original = box._put_sync
+
+        def slow_put(kind: str, texts: list[str]) -> list[int]:
+            started.set()
+            gate.wait()
+            return original(kind, texts)
+
+        box._put_sync = slow_put  # type: ignore[method-assign]
+        put = asyncio.create_task(box.put_many("readings", [reading(10), reading(11)]))
+        await asyncio.to_thread(started.wait, 10)  # the writer is doing this put ...
+        put.cancel()  # ... when its caller gives up
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await put
+        async with asyncio.timeout(10):
+            await told.wait()
+        assert heard == [("readings", first[: box.evicted["readings"]])]
+        assert box.evicted["readings"] > 0
+
+
+async def test_a_failing_on_evicted_does_not_fail_the_put(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def on_evicted(kind: str, payloads: list[dict[str, Any]]) -> None:
+        raise RuntimeError("plan state is gone")
+
+    budget = 5 * row_bytes(reading(0))
+    async with await Outbox.open(tmp_path / "o.db", max_bytes=budget, on_evicted=on_evicted) as box:
+        ids = [await box.put("readings", reading(i)) for i in range(10)]
+        assert box.evicted["readings"] > 0
+        assert [i for i, _ in await box.peek("readings", 10)][-1] == ids[-1]
+    assert any("on_evicted failed" in r.getMessage() for r in caplog.records)
+
+
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="eviction policy"):
         Outbox(Path("x.db"), max_bytes=1, eviction="newest")
