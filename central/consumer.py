@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from central.config import CentralConfig
 from central.coverage import compute_day, day_lines
 from central.ledger import Ledger, day_offset
-from central.points import Converted, convert
+from central.points import Converted, NotConvertible, convert
 from central.sink import Sink
 from central.spool import Spool
 from central.writers import WriteUnavailable, make_writer
@@ -47,6 +48,7 @@ __all__ = ["Consumer", "ConsumerStats"]
 log = logging.getLogger(__name__)
 
 SHARED_KINDS = ("readings", "rounds", "events", "status")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 COVERAGE_LEASE = "coverage"
 
 
@@ -194,16 +196,23 @@ class Consumer:
             batch.rejects.append((name, "not a meterlink topic", body))
             return
         kind = where[1]
+        before = batch.converted.readings
         try:
             payload = json.loads(body)
             validate(kind, payload)
             if payload["concentrator"] != where[0]:
                 raise PayloadInvalid(kind, "concentrator differs from the topic's", "/concentrator")
-        except (ValueError, PayloadInvalid) as exc:  # JSONDecodeError is a ValueError
-            batch.rejects.append((name, str(exc), body))
+            if _SURROGATE_ESCAPE.search(body):
+                # a lone surrogate ("\ud800") is valid JSON but no UTF-8: neither InfluxDB's
+                # body nor SQLite could take it
+                json.dumps(payload, ensure_ascii=False).encode()
+            convert(kind, payload, batch.converted)  # all of the message's facts, or none
+        except Exception as exc:  # one message must never stop the consumer
+            # refused, kept as a dead letter, acknowledged: whatever it is (the schema's
+            # verdict, an impossible date, a lone surrogate, a RecursionError from absurd
+            # nesting), redelivering it would only fail again
+            batch.rejects.append((name, _rejection(kind, exc), body))
             return
-        before = batch.converted.readings
-        convert(kind, payload, batch.converted)
         self.stats.readings += batch.converted.readings - before
         if batch.converted.readings >= self.cfg.consumer.batch_readings:
             self._full.set()
@@ -250,6 +259,9 @@ class Consumer:
                 await self.publish_coverage()
             except WriteUnavailable as exc:
                 log.info("coverage not written, InfluxDB unavailable (%s); will retry", exc)
+            except Exception:
+                # derived data: the days stay dirty and are tried again; ingest goes on
+                log.exception("coverage job failed; will retry")
 
     async def publish_coverage(self) -> int:
         """Recompute and write the days whose facts changed; returns how many days. Under the
@@ -270,7 +282,7 @@ class Consumer:
             return 0
         known = await asyncio.to_thread(self.ledger.known_days)
         # only days with data are published: a day before the first read is not a 0% day
-        first = max(min(dirty), day_offset(max([*known, *dirty]), -62))
+        first = max(min(dirty), day_offset(max(known), -62)) if known else min(dirty)
         # a change on one day moves every later day's consecutive-failure counts
         days = [d for d in known if d >= first]
         for day in dirty.keys() - set(known):
@@ -306,6 +318,14 @@ class Consumer:
                 k.replayed_lines,
                 k.dead_lines,
             )
+
+
+def _rejection(kind: str, exc: Exception) -> str:
+    if isinstance(exc, PayloadInvalid | NotConvertible):
+        return str(exc)
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{kind} payload is not JSON: {exc}"
+    return f"{kind} payload not convertible: {type(exc).__name__}: {exc}"
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from central.points import Converted
+from central.points import FIRST_DAY, LAST_DAY, Converted
 
 __all__ = ["Ledger", "day_offset"]
 
@@ -167,7 +167,7 @@ class Ledger:
             " UNION SELECT day FROM daily_failure WHERE day <= coalesce(?, day) ORDER BY 1",
             (until, until),
         )
-        return [str(r[0]) for r in rows]
+        return [str(r[0]) for r in rows if _is_day(str(r[0]))]
 
     # --- published series (so a recomputation can zero what no longer applies) ---------------
     def published(self, day: str, measurement: str) -> set[str]:
@@ -203,6 +203,15 @@ class Ledger:
     def release_lease(self, name: str, holder: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM lease WHERE name = ? AND holder = ?", (name, holder))
+
+
+def _is_day(day: str) -> bool:
+    """A calendar date coverage can work with. The consumer refuses anything else since it
+    checks conversions, but a ledger written before may hold a `data_day` like 2026-02-30."""
+    try:
+        return FIRST_DAY <= dt.date.fromisoformat(day).isoformat() <= LAST_DAY
+    except ValueError:
+        return False
 
 
 def day_offset(day: str, days: int) -> str:

@@ -16,6 +16,7 @@ time it arrived, so a replayed payload overwrites its own points.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ __all__ = [
     "Converted",
     "DailyRead",
     "Failure",
+    "NotConvertible",
     "convert",
     "epoch",
     "escape_tag",
@@ -53,11 +55,24 @@ def field_value(value: object) -> str:
     return f'"{text}"'
 
 
+class NotConvertible(ValueError):
+    """A payload its schema accepts whose values cannot be stored: an impossible date
+    (``2026-02-30``: the schema's patterns check the shape of a time, not the calendar), a
+    time InfluxDB cannot hold, a number SQLite cannot."""
+
+
 _EPOCHS: dict[str, int] = {}
+#: what InfluxDB can store (int64 nanoseconds: 1677-09-21 .. 2262-04-11), in whole seconds
+MIN_EPOCH = -9_223_372_035
+MAX_EPOCH = 9_223_372_035
+#: the data days coverage can do date arithmetic on (a day, ± the streak horizon)
+FIRST_DAY, LAST_DAY = "1677-09-22", "2262-04-10"
+_MAX_INT64 = 2**63 - 1
 
 
 def epoch(stamp: str) -> int:
-    """Unix seconds of an ISO 8601 time with an offset (a time without one is taken as UTC)."""
+    """Unix seconds of an ISO 8601 time with an offset (a time without one is taken as UTC).
+    Raises `ValueError` for an impossible time or one outside what InfluxDB can store."""
     cached = _EPOCHS.get(stamp)
     if cached is not None:
         return cached
@@ -65,6 +80,8 @@ def epoch(stamp: str) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     seconds = int(when.timestamp())
+    if not MIN_EPOCH <= seconds <= MAX_EPOCH:
+        raise ValueError(f"{stamp}: outside the times InfluxDB can store")
     if len(_EPOCHS) > 100_000:  # bounded: readings of one batch mostly share their stamp
         _EPOCHS.clear()
     _EPOCHS[stamp] = seconds
@@ -102,6 +119,7 @@ class ArchiveFact:
     updated_at: int
     day_from: str  # the local date of updated_at: the first data day this version is in force
     meters: tuple[tuple[str, str, str, str], ...]  # meter, district, manufacturer, bus
+    digest: str  # `archive_digest(meters)`
 
 
 @dataclass
@@ -190,6 +208,8 @@ def _rounds(payload: dict[str, Any], out: Converted) -> None:
             f" {_fields(detail)} {at}"
         )
     day = payload.get("data_day")
+    if day is not None:
+        _check_day(day)
     if plan == "daily" and day is not None:
         out.failures += [
             Failure(payload["concentrator"], f["meter"], day, f["reason"], f.get("detail", ""), at)
@@ -222,15 +242,30 @@ def _status(payload: dict[str, Any], out: Converted) -> None:
     )
 
 
+def _check_day(day: str) -> None:
+    if not FIRST_DAY <= dt.date.fromisoformat(day).isoformat() <= LAST_DAY:
+        raise ValueError(f"data day {day} is outside {FIRST_DAY} .. {LAST_DAY}")
+
+
+def archive_digest(meters: tuple[tuple[str, str, str, str], ...]) -> str:
+    """The archive's content as coverage uses it (meter, district, manufacturer, bus), in any
+    order: two archives with the same digest expect the same meters the same way."""
+    return hashlib.sha256(json.dumps(sorted(meters)).encode()).hexdigest()
+
+
 def _archive(payload: dict[str, Any], out: Converted) -> None:
     c = payload["concentrator"]
-    updated = dt.datetime.fromisoformat(payload["updated_at"])
     at = epoch(payload["updated_at"])
+    updated = dt.datetime.fromisoformat(payload["updated_at"])
+    version = payload["version"]
+    if version > _MAX_INT64:
+        raise ValueError(f"archive version {version} does not fit in 64 bits")
     meters = tuple(
         (m["meter"], m.get("district", ""), m.get("manufacturer", ""), m["bus"])
         for m in payload["meters"]
     )
-    out.archives.append(ArchiveFact(c, payload["version"], at, updated.date().isoformat(), meters))
+    day_from = updated.date().isoformat()
+    out.archives.append(ArchiveFact(c, version, at, day_from, meters, archive_digest(meters)))
     fields = {"version": payload["version"], "meters": len(meters)}
     out.lines.append(f"archive,concentrator={escape_tag(c)} {_fields(fields)} {at}")
 
@@ -245,5 +280,15 @@ _CONVERTERS = {
 
 
 def convert(kind: str, payload: dict[str, Any], out: Converted) -> None:
-    """Add the points and facts of one schema-valid payload to `out`."""
-    _CONVERTERS[kind](payload, out)
+    """Add the points and facts of one schema-valid payload to `out`: all of them, or — when
+    a value cannot be stored — none, raising `NotConvertible`."""
+    marks = (len(out.lines), len(out.reads), len(out.failures), len(out.archives), out.readings)
+    try:
+        _CONVERTERS[kind](payload, out)
+    except Exception as exc:
+        del out.lines[marks[0] :], out.reads[marks[1] :], out.failures[marks[2] :]
+        del out.archives[marks[3] :]
+        out.readings = marks[4]
+        raise NotConvertible(
+            f"{kind} payload not convertible: {type(exc).__name__}: {exc}"
+        ) from exc

@@ -9,16 +9,19 @@ from typing import Any
 
 import pytest
 
+from central.ledger import Ledger
 from central.spool import Spool
 from meterlink.cli import main
 from tests.central.helpers import (
     CST,
     TARIFFS,
+    archive,
     batch,
     config,
     meters,
     publish,
     reading,
+    round_report,
     running_consumer,
     wait_for,
 )
@@ -153,3 +156,97 @@ async def test_v2_write_path_through_influxdb_client_into_victoria_metrics(
     }
     assert one["values"] == [7.5]
     assert one["timestamps"] == [int(dt.datetime(2026, 11, 25, tzinfo=CST).timestamp()) * 1000]
+
+
+def _poison() -> list[tuple[str, str, dict[str, Any] | bytes]]:
+    """Payloads the schema accepts (or cannot even parse) that no conversion can store."""
+    feb30 = batch("c-001", [reading("000000000901", "2026-11-25")], "feb-30")
+    feb30["readings"][0]["data_time"] = "2026-02-30T00:00:00+08:00"  # the pattern allows it
+    # one good reading, then an impossible one: the message goes whole or not at all
+    late = reading("000000000902", "2026-11-25")
+    late["read_at"] = "2026-11-25T24:00:00+08:00"
+    half = batch("c-001", [reading("000000000903", "2026-11-25"), late], "half")
+    old_day = round_report("c-001", "2026-11-25", [("000000000904", "no_reply")], expected=1)
+    old_day["data_day"] = "2026-02-30"
+    stamp_feb30 = archive(
+        "c-001", 1, [("000000000905", "east", "acme")], "2026-02-30T10:00:00+08:00"
+    )
+    huge = archive("c-001", 2**70, [("000000000906", "east", "acme")], "2026-11-25T10:00:00+08:00")
+    lone = batch("c-001", [reading("\ud800", "2026-11-25")], "surrogate")  # JSON "\ud800"
+    return [
+        ("c-001", "readings", feb30),
+        ("c-001", "readings", half),
+        ("c-001", "rounds", old_day),
+        ("c-001", "archive", stamp_feb30),
+        ("c-001", "archive", huge),
+        ("c-001", "readings", lone),
+        ("c-001", "readings", b"[" * 100_000),  # RecursionError, not a ValueError
+    ]
+
+
+async def test_a_schema_valid_payload_that_cannot_be_converted_is_a_dead_letter_not_a_crash(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+) -> None:
+    cfg = config(tmp_path, mosquitto.port, influxdb.url)
+    poison = _poison()
+    ids = meters(300)
+    good = [
+        ("c-001", "readings", batch("c-001", [reading(m, "2026-11-25") for m in ids[k : k + 100]],
+                                    f"good-{k}"))
+        for k in range(0, 300, 100)
+    ]  # fmt: skip
+    async with running_consumer(cfg) as consumer:
+        await publish(mosquitto.port, [*poison, *good], retain_archive=False)
+        await wait_for(lambda: count(influxdb) == 300, what="every good reading")
+        await wait_for(lambda: consumer.stats.acked == len(poison) + 3, what="every message acked")
+        assert consumer.stats.invalid == len(poison)
+        known = consumer.ledger.known_days()
+        archived = consumer.ledger.rows("SELECT count(*) FROM archive_version")[0][0]
+    # nothing of a rejected message was stored: not even the good first reading of `half`
+    assert influxdb.query("SELECT count(quality) FROM reading WHERE meter = '000000000903'") == []
+    assert known == ["2026-11-25"]
+    assert archived == 0
+    spool = Spool(cfg.consumer.spool)
+    try:
+        assert spool.dead_counts() == {"schema": len(poison)}
+        dead = spool.dead_letters()
+    finally:
+        spool.close()
+    assert [d.error.split(":")[0] for d in dead] == [
+        f"{kind} payload not convertible" for _, kind, _ in poison
+    ]
+    assert "day is out of range for month" in dead[0].error
+    assert b"2026-02-30T00:00:00+08:00" in dead[0].body
+    assert "surrogates not allowed" in dead[5].error
+    assert "RecursionError" in dead[6].error
+
+
+async def test_a_bad_day_already_in_the_ledger_neither_stops_ingest_nor_coverage(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+) -> None:
+    """A ledger written before conversions were checked may hold a round's data_day
+    2026-11-31; the coverage job used to die on it, and the consumer with it."""
+    cfg = config(tmp_path, mosquitto.port, influxdb.url)
+    ledger = Ledger(cfg.coverage.ledger)
+    ledger.rows(
+        "INSERT INTO daily_failure VALUES ('c-001', '000000000001', '2026-11-31', 'no_reply',"
+        " '', 0)"
+    )
+    ledger.rows("INSERT INTO dirty_day VALUES ('2026-11-31', 1)")
+    ledger.close()
+    ids = meters(20)
+    good = [
+        ("c-001", "archive", archive("c-001", 1, [(m, "east", "acme") for m in ids],
+                                     "2026-11-20T10:00:00+08:00")),
+        ("c-001", "readings", batch("c-001", [reading(m, "2026-11-25") for m in ids], "good")),
+    ]  # fmt: skip
+    async with running_consumer(cfg) as consumer:
+        await publish(mosquitto.port, good)
+        await wait_for(lambda: count(influxdb) == 20, what="the readings")
+        await wait_for(
+            lambda: influxdb.query("SELECT collected FROM coverage WHERE scope = 'fleet'"),
+            what="coverage of 2026-11-25",
+        )
+        await wait_for(lambda: not consumer.ledger.dirty_days(), what="no dirty day left")
+    (series,) = influxdb.query("SELECT collected FROM coverage WHERE scope = 'fleet'")
+    assert series["values"] == [[1795564800, 20.0]]  # 2026-11-25T00:00Z, and only that day
