@@ -35,8 +35,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from central.config import CentralConfig
-from central.coverage import compute_day, day_lines
-from central.ledger import Ledger, day_offset
+from central.coverage import affected_days, compute_day, day_lines
+from central.ledger import Ledger
 from central.points import Converted, NotConvertible, convert
 from central.sink import Sink
 from central.spool import Spool
@@ -272,22 +272,24 @@ class Consumer:
         ):
             return 0
         try:
-            return await self._publish_dirty()
+            return await self._publish_dirty(lease_s)
         finally:
             await asyncio.to_thread(self.ledger.release_lease, COVERAGE_LEASE, self.instance)
 
-    async def _publish_dirty(self) -> int:
+    async def _publish_dirty(self, lease_s: float) -> int:
         dirty = await asyncio.to_thread(self.ledger.dirty_days)
         if not dirty:
             return 0
         known = await asyncio.to_thread(self.ledger.known_days)
-        # only days with data are published: a day before the first read is not a 0% day
-        first = max(min(dirty), day_offset(max(known), -62)) if known else min(dirty)
-        # a change on one day moves every later day's consecutive-failure counts
-        days = [d for d in known if d >= first]
-        for day in dirty.keys() - set(known):
-            await asyncio.to_thread(self.ledger.clean, day, dirty[day])
+        # only days with data are published (a day before the first read is not a 0% day):
+        # each dirty one, and the days after it whose consecutive-failure counts it can move
+        days = affected_days(dirty, known)
         for day in days:
+            # however long the pass (a concentrator's first archive redoes every day), hold on
+            if not await asyncio.to_thread(
+                self.ledger.take_lease, COVERAGE_LEASE, self.instance, lease_s
+            ):
+                return 0  # another instance took over; the marks are still there for it
             cov = await asyncio.to_thread(compute_day, self.ledger, day, self.cfg.coverage)
             published = {
                 m: await asyncio.to_thread(self.ledger.published, day, m)
@@ -297,9 +299,11 @@ class Consumer:
             await self.sink.write_now(lines)
             for measurement, series in now.items():
                 await asyncio.to_thread(self.ledger.set_published, day, measurement, series)
-            if day in dirty:
-                await asyncio.to_thread(self.ledger.clean, day, dirty[day])
             self.stats.coverage_days += 1
+        # only now that every consequence is written (a pass that fails midway is redone);
+        # a mark whose day changed again meanwhile stays
+        for day, gen in dirty.items():
+            await asyncio.to_thread(self.ledger.clean, day, gen)
         return len(days)
 
     async def _log_forever(self) -> None:

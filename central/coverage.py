@@ -12,8 +12,9 @@ round did. Rates are shares of *expected*, in percent. docs/coverage.md has the 
 from __future__ import annotations
 
 import datetime as dt
+from bisect import bisect_right
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from central.config import CoverageConfig, parse_hhmm
@@ -27,6 +28,7 @@ __all__ = [
     "DayCoverage",
     "ScopeCoverage",
     "Streak",
+    "affected_days",
     "compute_day",
     "day_lines",
 ]
@@ -37,6 +39,20 @@ REASONS = (*(r.value for r in FailureReason), UNEXPLAINED)
 SCOPES = ("fleet", "concentrator", "district", "manufacturer")
 #: how far back a consecutive-failure streak is followed (meters keep 62 daily freezes)
 STREAK_HORIZON_DAYS = 62
+
+
+def affected_days(dirty: Iterable[str], known: list[str]) -> list[str]:
+    """The days (of `known`, sorted) whose coverage a change of facts on the `dirty` days can
+    move: each dirty day itself and the `STREAK_HORIZON_DAYS` after it, as far back as a
+    consecutive-failure count looks. Dirty days without data have nothing to publish."""
+    marks = sorted(set(dirty).intersection(known))
+    ends = [day_offset(m, STREAK_HORIZON_DAYS) for m in marks]  # sorted as marks are
+    out = []
+    for day in known:
+        i = bisect_right(marks, day)
+        if i and day <= ends[i - 1]:
+            out.append(day)
+    return out
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -201,10 +217,7 @@ def _streaks(
             if d in seen:
                 break
             count += 1
-        last = ledger.rows(
-            "SELECT max(day) FROM daily_read WHERE concentrator = ? AND meter = ? AND day <= ?",
-            (c, meter, day),
-        )[0][0]
+        last = max(seen, default=None)  # within the horizon, as the count
         out.append(Streak(meter, c, district, manufacturer, max(count, 1), reason, detail, last))
     out.sort(key=lambda s: (-s.days, s.concentrator, s.meter))
     return out

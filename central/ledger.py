@@ -76,6 +76,14 @@ _MARK_DIRTY = """
 INSERT INTO dirty_day (day, gen) VALUES (?, 1)
 ON CONFLICT (day) DO UPDATE SET gen = gen + 1
 """
+#: every day with data from ? on (the days a new archive version can change)
+_MARK_DIRTY_FROM = """
+INSERT INTO dirty_day (day, gen)
+SELECT day, 1 FROM (
+    SELECT day FROM daily_read WHERE day >= ?1 UNION SELECT day FROM daily_failure WHERE day >= ?1
+) WHERE true
+ON CONFLICT (day) DO UPDATE SET gen = gen + 1
+"""
 
 
 class Ledger:
@@ -117,12 +125,15 @@ class Ledger:
                             "INSERT OR IGNORE INTO archive_meter VALUES (?, ?, ?, ?, ?, ?)",
                             [(a.concentrator, a.version, *m) for m in a.meters],
                         )
-                        # the version also stands for days before it when it is the first known
+                        # it is in force from its own day on; the concentrator's first version
+                        # also stands for every day before it
                         first = self._db.execute(
-                            "SELECT min(day) FROM (SELECT min(day) AS day FROM daily_read"
-                            " UNION ALL SELECT min(day) FROM daily_failure)"
+                            "SELECT min(version) FROM archive_version WHERE concentrator = ?",
+                            (a.concentrator,),
                         ).fetchone()[0]
-                        dirty.add(min(a.day_from, first) if first else a.day_from)
+                        self._db.execute(
+                            _MARK_DIRTY_FROM, ("" if first == a.version else a.day_from,)
+                        )
                 self._db.executemany(
                     _UPSERT_READ,
                     [

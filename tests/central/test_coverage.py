@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from central.ledger import Ledger
 from central.points import Converted, convert
 from protocols.payloads import validate
 from tests.central import scenario
+from tests.central.helpers import archive, batch, reading, stamp
 from tests.central.scenario import DAY, M
 
 
@@ -122,3 +124,28 @@ def test_a_recovered_meter_is_zeroed_in_the_published_streaks(ledger: Ledger) ->
     reasons = [line for line in lines if line.startswith("coverage_reason,scope=fleet,")]
     assert len(reasons) == 13  # the closed set and "unexplained", zeros included
     assert any("reason=no_reply meters=0.0" in line for line in reasons)
+
+
+def _days(first: str, n: int) -> list[str]:
+    start = dt.date.fromisoformat(first)
+    return [(start + dt.timedelta(days=i)).isoformat() for i in range(n)]
+
+
+def test_a_streak_and_its_last_success_look_back_as_far_as_a_meter_keeps(tmp_path: Path) -> None:
+    """62 days: a consecutive-failure count stops there, and so does the last good day (so a
+    change can move no day more than 62 days after it, and the job redoes no more)."""
+    days = _days("2026-08-27", 90)
+    a, b = M[1], M[2]
+    led = Ledger(tmp_path / "l.sqlite3")
+    try:
+        apply(led, [("c-001", "archive", archive("c-001", 1, [(a, "e", "x"), (b, "e", "x")],
+                                                 stamp(days[0], "08:00")))])  # fmt: skip
+        for i, d in enumerate(days):  # b stops answering after day 20
+            read = [reading(m, d) for m in ([a, b] if i < 20 else [a])]
+            apply(led, [("c-001", "readings", batch("c-001", read, d))])
+        (at_80,) = compute_day(led, days[79], CoverageConfig()).streaks
+        (at_90,) = compute_day(led, days[89], CoverageConfig()).streaks
+    finally:
+        led.close()
+    assert (at_80.meter, at_80.days, at_80.last_success) == (b, 60, days[19])
+    assert (at_90.days, at_90.last_success) == (63, None)  # day 20 is 70 days back: "never"
