@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import signal
 from pathlib import Path
@@ -132,6 +133,17 @@ class Agent:
                 await self.outbox.put_many("events", batch)
             await asyncio.sleep(0.2)
 
+    def _evicted(self, kind: str, payloads: list[dict[str, Any]]) -> None:
+        """Daily readings the disk budget dropped before delivery: read them again (backfill)."""
+        if kind != "readings":
+            return
+        for reading in payloads:
+            if reading.get("item") == "daily_freeze":
+                day = (
+                    dt.datetime.fromisoformat(reading["data_time"]).astimezone(self.clock.tz).date()
+                )
+                self.state.forget_read(day, reading["meter"])
+
     # --- providers for the MQTT link -------------------------------------------------------------
     def archive_payload(self) -> dict[str, Any]:
         return self.archive.current.payload()
@@ -232,6 +244,7 @@ class Agent:
             cfg.agent.state_dir / "outbox.sqlite",
             max_bytes=cfg.outbox.max_mb * 1024 * 1024,
             eviction=cfg.outbox.eviction,
+            on_evicted=self._evicted,
         )
         m = cfg.mqtt
         # the [mqtt] section names the link's settings one to one; the key stays with the agent

@@ -352,3 +352,20 @@ async def test_the_record_of_a_day_is_found_across_gaps(
     gap = _History([f"{s}T00:00:00" for s in ["2026-03-11", "2026-03-09", "2026-03-08"]])
     with pytest.raises(NotFrozenYet, match="no daily freeze for 2026-03-10"):
         await planner._find_freeze(gap, Address.parse("1"), dt.date(2026, 3, 10))  # type: ignore[arg-type]
+
+
+async def test_a_reading_evicted_before_delivery_is_backfilled_again(tmp_path: Path) -> None:
+    async with sim_agent(FLEET.format(dead=0.0, offset=0), tmp_path) as sa:
+        planner = DailyPlanner(_daily(backfill_days=2, retry_spacing_minutes=0.001), sa.ctx)
+        await planner.run_round(DAY, final=False)
+        assert await planner.backfill(DAY) == 40
+        yesterday = DAY - dt.timedelta(days=1)
+        sa.ctx.state.forget_read(yesterday, "000000000007")  # what the daemon does on eviction
+        sa.fleet.world.advance(1)
+        assert await planner.backfill(DAY) == 1
+        again = [
+            r
+            for r in sa.sink.of("readings")
+            if r["meter"] == "000000000007" and r["data_time"].startswith(yesterday.isoformat())
+        ]
+        assert len(again) == 2
