@@ -115,8 +115,9 @@ class DayCoverage:
 
 
 def _version_in_force(versions: list[tuple[int, str]], day: str) -> int:
-    """`versions` = (version, day_from) sorted by version."""
-    in_force = [v for v, day_from in versions if day_from <= day]
+    """`versions` = (seq, day_from) in the order seen (docs/coverage.md): the newest whose
+    day_from is on or before `day`, else the first."""
+    in_force = [seq for seq, day_from in versions if day_from <= day]
     return in_force[-1] if in_force else versions[0][0]
 
 
@@ -126,8 +127,8 @@ def compute_day(
     timely_s = _seconds(parse_hhmm(cfg.timely_by))
     versions: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for c, v, day_from in ledger.rows(
-        "SELECT concentrator, version, day_from FROM archive_version"
-        " WHERE concentrator = coalesce(?, concentrator) ORDER BY concentrator, version",
+        "SELECT concentrator, seq, day_from FROM archive_version"
+        " WHERE concentrator = coalesce(?, concentrator) ORDER BY concentrator, seq",
         (concentrator,),
     ):
         versions[c].append((int(v), str(day_from)))
@@ -156,7 +157,7 @@ def compute_day(
         }
         expected = ledger.rows(
             "SELECT meter, district, manufacturer FROM archive_meter"
-            " WHERE concentrator = ? AND version = ? ORDER BY meter",
+            " WHERE concentrator = ? AND seq = ? ORDER BY meter",
             (c, version),
         )
         archived = set()

@@ -11,6 +11,7 @@ not one process's memory.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sqlite3
 import threading
 import time
@@ -18,21 +19,31 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from central.points import FIRST_DAY, LAST_DAY, Converted
+from central.points import FIRST_DAY, LAST_DAY, ArchiveFact, Converted, archive_digest
 
 __all__ = ["Ledger", "day_offset"]
 
-_SCHEMA = """
+log = logging.getLogger(__name__)
+
+_ARCHIVE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS archive_version (
-    concentrator TEXT NOT NULL, version INTEGER NOT NULL, updated_at INTEGER NOT NULL,
-    day_from TEXT NOT NULL,
-    PRIMARY KEY (concentrator, version)
+    concentrator TEXT NOT NULL,
+    seq INTEGER NOT NULL,         -- 1, 2, ... in the order the centre first saw them: the newest
+                                  -- is the highest, whatever its version (which may restart)
+    version INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    day_from TEXT NOT NULL,       -- the first data day in force
+    digest TEXT NOT NULL,         -- of the meters (points.archive_digest)
+    PRIMARY KEY (concentrator, seq)
 );
 CREATE TABLE IF NOT EXISTS archive_meter (
-    concentrator TEXT NOT NULL, version INTEGER NOT NULL, meter TEXT NOT NULL,
+    concentrator TEXT NOT NULL, seq INTEGER NOT NULL, meter TEXT NOT NULL,
     district TEXT NOT NULL, manufacturer TEXT NOT NULL, bus TEXT NOT NULL,
-    PRIMARY KEY (concentrator, version, meter)
+    PRIMARY KEY (concentrator, seq, meter)
 ) WITHOUT ROWID;
+"""
+_SCHEMA = (
+    _ARCHIVE_SCHEMA
+    + """
 CREATE TABLE IF NOT EXISTS daily_read (
     concentrator TEXT NOT NULL, meter TEXT NOT NULL, day TEXT NOT NULL,
     day_start INTEGER NOT NULL,   -- unix seconds of the data day's local midnight
@@ -56,6 +67,7 @@ CREATE TABLE IF NOT EXISTS published (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL);
 """
+)
 
 _UPSERT_READ = """
 INSERT INTO daily_read (concentrator, meter, day, day_start, read_at, complete, backfill)
@@ -95,7 +107,51 @@ class Ledger:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
             self._db.executescript(_SCHEMA)
+
+    def _migrate(self) -> None:
+        """Ledgers written before archives were kept in the order seen (they were keyed by their
+        version, so a concentrator restarting at version 1 went unnoticed): number them in
+        version order, which leaves every day the version it had."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(archive_version)")}
+            if columns and "seq" not in columns:
+                self._db.execute("ALTER TABLE archive_version RENAME TO archive_version_0")
+                self._db.execute("ALTER TABLE archive_meter RENAME TO archive_meter_0")
+                for statement in _ARCHIVE_SCHEMA.split(";")[:2]:
+                    self._db.execute(statement)
+                old = self._db.execute(
+                    "SELECT concentrator, version, updated_at, day_from FROM archive_version_0"
+                    " ORDER BY concentrator, version"
+                ).fetchall()
+                seqs: dict[str, int] = {}
+                for c, version, updated_at, day_from in old:
+                    seq = seqs[c] = seqs.get(c, 0) + 1
+                    meters = tuple(
+                        (str(m), str(d), str(f), str(b))
+                        for m, d, f, b in self._db.execute(
+                            "SELECT meter, district, manufacturer, bus FROM archive_meter_0"
+                            " WHERE concentrator = ? AND version = ?",
+                            (c, version),
+                        )
+                    )
+                    self._db.execute(
+                        "INSERT INTO archive_version VALUES (?, ?, ?, ?, ?, ?)",
+                        (c, seq, version, updated_at, day_from, archive_digest(meters)),
+                    )
+                    self._db.executemany(
+                        "INSERT INTO archive_meter VALUES (?, ?, ?, ?, ?, ?)",
+                        [(c, seq, *m) for m in meters],
+                    )
+                self._db.execute("DROP TABLE archive_meter_0")
+                self._db.execute("DROP TABLE archive_version_0")
+                log.info("%s: %d archive versions numbered in the order seen", self.path, len(old))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -116,24 +172,7 @@ class Ledger:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for a in facts.archives:
-                    new = self._db.execute(
-                        "INSERT OR IGNORE INTO archive_version VALUES (?, ?, ?, ?)",
-                        (a.concentrator, a.version, a.updated_at, a.day_from),
-                    ).rowcount
-                    if new:
-                        self._db.executemany(
-                            "INSERT OR IGNORE INTO archive_meter VALUES (?, ?, ?, ?, ?, ?)",
-                            [(a.concentrator, a.version, *m) for m in a.meters],
-                        )
-                        # it is in force from its own day on; the concentrator's first version
-                        # also stands for every day before it
-                        first = self._db.execute(
-                            "SELECT min(version) FROM archive_version WHERE concentrator = ?",
-                            (a.concentrator,),
-                        ).fetchone()[0]
-                        self._db.execute(
-                            _MARK_DIRTY_FROM, ("" if first == a.version else a.day_from,)
-                        )
+                    self._archive(a)
                 self._db.executemany(
                     _UPSERT_READ,
                     [
@@ -161,6 +200,51 @@ class Ledger:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _archive(self, a: ArchiveFact) -> None:
+        """Record an archive unless it is one already seen (same version, stamp and meters: a
+        retained or redelivered copy). Anything else is the concentrator's newest archive —
+        also a version number that went back or came again with other meters (its state was
+        wiped, or restored): that is logged, and the new content is in force from its day."""
+        seen = self._db.execute(
+            "SELECT 1 FROM archive_version"
+            " WHERE concentrator = ? AND version = ? AND updated_at = ? AND digest = ?",
+            (a.concentrator, a.version, a.updated_at, a.digest),
+        ).fetchone()
+        if seen:
+            return
+        newest = self._db.execute(
+            "SELECT seq, version, day_from, digest FROM archive_version WHERE concentrator = ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (a.concentrator,),
+        ).fetchone()
+        seq, day_from = 1, a.day_from
+        if newest is not None:
+            seq = newest[0] + 1
+            # a stamp before the version it replaces (a clock set back) does not rewrite the
+            # days that version judged
+            day_from = max(a.day_from, newest[2])
+            if a.version <= newest[1]:
+                log.warning(
+                    "archive of %s: version %d after version %d, %s meters: the concentrator's"
+                    " archive was reset or restored? Taken as its newest, in force from %s",
+                    a.concentrator,
+                    a.version,
+                    newest[1],
+                    "same" if a.digest == newest[3] else "other",
+                    day_from,
+                )
+        self._db.execute(
+            "INSERT INTO archive_version VALUES (?, ?, ?, ?, ?, ?)",
+            (a.concentrator, seq, a.version, a.updated_at, day_from, a.digest),
+        )
+        self._db.executemany(
+            "INSERT INTO archive_meter VALUES (?, ?, ?, ?, ?, ?)",
+            [(a.concentrator, seq, *m) for m in a.meters],
+        )
+        # in force from its day on; a concentrator's first archive also stands for every day
+        # before it
+        self._db.execute(_MARK_DIRTY_FROM, ("" if seq == 1 else day_from,))
 
     # --- days to recompute ---------------------------------------------------------------------
     def dirty_days(self) -> dict[str, int]:

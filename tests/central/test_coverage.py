@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,98 @@ def test_a_streak_and_its_last_success_look_back_as_far_as_a_meter_keeps(tmp_pat
         led.close()
     assert (at_80.meter, at_80.days, at_80.last_success) == (b, 60, days[19])
     assert (at_90.days, at_90.last_success) == (63, None)  # day 20 is 70 days back: "never"
+
+
+def _expected(led: Ledger, day: str, concentrator: str) -> int:
+    return compute_day(led, day, CoverageConfig(), concentrator=concentrator).fleet().expected
+
+
+def test_an_archive_version_reset_is_detected_and_the_new_content_is_in_force(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    c1v2 = [*scenario.C1, (M[11], "east", "acme")]
+    apply(ledger, [
+        ("c-001", "archive", archive("c-001", 2, c1v2, stamp("2026-11-22", "09:00"))),
+        ("c-002", "archive", archive("c-002", 2, scenario.C2, stamp("2026-11-23", "09:00"))),
+    ])  # fmt: skip
+    assert [_expected(ledger, d, "c-001") for d in ("2026-11-21", "2026-11-22")] == [10, 11]
+    for day in ledger.dirty_days():
+        ledger.clean(day, ledger.dirty_days()[day])
+    # c-001's state was wiped: it re-imported its configured meters as version 1 — the very
+    # content of the old v1, stamped now; c-002 says version 1 again with other meters and a
+    # clock behind (stamped before its v2)
+    reset = [
+        ("c-001", "archive", archive("c-001", 1, scenario.C1, stamp("2026-11-24", "08:00"))),
+        ("c-002", "archive", archive("c-002", 1, scenario.C2[:3], stamp("2026-11-21", "08:00"))),
+    ]
+    with caplog.at_level("WARNING", logger="central.ledger"):
+        apply(ledger, reset)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert warnings[0].startswith("archive of c-001: version 1 after version 2, other meters")
+    assert warnings[1].startswith("archive of c-002: version 1 after version 2, other meters")
+    # the days from the reset on are judged by it, the days before keep their version
+    assert [_expected(ledger, d, "c-001") for d in ("2026-11-23", DAY)] == [11, 10]
+    # a stamp before the version it replaces does not rewrite the days that version judged
+    assert [_expected(ledger, d, "c-002") for d in ("2026-11-22", "2026-11-23", DAY)] == [4, 3, 3]
+    assert sorted(ledger.dirty_days()) == ["2026-11-23", DAY]
+    # redelivered, old or new, nothing moves and nothing more is recorded or logged
+    versions = ledger.rows("SELECT count(*) FROM archive_version")
+    caplog.clear()
+    apply(ledger, [
+        ("c-001", "archive", archive("c-001", 2, c1v2, stamp("2026-11-22", "09:00"))),
+        *reset,
+        ("c-001", "archive", archive("c-001", 1, scenario.C1, stamp("2026-11-20", "10:00"))),
+    ])  # fmt: skip
+    assert ledger.rows("SELECT count(*) FROM archive_version") == versions
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []
+    assert [_expected(ledger, d, "c-001") for d in ("2026-11-23", DAY)] == [11, 10]
+
+
+def test_an_archive_stamped_in_local_time_applies_from_its_local_date(ledger: Ledger) -> None:
+    """The agent stamps `updated_at` in the concentrator's zone: 02:30 +08:00 on the 25th is
+    18:30 UTC on the 24th, and the version is in force from the 25th."""
+    c1v2 = [*scenario.C1, (M[11], "east", "acme")]
+    apply(ledger, [("c-001", "archive", archive("c-001", 2, c1v2, "2026-11-25T02:30:00+08:00"))])
+    apply(ledger, [("c-001", "readings", batch("c-001", [reading(M[11], "2026-11-25")], "25"))])
+    assert [_expected(ledger, d, "c-001") for d in (DAY, "2026-11-25")] == [10, 11]
+
+
+def test_a_ledger_from_before_keeps_its_archive_versions(tmp_path: Path) -> None:
+    """A ledger written when archive versions were keyed by their number opens with every day
+    judged by the version it had, and a reset after that is seen."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE archive_version (
+            concentrator TEXT NOT NULL, version INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+            day_from TEXT NOT NULL, PRIMARY KEY (concentrator, version));
+        CREATE TABLE archive_meter (
+            concentrator TEXT NOT NULL, version INTEGER NOT NULL, meter TEXT NOT NULL,
+            district TEXT NOT NULL, manufacturer TEXT NOT NULL, bus TEXT NOT NULL,
+            PRIMARY KEY (concentrator, version, meter)) WITHOUT ROWID;
+    """)  # fmt: skip
+    for version, day, n in ((2, "2026-11-22", 11), (1, "2026-11-20", 10)):
+        db.execute("INSERT INTO archive_version VALUES ('c-001', ?, 0, ?)", (version, day))
+        db.executemany(
+            "INSERT INTO archive_meter VALUES ('c-001', ?, ?, 'east', 'acme', 'rs485-1')",
+            [(version, M[i]) for i in range(1, n + 1)],
+        )
+    db.commit()
+    db.close()
+    led = Ledger(path)
+    try:
+        assert [_expected(led, d, "c-001") for d in ("2026-11-19", "2026-11-21", DAY)] == [
+            10,
+            10,
+            11,
+        ]
+        apply(led, [("c-001", "archive", archive("c-001", 1, scenario.C1[:4], stamp(DAY)))])
+        assert [_expected(led, d, "c-001") for d in ("2026-11-23", DAY)] == [11, 4]
+    finally:
+        led.close()
+    led = Ledger(path)  # and opens again as it is
+    try:
+        assert _expected(led, DAY, "c-001") == 4
+    finally:
+        led.close()
