@@ -187,7 +187,7 @@ def compute_day(
 
     order = {s: i for i, s in enumerate(SCOPES)}
     scopes = [fleet, *sorted(groups.values(), key=lambda s: (order[s.scope], s.key))]
-    return DayCoverage(day, scopes, _streaks(ledger, day, failing), unarchived)
+    return DayCoverage(day, scopes, _streaks(ledger, day, failing, versions), unarchived)
 
 
 def _seconds(t: dt.time) -> int:
@@ -195,27 +195,48 @@ def _seconds(t: dt.time) -> int:
 
 
 def _streaks(
-    ledger: Ledger, day: str, failing: list[tuple[str, str, str, str, str, str]]
+    ledger: Ledger,
+    day: str,
+    failing: list[tuple[str, str, str, str, str, str]],
+    versions: Mapping[str, list[tuple[int, str]]],
 ) -> list[Streak]:
-    """Count back over the data days the ledger knows (any concentrator's) until a read."""
+    """Count back over the data days the ledger knows (any concentrator's) until a read, or a
+    day the meter was not in its concentrator's archive in force (it was not expected then)."""
     if not failing:
         return []
     since = day_offset(day, -STREAK_HORIZON_DAYS)
     days = [d for d in ledger.known_days(day) if d >= since]
     days.reverse()  # newest first, D itself included
     read_days: dict[tuple[str, str], set[str]] = defaultdict(set)
+    #: (concentrator, day) -> the meters of the archive in force then, for the days another
+    #: archive than D's was (every failing meter is in D's)
+    archived: dict[tuple[str, str], frozenset[str]] = {}
     for c in {f[0] for f in failing}:
         for meter, d in ledger.rows(
             "SELECT meter, day FROM daily_read WHERE concentrator = ? AND day BETWEEN ? AND ?",
             (c, since, day),
         ):
             read_days[(c, str(meter))].add(str(d))
+        today = _version_in_force(versions[c], day)
+        members: dict[int, frozenset[str]] = {}
+        for d in days:
+            seq = _version_in_force(versions[c], d)
+            if seq != today:
+                if seq not in members:
+                    members[seq] = frozenset(
+                        str(m)
+                        for (m,) in ledger.rows(
+                            "SELECT meter FROM archive_meter WHERE concentrator = ? AND seq = ?",
+                            (c, seq),
+                        )
+                    )
+                archived[(c, d)] = members[seq]
     out = []
     for c, meter, district, manufacturer, reason, detail in failing:
         seen = read_days.get((c, meter), set())
         count = 0
         for d in days:
-            if d in seen:
+            if d in seen or meter not in archived.get((c, d), (meter,)):
                 break
             count += 1
         last = max(seen, default=None)  # within the horizon, as the count

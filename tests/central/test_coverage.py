@@ -245,3 +245,20 @@ def test_a_ledger_from_before_keeps_its_archive_versions(tmp_path: Path) -> None
         assert _expected(led, DAY, "c-001") == 4
     finally:
         led.close()
+
+
+def test_a_streak_does_not_count_the_days_before_the_meter_was_archived(ledger: Ledger) -> None:
+    """Meter 11 joins c-001's archive on the 24th and is never read: failing 1 day, not 4.
+    Meter 9 (unread since the 21st) leaves the archive on the 22nd and is back on the 24th:
+    failing 1 day, not 3."""
+    without_9 = [m for m in scenario.C1 if m[0] != M[9]]
+    apply(ledger, [
+        ("c-001", "archive", archive("c-001", 2, without_9, stamp("2026-11-22", "09:00"))),
+        ("c-001", "archive", archive("c-001", 3, [*scenario.C1, (M[11], "east", "acme")],
+                                     stamp(DAY, "09:00"))),
+    ])  # fmt: skip
+    streaks = {s.meter: s.days for s in compute_day(ledger, DAY, CoverageConfig()).streaks}
+    assert streaks == {M[9]: 1, M[10]: 4, M[11]: 1, M[104]: 4}
+    apply(ledger, [("c-001", "readings", batch("c-001", [reading(M[1], "2026-11-25")], "25"))])
+    streaks = {s.meter: s.days for s in compute_day(ledger, "2026-11-25", CoverageConfig()).streaks}
+    assert (streaks[M[9]], streaks[M[11]], streaks[M[10]]) == (2, 2, 5)
