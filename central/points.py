@@ -195,7 +195,8 @@ def _rounds(payload: dict[str, Any], out: Converted) -> None:
         "round_id": payload["round_id"],
         "expected": payload["expected"],
         "collected": payload["read"],  # READ is an InfluxQL keyword
-        "failed": len(failed),
+        # a report sent in parts (`part`): every part writes this same point, so the whole count
+        "failed": payload["part"]["failed_total"] if "part" in payload else len(failed),
         "final": payload.get("final", False),
         "duration_s": payload.get("duration_s"),
         "data_day": payload.get("data_day"),

@@ -185,6 +185,21 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 },
             },
             "bus_busy_s": {"type": "object", "additionalProperties": {"type": "number"}},
+            "part": {
+                "description": (
+                    "Present when the report was too large for one message: the report is sent"
+                    " as `of` messages with the same round_id and fields, `failed` cut into"
+                    " consecutive pieces; `failed_total` is the length of the whole list."
+                ),
+                "type": "object",
+                "required": ["index", "of", "failed_total"],
+                "properties": {
+                    "index": {"type": "integer", "minimum": 1},
+                    "of": {"type": "integer", "minimum": 1},
+                    "failed_total": {"type": "integer", "minimum": 0},
+                },
+                "additionalProperties": False,
+            },
         },
     ),
     "events": _doc(
