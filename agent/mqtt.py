@@ -2,9 +2,10 @@
 up to date, and carries signed commands (request/response with correlation data).
 
 Delivery is at-least-once: a row leaves the outbox only after the broker's PUBACK for the
-message that carried it. ``aiomqtt.Client.publish(qos=1)`` returns when paho's ``on_publish``
-fires, which for QoS 1 happens in ``_handle_pubackcomp`` on receipt of the PUBACK (aiomqtt
-2.5.1, paho-mqtt 2.2) -- but aiomqtt drops the PUBACK's MQTT v5 reason code, so a broker that
+message that carried it (or, for good, to the dead-letter table; see below).
+``aiomqtt.Client.publish(qos=1)`` returns when paho's ``on_publish`` fires, which for QoS 1
+happens in ``_handle_pubackcomp`` on receipt of the PUBACK (aiomqtt 2.5.1, paho-mqtt 2.2) --
+but aiomqtt drops the PUBACK's MQTT v5 reason code, so a broker that
 refuses a message (Mosquitto answers ``0x87 Not authorized`` when an ACL denies the topic) looks
 like a success. `_Client` keeps that reason code, and a refused message keeps its rows. To tie a
 PUBACK to its publish without aiomqtt's internals, QoS 1 publishes on one connection go one at a
@@ -13,6 +14,23 @@ time (a lock): the reason recorded is the one for the only publish in flight. Ba
 
 aiomqtt does not fail pending publishes when the connection drops; the command listener sees the
 disconnect, which ends the connection's task group, and every publish also has a timeout.
+
+Each outbox kind (events, round reports, readings) is published on its own: a refused message
+backs off its kind only (`_KindState`), so an ACL that denies one topic or one bad message never
+holds up the others. What the broker will not take:
+
+- a refusing PUBACK: 0x97 Quota exceeded only delays; any other code counts as a strike against
+  the message. A readings batch is halved until the reading the broker objects to is alone.
+  After `MqttSettings.dead_letter_after` strikes of one message, the next message of its kind is
+  sent first (a probe). Taken: the struck message gets a last try, and failing that its rows go
+  to the dead-letter table (counted, logged, an ``outbox_dead_letter`` event). Refused too: it
+  is the topic (an ACL), so every row stays and the kind keeps backing off.
+- size: no payload exceeds `MqttSettings.max_payload_bytes` (nor the Maximum Packet Size a
+  broker announces in its CONNACK): readings batches are cut by bytes, a round report too large
+  for one message is sent in parts (``part``: index, of, failed_total). Mosquitto's
+  ``message_size_limit`` answers a larger PUBLISH by closing the connection, not with a PUBACK:
+  when the connection dies twice in a row under the same message, the link halves its payload
+  cap (`MqttLink.payload_cap`) if the message can be split, else counts a strike against it.
 """
 
 from __future__ import annotations
@@ -48,14 +66,62 @@ log = logging.getLogger(__name__)
 PASSWORD_ENV: Final = "METERLINK_MQTT_PASSWORD"  # noqa: S105 - a variable name, not a secret
 MAX_COMMANDS_IN_FLIGHT: Final = 4
 MAX_QUEUED_COMMANDS: Final = 100
+PUMPED_KINDS: Final = ("events", "rounds", "readings")
+"""outbox kinds, in the order of each publisher pass; each backs off on its own"""
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 256 * 1024
+MIN_PAYLOAD_BYTES: Final = 4096
+"""the learned payload cap never goes below this (a reading or a failed meter is far smaller)"""
+PUBLISH_OVERHEAD: Final = 64
+"""bytes of a PUBLISH packet besides its topic and payload (fixed header, packet id, our
+properties), with room to spare: subtracted from a broker's Maximum Packet Size"""
+TRANSIENT_REFUSALS: Final = frozenset({0x97})
+"""PUBACK reason codes that say nothing about the message: 0x97 Quota exceeded (a rate limit).
+Every other failure code counts against the message (see `MqttLink._strike`)."""
 
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _json_bytes(payload: dict[str, Any]) -> bytes:
+def _json_bytes(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _report_parts(message: dict[str, Any], cap: int) -> list[tuple[bytes, int]] | None:
+    """A round report too large for one message, as parts of at most `cap` bytes: the same
+    report, its `failed` list cut in order, each with ``part`` = {index (from 1), of,
+    failed_total}; with each part's number of failed meters. None when that cannot be done
+    (no failed meters to spread, or one alone is too large)."""
+    failed = message["failed"]
+    total = len(failed)
+    # the envelope with part numbers as wide as any split of this report can have
+    widest = {"index": max(total, 1), "of": max(total, 1), "failed_total": total}
+    envelope = len(_json_bytes({**message, "failed": [], "part": widest}))
+    chunks: list[list[Any]] = [[]]
+    size = envelope
+    for entry in failed:
+        grow = len(_json_bytes(entry))
+        if chunks[-1] and size + 1 + grow > cap:
+            chunks.append([])
+            size = envelope
+        if chunks[-1]:
+            grow += 1  # the comma
+        if size + grow > cap:
+            return None
+        chunks[-1].append(entry)
+        size += grow
+    if len(chunks) < 2:
+        return None
+    n = len(chunks)
+    return [
+        (
+            _json_bytes(
+                {**message, "failed": chunk, "part": {"index": i, "of": n, "failed_total": total}}
+            ),
+            len(chunk),
+        )
+        for i, chunk in enumerate(chunks, 1)
+    ]
 
 
 def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
@@ -89,7 +155,13 @@ class MqttSettings:
     stable_after_s: float = 60.0
     """a connection that lasted this long resets the backoff to `reconnect_min_s`"""
     batch_size: int = 500
-    """readings per `readings` message"""
+    """readings per `readings` message, at most"""
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    """largest payload published: readings batches are cut, round reports split into parts to
+    stay under it; set it to at most the broker's limit (Mosquitto ``message_size_limit``)"""
+    dead_letter_after: int = 5
+    """refusals of one message (see `MqttLink._strike`) before the next message of its kind is
+    tried: if the broker takes that one, the refused rows go to the dead-letter table"""
     session_expiry_s: int = 86400
     """the broker keeps our subscription and queued commands this long while we are away"""
     connect_timeout_s: float = 10.0
@@ -105,6 +177,10 @@ class MqttSettings:
             raise ValueError(f"port {self.port} out of range")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if self.max_payload_bytes < MIN_PAYLOAD_BYTES:
+            raise ValueError(f"max_payload_bytes must be at least {MIN_PAYLOAD_BYTES}")
+        if self.dead_letter_after < 1:
+            raise ValueError("dead_letter_after must be at least 1")
         if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_min_s must be > 0 and <= reconnect_max_s")
         if (self.cert_file is None) != (self.key_file is None):
@@ -140,6 +216,47 @@ class _Stopping(Exception):
     """raised inside a connection's task group when `drain` asks the link to stop"""
 
 
+@dataclass(frozen=True)
+class _Outgoing:
+    """One message built from outbox rows."""
+
+    kind: str
+    key: str
+    """names the message: the same rows (and part) give the same key"""
+    payload: bytes
+    rows: tuple[OutboxRow, ...]
+    units: int
+    """readings, or failed meters of a report part, it carries: more than 1 can be split"""
+    last_part: bool = True
+    """the rows are acknowledged after this message (a report's last part)"""
+
+
+@dataclass
+class _KindState:
+    """How publishing one outbox kind is going; reset by the next accepted message."""
+
+    refusals: int = 0
+    """refused publishes in a row: the exponent of this kind's backoff"""
+    retry_at: float = 0.0
+    """event-loop time before which this kind is not published"""
+    head: frozenset[int] = frozenset()
+    """rows of the one-row message (or report) the strikes are for"""
+    head_key: str = ""
+    """the refused message itself (a report's part)"""
+    strikes: int = 0
+    reason: str = ""
+    row_limit: int = 0
+    """readings per message while isolating the reading the broker objects to (0: no limit)"""
+    probe: bool = False
+    """`strikes` reached `dead_letter_after`: send the next message of the kind first"""
+    last_chance: bool = False
+    """the probe went through: the head is tried once more, and goes if it fails again"""
+    condemned: bool = False
+    """it did: the head's rows go to the dead-letter table on the next pass"""
+    topic_refused: bool = False
+    """a probe was refused too: the broker refuses the topic (said once per episode)"""
+
+
 class _Client(aiomqtt.Client):
     """aiomqtt's client, plus the v5 reason code of the PUBACK for the publish in flight."""
 
@@ -147,6 +264,21 @@ class _Client(aiomqtt.Client):
         super().__init__(hostname, port, **kwargs)
         self.publish_lock = asyncio.Lock()
         self.puback_reason: ReasonCode | None = None
+        self.max_packet_size: int | None = None
+        """the broker's Maximum Packet Size from its CONNACK (None: it announced none)"""
+
+    def _on_connect(
+        self,
+        client: PahoClient,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        size = getattr(properties, "MaximumPacketSize", None)
+        if isinstance(size, int) and size > 0:
+            self.max_packet_size = size
+        super()._on_connect(client, userdata, flags, reason_code, properties)
 
     def _on_publish(
         self,
@@ -216,6 +348,11 @@ class LinkStats:
     """outbox rows acknowledged (a readings message carries many), by kind"""
     publishes_refused: int = 0
     """PUBACKs with a failure reason code (rows kept)"""
+    refused: dict[str, int] = field(default_factory=dict)
+    """refused outbox messages, by kind"""
+    probes: int = 0
+    """messages sent past a repeatedly refused one to tell a refused message from a refused
+    topic"""
     dead_lettered: int = 0
     connect_failures: int = 0
     commands_received: int = 0
@@ -269,7 +406,16 @@ class MqttLink:
         self.publish_latency_avg_s = 0.0
         """mean put-to-PUBACK over every acknowledged row"""
         self.stats = LinkStats()
+        self.payload_cap = settings.max_payload_bytes
+        """largest payload sent: `max_payload_bytes`, halved (down to `MIN_PAYLOAD_BYTES`) each
+        time the connection died twice in a row under a message that could be split"""
 
+        self._kinds = {kind: _KindState() for kind in PUMPED_KINDS}
+        self._archive_retry_at = 0.0
+        self._flight: _Outgoing | None = None
+        """the outbox message being published (cleared when the broker answered)"""
+        self._suspect: str | None = None
+        """key of the message in flight when the last connection died"""
         self._latency_rows = 0
         self._up_since = 0.0
         self._client: _Client | None = None
@@ -407,11 +553,15 @@ class MqttLink:
         client = self._new_client(tls)
         async with client:
             self._went_up(client)
+            self._flight = None
             try:
                 await self._announce(client)
                 stopping = await self._serve(client)
                 if stopping:
                     await self._say_goodbye(client)
+            except (aiomqtt.MqttError, OSError):
+                self._lost_in_flight()
+                raise
             finally:
                 self._client = None
                 self.connected = False
@@ -560,7 +710,7 @@ class MqttLink:
         client: _Client,
         kind: str,
         topic_name: str,
-        message: dict[str, Any],
+        message: dict[str, Any] | bytes,
         *,
         retain: bool = False,
         properties: Properties | None = None,
@@ -568,7 +718,7 @@ class MqttLink:
         try:
             await client.publish_acked(
                 topic_name,
-                _json_bytes(message),
+                message if isinstance(message, bytes) else _json_bytes(message),
                 retain=retain,
                 properties=properties or _publish_properties(),
                 within_s=self.settings.publish_timeout_s,
@@ -580,37 +730,238 @@ class MqttLink:
 
     # --- publishing the outbox ----------------------------------------------------------------
     async def _pump(self, client: _Client) -> None:
-        refusals = 0
+        """Publish each kind on its own: a kind the broker refuses (or whose message keeps
+        killing the connection) backs off alone while the other kinds keep flowing."""
+        loop = asyncio.get_running_loop()
         while True:
             mark = self.outbox.put_count
-            try:
-                sent = await self._publish_rows(client, "events")
-                sent += await self._publish_rows(client, "rounds")
-                sent += await self._publish_readings(client)
-                if self._archive_dirty:
+            progress = 0
+            for kind in PUMPED_KINDS:
+                if loop.time() >= self._kinds[kind].retry_at:
+                    progress += await self._publish_kind(client, kind)
+            if self._archive_dirty and loop.time() >= self._archive_retry_at:
+                try:
                     await self._publish_archive(client)
-                refusals = 0
-            except PublishRefused as exc:
-                # The broker is up but will not take it (ACL, quota): keep the rows, say so,
-                # and try again later rather than in a tight loop.
-                if refusals == 0:
-                    log.error("%s; rows stay in the outbox", exc)
-                delay = backoff_delay(
-                    refusals,
-                    self.settings.reconnect_min_s,
-                    self.settings.reconnect_max_s,
-                    self._rng,
-                )
-                refusals += 1
-                await asyncio.sleep(delay)
-                continue
-            if sent == 0:
+                except PublishRefused as exc:
+                    log.error("%s; retried later", exc)
+                    self._archive_retry_at = loop.time() + self.settings.reconnect_max_s
+            if progress == 0:
+                wait = self.settings.idle_poll_s
+                pending = self.outbox.depth_now()
+                for kind, state in self._kinds.items():
+                    if pending.get(kind) and state.retry_at > loop.time():
+                        wait = min(wait, state.retry_at - loop.time())
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.idle_poll_s):
+                    async with asyncio.timeout(wait):
                         await self.outbox.wait_for_put(mark)
 
     def _header(self, kind: str) -> dict[str, Any]:
         return {"schema": f"meterlink.{kind}/1", "concentrator": self.concentrator}
+
+    def _limits(self, client: _Client, kind: str) -> tuple[int, int]:
+        """(hard, soft) payload limits for `kind` on this connection. Over `hard` a message can
+        never be sent: `max_payload_bytes`, or less when the broker announced a Maximum Packet
+        Size in its CONNACK. `soft` is lower once the link learned that the broker drops
+        connections over smaller messages (see `payload_cap`)."""
+        hard = self.settings.max_payload_bytes
+        if client.max_packet_size is not None:
+            overhead = PUBLISH_OVERHEAD + len(self.topics[kind].encode("utf-8"))
+            hard = min(hard, client.max_packet_size - overhead)
+        return hard, min(hard, self.payload_cap)
+
+    async def _publish_kind(self, client: _Client, kind: str) -> int:
+        """One pass over `kind`; returns rows acknowledged or dead-lettered (0: nothing to do,
+        or the kind is backing off)."""
+        state = self._kinds[kind]
+        progress = 0
+        if state.condemned:
+            head = sorted(state.head)
+            log.error(
+                "%d %s row(s) failed %d times (%s), the broker takes other %s messages and"
+                " they failed once more: moving them to the dead-letter table",
+                len(head),
+                kind,
+                state.strikes + 1,
+                state.reason,
+                kind,
+            )
+            reason = f"failed {state.strikes + 1} times: {state.reason}"
+            await self._dead_letter(kind, dict.fromkeys(head, reason), announce=True)
+            self._kinds[kind] = state = _KindState()
+            progress += len(head)
+        messages, dropped = await self._outgoing(client, kind)
+        progress += dropped
+        probing = False
+        if state.probe and messages:
+            # The head failed `dead_letter_after` times: is it the message or the topic? Send
+            # the next message of the kind first: if the broker takes that one, the head's rows
+            # go to the dead-letter table; if it refuses it too, everything stays.
+            others = [m for m in messages if not state.head.intersection(r.id for r in m.rows)]
+            if others:
+                messages, probing = others, True
+                self.stats.probes += 1
+        for message in messages:
+            if not await self._publish_message(client, message, probing=probing):
+                break
+            if message.last_part:
+                await self._acked(kind, list(message.rows))
+                progress += len(message.rows)
+            if probing:  # the head's turn again: its last chance
+                progress += 1
+                break
+        return progress
+
+    async def _publish_message(self, client: _Client, m: _Outgoing, *, probing: bool) -> bool:
+        """Publish one message; False when the broker refused it (the rows stay)."""
+        self._flight = m
+        try:
+            await self._send(client, m.kind, self.topics[m.kind], m.payload)
+        except PublishRefused as exc:
+            self._flight = None
+            await self._refused(m, exc, probing=probing)
+            return False
+        self._flight = None
+        state = self._kinds[m.kind]
+        refusals, state.refusals, state.retry_at = state.refusals, 0, 0.0
+        if probing:
+            # Not condemned yet: the broker may only just have started to take this topic
+            # (an ACL fixed meanwhile). The head is tried once more, and goes if it fails.
+            state.probe, state.last_chance = False, True
+            log.warning(
+                "the broker took the %s message after one that failed %d times (%s): trying"
+                " that one a last time",
+                m.kind,
+                state.strikes,
+                state.reason,
+            )
+        elif m.key == state.head_key or not state.head.intersection(r.id for r in m.rows):
+            # (not when another part of a report whose part was refused went through)
+            self._kinds[m.kind] = _KindState()
+        if refusals:
+            log.info("%s messages accepted again after %d failed attempt(s)", m.kind, refusals)
+        return True
+
+    async def _refused(self, m: _Outgoing, exc: PublishRefused, *, probing: bool) -> None:
+        state = self._kinds[m.kind]
+        self.stats.bump(self.stats.refused, m.kind)
+        code = exc.reason.value
+        if code in TRANSIENT_REFUSALS:
+            pass  # the broker's rate limit: it passes, this message is not to blame
+        elif probing:
+            # the next message was refused as well: the topic, not the head, is refused
+            # (an ACL); every row stays, and the next probe is `dead_letter_after` refusals away
+            state.probe, state.strikes = False, 0
+            log.log(
+                logging.DEBUG if state.topic_refused else logging.ERROR,
+                "the broker refuses every %s message (%s), not just one: the rows stay in the"
+                " outbox until it takes them",
+                m.kind,
+                exc.reason,
+            )
+            state.topic_refused = True
+        elif state.last_chance and state.head == frozenset(r.id for r in m.rows):
+            state.condemned = True
+        else:
+            self._strike(m, f"PUBACK {exc.reason} (0x{code:02X})")
+        if state.refusals == 0:
+            log.error(
+                "%s; the %s rows stay in the outbox, retried with backoff (other kinds go on)",
+                exc,
+                m.kind,
+            )
+        self._back_off(m.kind)
+
+    def _strike(self, m: _Outgoing, reason: str) -> None:
+        """The broker will not take this message (a non-transient refusal, or the connection
+        died under it twice). A readings batch is halved until the row it objects to is
+        alone; a message of one row counts strikes, and at `dead_letter_after` the next
+        message of its kind is sent first as a probe."""
+        state = self._kinds[m.kind]
+        state.reason = reason
+        if m.kind == "readings" and len(m.rows) > 1:
+            state.row_limit = max(1, len(m.rows) // 2)
+            return
+        ids = frozenset(r.id for r in m.rows)
+        if ids != state.head:  # (a probe that fails in turn becomes the head)
+            state.head, state.strikes, state.probe, state.last_chance = ids, 0, False, False
+        state.head_key = m.key
+        state.strikes += 1
+        if state.strikes >= self.settings.dead_letter_after:
+            state.probe = True
+
+    def _back_off(self, kind: str) -> None:
+        state = self._kinds[kind]
+        delay = backoff_delay(
+            state.refusals, self.settings.reconnect_min_s, self.settings.reconnect_max_s, self._rng
+        )
+        state.refusals += 1
+        state.retry_at = asyncio.get_running_loop().time() + delay
+
+    def _lost_in_flight(self) -> None:
+        """The connection died. If it died twice in a row under the same outbox message, the
+        broker probably drops messages that large (Mosquitto's ``message_size_limit`` closes
+        the connection instead of refusing the PUBLISH): halve the payload cap if the message
+        can be split, else count it against the message and let the other kinds go first."""
+        m, self._flight = self._flight, None
+        previous, self._suspect = self._suspect, (m.key if m is not None else None)
+        if m is None:
+            return
+        state = self._kinds[m.kind]
+        if state.last_chance and state.head == frozenset(r.id for r in m.rows):
+            state.condemned = True  # after a probe went through: it is the message
+            return
+        if m.key != previous:
+            return
+        self._suspect = None
+        size = len(m.payload)
+        if m.units > 1 and size > MIN_PAYLOAD_BYTES:
+            self.payload_cap = min(self.payload_cap, max(MIN_PAYLOAD_BYTES, size // 2))
+            log.warning(
+                "the connection was lost twice in a row while a %d-byte %s message was in"
+                " flight: sending at most %d bytes per message from now on (does the broker"
+                " limit message sizes? set max_payload_bytes below its limit)",
+                size,
+                m.kind,
+                self.payload_cap,
+            )
+            return
+        self._strike(m, f"the connection was lost twice while this {size}-byte message was sent")
+        self._back_off(m.kind)
+
+    async def _outgoing(self, client: _Client, kind: str) -> tuple[list[_Outgoing], int]:
+        """The next messages of `kind` (oldest rows first), and how many rows were
+        dead-lettered on the way (invalid, or too large to ever be sent)."""
+        state = self._kinds[kind]
+        if kind == "readings":
+            return await self._readings_out(client, state.row_limit or self.settings.batch_size)
+        rows = await self.outbox.peek_rows(kind, self.settings.batch_size)
+        hard, soft = self._limits(client, kind)
+        messages: list[_Outgoing] = []
+        bad: dict[int, str] = {}
+        for row in rows:
+            message = {**row.payload, **self._header(kind)}
+            try:
+                validate(kind, message)
+            except PayloadInvalid as exc:
+                bad[row.id] = str(exc)
+                continue
+            payload = _json_bytes(message)
+            if len(payload) <= soft:
+                units = len(message["failed"]) if kind == "rounds" else 1
+                messages.append(_Outgoing(kind, f"{kind}:{row.id}", payload, (row,), units))
+                continue
+            parts = _report_parts(message, soft) if kind == "rounds" else None
+            if parts is None and len(payload) > hard:
+                bad[row.id] = f"payload of {len(payload)} bytes is over the {hard} byte limit"
+                continue
+            if parts is None:  # over what the broker seems to take, under what it announced
+                parts = [(payload, 1)]
+            for i, (part, units) in enumerate(parts, 1):
+                key = f"{kind}:{row.id}:{i}/{len(parts)}"
+                messages.append(_Outgoing(kind, key, part, (row,), units, i == len(parts)))
+        if bad:
+            await self._dead_letter(kind, bad, announce=kind != "events")
+        return messages, len(bad)
 
     def _readings_message(self, rows: list[OutboxRow]) -> dict[str, Any]:
         # Same rows -> same id, so a batch re-sent after a lost PUBACK can be recognised. The
@@ -625,48 +976,64 @@ class MqttLink:
             "readings": [r.payload for r in rows],
         }
 
-    async def _publish_readings(self, client: _Client) -> int:
+    async def _readings_out(self, client: _Client, limit: int) -> tuple[list[_Outgoing], int]:
         rows = await self.outbox.peek_rows("readings", self.settings.batch_size)
         if not rows:
-            return 0
+            return [], 0
         message = self._readings_message(rows)
+        bad: dict[int, str] = {}
         try:
             validate("readings", message)
         except PayloadInvalid:
-            bad: dict[int, str] = {}
             for row in rows:
                 try:
                     validate("readings", {**message, "readings": [row.payload]})
                 except PayloadInvalid as exc:
                     bad[row.id] = str(exc)
-            await self._dead_letter(bad)
             rows = [r for r in rows if r.id not in bad]
-            if not rows:
-                return len(bad)
-            message = self._readings_message(rows)
-            validate("readings", message)  # each reading passed alone: cannot fail together
-        await self._send(client, "readings", self.topics["readings"], message)
-        await self._acked("readings", rows)
-        return len(rows)
-
-    async def _publish_rows(self, client: _Client, kind: str) -> int:
-        """rounds and events: one message per row, each acknowledged on its own PUBACK."""
-        rows = await self.outbox.peek_rows(kind, self.settings.batch_size)
+        state = self._kinds["readings"]
+        if state.probe and any(r.id not in state.head for r in rows):
+            rows = [r for r in rows if r.id not in state.head]  # the probe: the rows after it
+        rows = rows[:limit]
+        hard, soft = self._limits(client, "readings")
+        # The batch as large as `soft` allows: the envelope (with an id at least as long as the
+        # final one) plus each reading as it is encoded inside the message, comma separated.
+        envelope = len(_json_bytes({**self._readings_message(rows), "readings": []})) if rows else 0
+        size, taken = envelope, 0
         for row in rows:
-            message = {**row.payload, **self._header(kind)}
-            try:
-                validate(kind, message)
-            except PayloadInvalid as exc:
-                await self._dead_letter({row.id: str(exc)})
-                continue
-            await self._send(client, kind, self.topics[kind], message)
-            await self._acked(kind, [row])
-        return len(rows)
+            grow = len(_json_bytes(row.payload)) + (1 if taken else 0)
+            if taken and size + grow > soft:
+                break
+            size += grow
+            taken += 1
+        if taken == 1 and size > hard:  # this reading alone can never be sent
+            bad[rows[0].id] = f"a reading of {size} bytes is over the {hard} byte limit"
+            taken = 0
+        if bad:
+            await self._dead_letter("readings", bad, announce=True)
+        if taken == 0:
+            return [], len(bad)
+        chosen = rows[:taken]
+        message = self._readings_message(chosen)
+        validate("readings", message)  # each reading passed alone: cannot fail together
+        payload = _json_bytes(message)
+        return [_Outgoing("readings", message["batch_id"], payload, tuple(chosen), taken)], len(bad)
 
-    async def _dead_letter(self, bad: dict[int, str]) -> None:
+    async def _dead_letter(self, kind: str, bad: dict[int, str], *, announce: bool) -> None:
+        """Move rows out of the queue for good (kept for inspection, counted, logged) and, if
+        `announce`, tell the centre with an ``outbox_dead_letter`` event (never for events
+        rows: an event about a dead event could be refused and dead-lettered in turn)."""
         for row_id, reason in bad.items():
             await self.outbox.dead_letter([row_id], reason)
         self.stats.dead_lettered += len(bad)
+        if announce and kind != "events":
+            reasons = sorted(set(bad.values()))
+            detail = {"kind": kind, "rows": len(bad), "reason": reasons[0][:500]}
+            if len(reasons) > 1:
+                detail["other_reasons"] = len(reasons) - 1
+            await self.outbox.put(
+                "events", {"at": _now_iso(), "event": "outbox_dead_letter", "detail": detail}
+            )
         self._progress.set()
 
     async def _acked(self, kind: str, rows: list[OutboxRow]) -> None:

@@ -41,6 +41,45 @@ def reading(n: int) -> dict[str, Any]:
     }
 
 
+def fat_reading(n: int, values: int = 20) -> dict[str, Any]:
+    """A valid reading of about 1 KB (`values` values): a few hundred make a large batch."""
+    return {
+        **reading(n),
+        "values": {
+            f"register_{i:02d}_kwh": {"value": round(n * 0.01 + i, 2), "unit": "kWh"}
+            for i in range(values)
+        },
+    }
+
+
+def big_round_report(failed: int) -> dict[str, Any]:
+    """A daily round report listing `failed` meters, each with a long detail (as the agent's
+    plans write them, up to 200 characters): about 300 bytes per failed meter."""
+    return {
+        "plan": "daily",
+        "round_id": "c-001:daily:2026-11-25:round1",
+        "data_day": "2026-11-25",
+        "final": True,
+        "started_at": "2026-11-26T00:05:00+08:00",
+        "ended_at": "2026-11-26T00:31:00+08:00",
+        "duration_s": 1560.0,
+        "expected": failed + 10,
+        "read": 10,
+        "failed_by_reason": {"no_reply": failed},
+        "failed": [
+            {
+                "meter": f"{100000 + i:012d}",
+                "reason": "no_reply",
+                "attempts": 3,
+                "detail": f"no reply within 2000 ms on rs485-{i % 4} " + "x" * 150,
+                "last_attempt_at": "2026-11-26T00:30:12+08:00",
+            }
+            for i in range(failed)
+        ],
+        "bus_busy_s": {f"rs485-{b}": 612.4 for b in range(4)},
+    }
+
+
 def reading_key(r: dict[str, Any]) -> tuple[str, str, str]:
     return (r["meter"], r["item"], r["data_time"])
 
@@ -70,6 +109,8 @@ class Seen:
     kind: str
     payload: dict[str, Any]
     retain: bool
+    size: int = 0
+    """payload bytes as received"""
 
 
 @dataclass
@@ -143,7 +184,7 @@ class Collector:
                 validate(kind, payload)
             except PayloadInvalid as exc:
                 self.invalid.append(f"{name}: {exc}")
-        self.seen.append(Seen(name, kind, payload, bool(message.retain)))
+        self.seen.append(Seen(name, kind, payload, bool(message.retain), len(message.payload)))
 
 
 @dataclass

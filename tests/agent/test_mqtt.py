@@ -13,15 +13,25 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
-from agent.mqtt import MqttLink, MqttSettings, backoff_delay
-from agent.outbox import Outbox
+from agent.mqtt import (
+    MIN_PAYLOAD_BYTES,
+    MqttLink,
+    MqttSettings,
+    PublishRefused,
+    _Client,
+    _report_parts,
+    backoff_delay,
+)
+from agent.outbox import Outbox, OutboxRow
+from central.points import Converted, convert
 from protocols.commands import (
     CommandRejected,
     NonceCache,
@@ -39,7 +49,9 @@ from tests.agent.helpers_mqtt import (
     KEY,
     Collector,
     Requester,
+    big_round_report,
     eventually,
+    fat_reading,
     local_mosquitto,
     make_link,
     make_pki,
@@ -200,6 +212,262 @@ async def test_a_refusing_puback_keeps_the_rows_until_the_broker_accepts(tmp_pat
             await eventually(lambda: outbox.depth_now()["readings"] == 0)
             await eventually(lambda: len(centre.readings()) == 10)
             assert len(outbox.acked) == 10
+
+
+async def test_a_topic_the_broker_refuses_blocks_only_its_own_kind(tmp_path: Path) -> None:
+    # the ACL lets the agent write everything but events: before, the refused events at the
+    # head of every publisher pass kept readings and round reports from ever being sent
+    deny_events = "topic read meterlink/v1/#\n" + "".join(
+        f"topic write meterlink/v1/{CONCENTRATOR}/{kind}\n"
+        for kind in ("status", "archive", "readings", "rounds")
+    )
+    with local_mosquitto(tmp_path, acl=deny_events) as broker:
+        assert broker.acl_file is not None
+        async with (
+            await RecordingOutbox.open(tmp_path / "o.db") as outbox,
+            Collector(broker) as centre,
+            running(make_link(broker, outbox, dead_letter_after=2)) as link,
+        ):
+            events = [
+                await outbox.put("events", {"at": now().isoformat(), "event": f"e{i}"})
+                for i in range(3)
+            ]
+            await outbox.put_many("readings", [reading(i) for i in range(10)])
+            await outbox.put("rounds", round_report())
+            await eventually(lambda: len(centre.readings()) == 10 and len(centre.of("rounds")) == 1)
+            # the events were refused again and again, and probed past: every message of the
+            # topic is refused, so it is the topic (the ACL), not a message: all rows stay
+            await eventually(lambda: link.stats.probes >= 2)
+            assert link.stats.refused["events"] >= 4
+            assert "readings" not in link.stats.refused
+            assert outbox.depth_now() == {"readings": 0, "rounds": 0, "events": 3}
+            assert link.stats.dead_lettered == outbox.dead_letter_rows == 0
+            assert centre.of("events") == []
+
+            broker.acl_file.write_text("topic readwrite #\n")
+            assert broker.proc is not None
+            broker.proc.send_signal(signal.SIGHUP)
+            await eventually(lambda: outbox.depth_now()["events"] == 0)
+            # (a probe may have let e1 overtake e0; the broker took the probe, then e0 too)
+            assert sorted(s.payload["event"] for s in centre.of("events")) == ["e0", "e1", "e2"]
+            assert link.stats.dead_lettered == outbox.dead_letter_rows == 0
+            assert set(events) <= set(outbox.acked)
+            assert centre.invalid == []
+
+
+class HoldingOutbox(RecordingOutbox):
+    """Holds the publisher at its next look at a kind while `hold(kind)` is true, until
+    `release` is set; `held` says it is holding."""
+
+    def __init__(self, path: Path, *, max_bytes: int, eviction: str) -> None:
+        super().__init__(path, max_bytes=max_bytes, eviction=eviction)
+        self.hold: Callable[[str], bool] = lambda kind: False
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def peek_rows(self, kind: str, limit: int) -> list[OutboxRow]:
+        if self.hold(kind) and not self.release.is_set():
+            self.held.set()
+            await self.release.wait()
+        return await super().peek_rows(kind, limit)
+
+
+async def test_a_probe_the_broker_takes_once_its_acl_is_fixed_dead_letters_nothing(
+    tmp_path: Path,
+) -> None:
+    # the head was refused because of the topic, and the ACL is fixed just before the probe:
+    # the probe goes through, but the head gets a last chance before it is dead-lettered
+    deny_events = "topic read meterlink/v1/#\n" + "".join(
+        f"topic write meterlink/v1/{CONCENTRATOR}/{kind}\n" for kind in ("status", "archive")
+    )
+    with local_mosquitto(tmp_path, acl=deny_events) as broker:
+        assert broker.acl_file is not None
+        assert broker.proc is not None
+        outbox = await HoldingOutbox.open(tmp_path / "o.db")
+        link = make_link(broker, outbox, dead_letter_after=2)
+        outbox.hold = lambda kind: kind == "events" and link._kinds["events"].probe
+        try:
+            async with Collector(broker) as centre, running(link):
+                for i in range(3):
+                    await outbox.put("events", {"at": now().isoformat(), "event": f"e{i}"})
+                async with asyncio.timeout(30):
+                    await outbox.held.wait()  # e0 was refused twice: the probe is next
+
+                broker.acl_file.write_text("topic readwrite #\n")
+                broker.proc.send_signal(signal.SIGHUP)
+                await until_the_broker_takes_events(broker)
+                outbox.release.set()
+
+                await eventually(lambda: outbox.depth_now()["events"] == 0)
+                await eventually(lambda: len(centre.of("events")) == 4)  # with the test's "ok"
+        finally:
+            await outbox.close()
+    got = [s.payload["event"] for s in centre.of("events") if s.payload["event"] != "ok"]
+    assert got == ["e1", "e0", "e2"]  # the probe overtook the head, which then went through
+    assert link.stats.probes == 1
+    assert link.stats.dead_lettered == outbox.dead_letter_rows == 0
+
+
+async def until_the_broker_takes_events(broker: Mosquitto) -> None:
+    """Publish to the events topic until the broker acknowledges it (its ACL was reloaded)."""
+    message = {"schema": "meterlink.events/1", "concentrator": CONCENTRATOR, "event": "ok"}
+    message["at"] = now().isoformat()
+    async with _Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await client.publish_acked(
+                        f"meterlink/v1/{CONCENTRATOR}/events",
+                        json.dumps(message).encode(),
+                        within_s=10,
+                    )
+                    return
+                except PublishRefused:
+                    await asyncio.sleep(0.05)
+
+
+def _centre_view(centre: Collector) -> Converted:
+    """What the central consumer makes of every rounds message received."""
+    out = Converted()
+    for seen in centre.of("rounds"):
+        convert("rounds", seen.payload, out)
+    return out
+
+
+async def test_a_broker_message_size_limit_gets_every_reading_and_the_whole_report(
+    tmp_path: Path,
+) -> None:
+    # Mosquitto 2.0.11 with message_size_limit drops the connection on a larger PUBLISH
+    # (no refusing PUBACK): a 2048-meter round report (~600 KB) used to do that forever
+    limit = 262144
+    with local_mosquitto(tmp_path, extra=(f"message_size_limit {limit}",)) as broker:
+        async with (
+            await Outbox.open(tmp_path / "o.db", max_bytes=256 * 1024 * 1024) as outbox,
+            Collector(broker) as centre,
+            running(make_link(broker, outbox, batch_size=500)) as link,
+        ):
+            report = big_round_report(2048)
+            await outbox.put("rounds", report)
+            readings = [fat_reading(i) for i in range(1200)]  # ~1.2 KB each
+            await outbox.put_many("readings", readings)
+            await eventually(lambda: sum(outbox.depth_now().values()) == 0, within=60)
+            await eventually(lambda: len(centre.readings()) == 1200)
+            assert link.reconnects == 0  # nothing made the broker drop us
+    assert {reading_key(r) for r in centre.readings()} == {reading_key(r) for r in readings}
+    sizes = [s.size for s in centre.seen if s.kind in ("readings", "rounds")]
+    assert max(sizes) <= limit == link.settings.max_payload_bytes
+    assert len(centre.of("readings")) > 1200 // 500  # cut by bytes, not only by count
+    # the report came in parts: same round, the failed meters split in order, nothing lost
+    parts = [s.payload for s in centre.of("rounds")]
+    assert len(parts) >= 3
+    assert [p["part"] for p in parts] == [
+        {"index": i, "of": len(parts), "failed_total": 2048} for i in range(1, len(parts) + 1)
+    ]
+    assert [f for p in parts for f in p["failed"]] == report["failed"]
+    for p in parts:
+        assert {k: v for k, v in p.items() if k not in ("failed", "part")} == {
+            **{k: v for k, v in report.items() if k != "failed"},
+            "schema": "meterlink.rounds/1",
+            "concentrator": CONCENTRATOR,
+        }
+    # and the centre sees one round with 2048 failures, one failure fact per meter
+    view = _centre_view(centre)
+    rounds = [line for line in view.lines if line.startswith("round,")]
+    assert len(set(rounds)) == 1  # every part writes the same point
+    assert "failed=2048.0" in rounds[0]
+    assert sorted(f.meter for f in view.failures) == sorted(f["meter"] for f in report["failed"])
+    assert centre.invalid == []
+
+
+async def test_a_broker_limit_below_max_payload_bytes_is_learned(tmp_path: Path) -> None:
+    limit = 16384  # far below our default 256 KiB, and nobody told the agent
+    with local_mosquitto(tmp_path, extra=(f"message_size_limit {limit}",)) as broker:
+        async with (
+            await Outbox.open(tmp_path / "o.db") as outbox,
+            Collector(broker) as centre,
+            running(make_link(broker, outbox, batch_size=500)) as link,
+        ):
+            report = big_round_report(300)  # ~90 KB
+            await outbox.put("rounds", report)
+            readings = [fat_reading(i) for i in range(600)]
+            await outbox.put_many("readings", readings)
+            await eventually(lambda: sum(outbox.depth_now().values()) == 0, within=120)
+            await eventually(lambda: len(centre.readings()) == 600)
+    assert link.reconnects >= 2  # it took dropped connections to learn the limit ...
+    assert MIN_PAYLOAD_BYTES <= link.payload_cap <= limit  # ... which is now kept
+    assert {reading_key(r) for r in centre.readings()} == {reading_key(r) for r in readings}
+    parts = [s.payload for s in centre.of("rounds")]
+    assert {f["meter"] for p in parts for f in p["failed"]} == {
+        f["meter"] for f in report["failed"]
+    }
+    assert all(p["part"]["failed_total"] == 300 for p in parts if "part" in p)
+    assert all(s.size <= limit for s in centre.seen if s.kind in ("readings", "rounds"))
+    assert link.stats.dead_lettered == 0
+    assert centre.invalid == []
+
+
+async def test_the_brokers_maximum_packet_size_is_honoured(tmp_path: Path) -> None:
+    # a broker that announces its limit in the CONNACK is never sent a larger packet
+    limit = 20000
+    with local_mosquitto(tmp_path, extra=(f"max_packet_size {limit}",)) as broker:
+        async with (
+            await Outbox.open(tmp_path / "o.db") as outbox,
+            Collector(broker) as centre,
+            running(make_link(broker, outbox, batch_size=500)) as link,
+        ):
+            await outbox.put("rounds", big_round_report(200))
+            await outbox.put_many("readings", [fat_reading(i) for i in range(300)])
+            await eventually(lambda: sum(outbox.depth_now().values()) == 0, within=60)
+            await eventually(lambda: len(centre.readings()) == 300)
+            assert link.reconnects == 0
+    assert all(s.size < limit for s in centre.seen)
+    assert len(centre.of("rounds")) > 1
+
+
+async def test_a_message_that_keeps_killing_the_connection_is_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    # one event far over the broker's limit and impossible to split: it costs the connection
+    # each time it is sent; the other kinds go first meanwhile, and once it has failed
+    # `dead_letter_after` times and the next event goes through, it is moved aside
+    with local_mosquitto(tmp_path, extra=("message_size_limit 8192",)) as broker:
+        async with (
+            await Outbox.open(tmp_path / "o.db") as outbox,
+            Collector(broker) as centre,
+            running(make_link(broker, outbox, dead_letter_after=2)) as link,
+        ):
+            huge = {"at": now().isoformat(), "event": "huge", "detail": {"blob": "x" * 20000}}
+            huge_id = await outbox.put("events", huge)
+            await outbox.put("events", {"at": now().isoformat(), "event": "small"})
+            await outbox.put_many("readings", [reading(i) for i in range(5)])
+            await eventually(lambda: len(centre.readings()) == 5, within=60)
+            await eventually(lambda: outbox.dead_letter_rows == 1, within=60)
+            await eventually(lambda: [s.payload["event"] for s in centre.of("events")] == ["small"])
+            assert outbox.depth_now() == {"readings": 0, "rounds": 0, "events": 0}
+            ((row_id, kind, reason, payload),) = await outbox.dead_letters()
+    assert (row_id, kind, payload) == (huge_id, "events", huge)
+    assert "connection was lost" in reason
+    assert link.reconnects >= 4
+    assert link.stats.probes >= 1
+    assert link.stats.dead_lettered == 1
+    assert link.payload_cap == link.settings.max_payload_bytes  # not a size problem to learn
+
+
+def test_round_report_parts_stay_under_the_cap_and_keep_every_failed_meter() -> None:
+    report = {**big_round_report(500), "schema": "meterlink.rounds/1", "concentrator": "c-001"}
+    for cap in (8192, 50000, 100000):
+        parts = _report_parts(report, cap)
+        assert parts is not None
+        payloads = [json.loads(p) for p, _ in parts]
+        assert all(len(p) <= cap for p, _ in parts)
+        assert [n for _, n in parts] == [len(p["failed"]) for p in payloads]
+        assert [f for p in payloads for f in p["failed"]] == report["failed"]
+        assert [p["part"]["index"] for p in payloads] == list(range(1, len(parts) + 1))
+        for p in payloads:
+            validate("rounds", p)
+    one = len(json.dumps(report["failed"][0])) + 100
+    assert _report_parts(report, one) is None  # one failed meter alone does not fit
+    assert _report_parts({**report, "failed": []}, 1000) is None
 
 
 # --- retained status, last will, archive ------------------------------------------------------
@@ -637,6 +905,10 @@ def test_settings_read_the_password_from_the_environment(monkeypatch: pytest.Mon
     assert ctx.check_hostname is False
     with pytest.raises(ValueError, match="go together"):
         MqttSettings(cert_file="c.pem")
+    with pytest.raises(ValueError, match="max_payload_bytes"):
+        MqttSettings(max_payload_bytes=MIN_PAYLOAD_BYTES - 1)
+    with pytest.raises(ValueError, match="dead_letter_after"):
+        MqttSettings(dead_letter_after=0)
 
 
 # --- documentation ----------------------------------------------------------------------------
