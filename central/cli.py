@@ -34,6 +34,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sp = sub.add_parser("spool", help="show what waits for InfluxDB and the dead letters")
     sp.add_argument("--config", type=Path, required=True)
     sp.add_argument("--show", type=int, default=10, help="dead letters to print (default 10)")
+    sp.add_argument(
+        "--replay-dead",
+        action="store_true",
+        help="move the lines InfluxDB refused back to the spool for another attempt (after"
+        " fixing the cause); a running consumer writes them within a second, else the next",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             return _run(cfg, args.log_level)
         if args.action == "report":
             return _report(cfg, args)
-        return _spool(cfg, args.show)
+        return _spool(cfg, args.show, replay_dead=args.replay_dead)
     except ConfigError as exc:
         print(f"meterlink central: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -100,11 +106,14 @@ def _report(cfg: CentralConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _spool(cfg: CentralConfig, show: int) -> int:
+def _spool(cfg: CentralConfig, show: int, *, replay_dead: bool = False) -> int:
     from central.spool import Spool
 
     spool = Spool(cfg.consumer.spool)
     try:
+        if replay_dead:
+            letters, lines = spool.revive_dead("influx")
+            print(f"moved {letters} dead letters ({lines} lines) back to the spool")
         batches, lines = spool.pending()
         print(f"waiting for InfluxDB: {batches} batches, {lines} lines")
         counts = spool.dead_counts()

@@ -1,11 +1,13 @@
 """The write path: InfluxDB if it takes the lines now, else the local spool; never neither.
 
 `write()` returns only when the lines are durable: accepted by InfluxDB (2xx), held by the
-spool, or — for lines InfluxDB refuses with a 4xx — recorded as dead letters. A 4xx batch is
-split in halves until the refused lines are isolated, so one bad point does not take its
-neighbours with it. `drain()` is a long-lived task that replays the spool with exponential
-backoff and jitter; while the spool is not empty new batches go straight to it, so a down
-database costs one connection error per backoff period, not one per batch.
+spool, or — for lines InfluxDB refuses as bad (400, 422, ...) — recorded as dead letters. Such
+a batch is split in halves until the refused lines are isolated, so one bad point does not take
+its neighbours with it. 401/403/404 say nothing about the lines (a token, a grant, the
+database): they are unavailability, and the lines wait in the spool like for a 5xx.
+`drain()` is a long-lived task that replays the spool with exponential backoff and jitter;
+while the spool is not empty new batches go straight to it, so a down database costs one
+connection error per backoff period, not one per batch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 from central.config import InfluxConfig
 from central.spool import Spool
-from central.writers import Writer, WriteRejected, WriteUnavailable
+from central.writers import WriteMisconfigured, Writer, WriteRejected, WriteUnavailable
 
 __all__ = ["Sink", "SinkStats"]
 
@@ -42,6 +44,8 @@ class Sink:
         self.stats = SinkStats()
         self._spool_nonempty = spool.pending()[0] > 0
         self._wake = asyncio.Event()
+        #: the 401/403/404 of the set-up problem in progress: logged once, as an error
+        self._misconfigured: WriteMisconfigured | None = None
 
     async def write(self, lines: list[str]) -> None:
         if not lines:
@@ -81,20 +85,36 @@ class Sink:
             chunk = lines[start : start + step]
             try:
                 await self.writer.write(chunk)
-                self.stats.written_lines += len(chunk)
+                self._written(len(chunk))
             except WriteRejected as exc:
                 try:
                     await self._isolate(chunk, exc)
                 except WriteUnavailable as lost:
-                    self.stats.write_errors += 1
+                    self._unavailable(lost)
                     raise _Remainder(lines[start:], lost) from lost
             except WriteUnavailable as exc:
-                self.stats.write_errors += 1
+                self._unavailable(exc)
                 raise _Remainder(lines[start:], exc) from exc
+
+    def _written(self, n: int) -> None:
+        self.stats.written_lines += n
+        if self._misconfigured is not None:
+            log.warning("InfluxDB takes writes again (after %s)", self._misconfigured)
+            self._misconfigured = None
+
+    def _unavailable(self, exc: WriteUnavailable) -> None:
+        self.stats.write_errors += 1
+        if isinstance(exc, WriteMisconfigured) and self._misconfigured is None:
+            self._misconfigured = exc
+            log.error(
+                "InfluxDB refuses writes with %s: check the credentials, their rights and the"
+                " database/bucket; the lines wait in the spool and are retried until it works",
+                exc,
+            )
 
     async def _isolate(self, lines: list[str], exc: WriteRejected) -> None:
         """Split a refused batch until each refused line is alone, and dead-letter those."""
-        if len(lines) == 1 or not exc.data_error:
+        if len(lines) == 1:
             log.error("InfluxDB refused %d lines: %s", len(lines), exc)
             await asyncio.to_thread(
                 self.spool.dead,
@@ -110,7 +130,7 @@ class Sink:
         for part in (lines[:half], lines[half:]):
             try:
                 await self.writer.write(part)
-                self.stats.written_lines += len(part)
+                self._written(len(part))
             except WriteRejected as inner:
                 await self._isolate(part, inner)
 

@@ -119,6 +119,34 @@ class Spool:
             rows = self._db.execute("SELECT kind, count(*) FROM dead_letter GROUP BY kind")
             return {str(k): int(n) for k, n in rows}
 
+    def revive_dead(self, kind: str = "influx") -> tuple[int, int]:
+        """Move the dead letters of `kind` back to the batches waiting for InfluxDB, for another
+        attempt once their cause is fixed (a refusal that was the set-up's, not the lines').
+        Only lines can go back: a refused payload (`schema`) is not line protocol. Returns
+        (letters, lines) moved."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    "SELECT id, body FROM dead_letter WHERE kind = ? ORDER BY id", (kind,)
+                ).fetchall()
+                moved = 0
+                for _, body in rows:
+                    n = body.count(b"\n") + 1
+                    self._db.execute(
+                        "INSERT INTO pending (created, lines, body) VALUES (?, ?, ?)",
+                        (time.time(), n, zlib.compress(body, 1)),
+                    )
+                    moved += n
+                self._db.executemany(
+                    "DELETE FROM dead_letter WHERE id = ?", [(row[0],) for row in rows]
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(rows), moved
+
     def forget_dead(self, ids: list[int]) -> None:
         with self._lock:
             self._db.executemany("DELETE FROM dead_letter WHERE id = ?", [(i,) for i in ids])

@@ -1,10 +1,13 @@
 """The two InfluxDB writers. Both take line protocol (seconds precision) and sort every failure
-into one of two kinds: `WriteUnavailable` (5xx, connection refused, timeout: retry later) and
-`WriteRejected` (4xx: the server refuses these lines; retrying the same bytes cannot help).
+into one of two kinds: `WriteUnavailable` (5xx, 408, 429, connection refused, timeout: retry
+later; and `WriteMisconfigured`, 401/403/404: a token, a permission or the database is wrong,
+which an operator fixes while the lines wait) and `WriteRejected` (any other 4xx: the server
+refuses these lines; retrying the same bytes cannot help).
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Protocol, cast
 
 import aiohttp
@@ -18,6 +21,7 @@ __all__ = [
     "V1Writer",
     "V2Writer",
     "WriteError",
+    "WriteMisconfigured",
     "WriteRejected",
     "WriteUnavailable",
     "Writer",
@@ -37,18 +41,20 @@ class WriteUnavailable(WriteError, ConnectionError):
         self.status = status
 
 
+class WriteMisconfigured(WriteUnavailable):
+    """401, 403 or 404: the credentials, their rights or the database/bucket are wrong (a token
+    rotated, a grant missing, a database dropped). Nothing is wrong with the lines: they wait in
+    the spool, retried with backoff, until an operator puts the set-up right."""
+
+
 class WriteRejected(WriteError):
-    """The server refused the lines (4xx). `data_error` is False for 401/403/404, which name a
-    set-up problem rather than a bad line, so splitting the batch would not isolate anything."""
+    """The server refused the lines (400, 413, 422, ...): a bad line, which splitting the batch
+    isolates."""
 
     def __init__(self, status: int, body: str) -> None:
         super().__init__(f"HTTP {status}: {body.strip()[:500]}")
         self.status = status
         self.body = body
-
-    @property
-    def data_error(self) -> bool:
-        return self.status not in (401, 403, 404)
 
 
 class Writer(Protocol):
@@ -62,6 +68,8 @@ class Writer(Protocol):
 def _sort_status(status: int, body: str) -> None:
     if status < 300:
         return
+    if status in (401, 403, 404):
+        raise WriteMisconfigured(f"HTTP {status}: {body.strip()[:300]}", status)
     if 400 <= status < 500 and status not in (408, 429):
         raise WriteRejected(status, body)
     raise WriteUnavailable(f"HTTP {status}: {body.strip()[:300]}", status)
@@ -78,14 +86,18 @@ class V1Writer:
         self._params = {"db": cfg.database, "precision": "s"}
         if cfg.retention_policy:
             self._params["rp"] = cfg.retention_policy
-        self._auth = aiohttp.BasicAuth(cfg.username, cfg.password or "") if cfg.username else None
+        self._headers = {}
+        if cfg.username:  # HTTP basic, by hand: aiohttp's BasicAuth is deprecated, and the
+            # replacement is too new for the aiohttp versions we accept
+            pair = f"{cfg.username}:{cfg.password or ''}".encode()
+            self._headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 self.cfg.url.rstrip("/"),
                 timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
-                auth=self._auth,
+                headers=self._headers,
             )
         return self._session
 
@@ -101,6 +113,8 @@ class V1Writer:
                 body = await resp.text()
                 _sort_status(resp.status, body)
                 return body
+        except WriteError:
+            raise  # sorted already (WriteUnavailable is an OSError: keep its kind and status)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise WriteUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
@@ -109,6 +123,8 @@ class V1Writer:
         try:
             async with self._http().post("/write", params=self._params, data=data) as resp:
                 _sort_status(resp.status, await resp.text() if resp.status >= 300 else "")
+        except WriteError:
+            raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise WriteUnavailable(f"{type(exc).__name__}: {exc}") from exc
 

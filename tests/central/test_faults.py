@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import signal
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from central.config import CoverageConfig
 from central.coverage import compute_day
@@ -22,7 +29,7 @@ from tests.central.helpers import (
     running_consumer,
     wait_for,
 )
-from tests.fixtures.services import InfluxDB1, Mosquitto
+from tests.fixtures.services import InfluxDB1, Mosquitto, running_influxdb
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET_ROW = (
@@ -196,3 +203,73 @@ async def test_two_consumers_in_one_group_split_the_load_and_agree_on_coverage(
         spool = Spool(cfg.consumer.spool)
         assert spool.pending() == (0, 0)
         spool.close()
+
+
+def _influxql(db: InfluxDB1, q: str, user: tuple[str, str] | None = ("admin", "a")) -> Any:
+    """An InfluxQL statement on a server with authentication on (POST, as admin by default)."""
+    url = f"{db.url}/query?" + urllib.parse.urlencode({"q": q, "db": "meterlink", "epoch": "s"})
+    request = urllib.request.Request(url, method="POST")  # noqa: S310 (loopback only)
+    if user is not None:
+        token = base64.b64encode(":".join(user).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 (loopback only)
+        results = json.loads(resp.read())["results"]
+    assert not [r for r in results if "error" in r], (q, results)
+    return results[0]
+
+
+def _count_as_admin(db: InfluxDB1) -> int:
+    result = _influxql(db, "SELECT count(energy_import_total_kwh) FROM reading")
+    return int(result["series"][0]["values"][0][1]) if "series" in result else 0
+
+
+async def test_401_403_404_keep_the_lines_in_the_spool_until_the_set_up_is_put_right(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A write right missing (403), a password changed under the consumer (401), the database
+    dropped (404): nothing is wrong with the lines, so none is a dead letter; they wait in the
+    spool and land once an operator fixes the set-up. One error is logged per episode."""
+    monkeypatch.setenv("INFLUXDB_HTTP_AUTH_ENABLED", "true")  # influxd reads it over its config
+    (tmp_path / "influx").mkdir()
+    with running_influxdb(tmp_path / "influx") as db:
+        _influxql(db, "CREATE USER admin WITH PASSWORD 'a' WITH ALL PRIVILEGES", user=None)
+        _influxql(db, "CREATE DATABASE meterlink")
+        _influxql(db, "CREATE USER central WITH PASSWORD 'c'")
+        _influxql(db, "GRANT READ ON meterlink TO central")  # and no WRITE
+        cfg = config(
+            tmp_path,
+            mosquitto.port,
+            db.url,
+            influx={"username": "central", "password": "c", "create_database": False},
+        )
+        data = batches(3, 100)
+        async with running_consumer(cfg) as consumer:
+
+            async def refused_then_fixed(k: int, fix: str, total: int) -> None:
+                errors = consumer.sink.stats.write_errors
+                await publish(mosquitto.port, data[k : k + 1])
+                await wait_for(lambda: consumer.stats.acked == k + 1, what="acknowledged")
+                # spooled, and retried again and again (backoff 0.05 .. 0.5 s)
+                await wait_for(lambda: consumer.sink.stats.write_errors >= errors + 4, what="retry")
+                assert consumer.spool.pending()[1] >= 100
+                assert consumer.spool.dead_counts() == {}
+                _influxql(db, fix)
+                await wait_for(lambda: _count_as_admin(db) == total, what=f"after {fix}")
+                await wait_for(lambda: consumer.spool.pending() == (0, 0), what="spool empty")
+
+            await refused_then_fixed(0, "GRANT WRITE ON meterlink TO central", 100)  # 403
+            _influxql(db, "SET PASSWORD FOR central = 'rotated'")
+            await refused_then_fixed(1, "SET PASSWORD FOR central = 'c'", 200)  # 401
+            _influxql(db, "DROP DATABASE meterlink")
+            # (its grants went with it)
+            fix = "CREATE DATABASE meterlink; GRANT WRITE ON meterlink TO central"
+            await refused_then_fixed(2, fix, 100)  # 404
+            assert consumer.sink.stats.dead_lines == 0
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "central.sink"]
+    assert [m[:37] for level, m in messages if level == "ERROR"] == [
+        f"InfluxDB refuses writes with HTTP {status}" for status in (403, 401, 404)
+    ]
+    assert sum(m.startswith("InfluxDB takes writes again") for _, m in messages) == 3

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from central.ledger import Ledger
+from central.points import Converted, convert
 from central.spool import Spool
 from meterlink.cli import main
 from tests.central.helpers import (
@@ -250,3 +251,47 @@ async def test_a_bad_day_already_in_the_ledger_neither_stops_ingest_nor_coverage
         await wait_for(lambda: not consumer.ledger.dirty_days(), what="no dirty day left")
     (series,) = influxdb.query("SELECT collected FROM coverage WHERE scope = 'fleet'")
     assert series["values"] == [[1795564800, 20.0]]  # 2026-11-25T00:00Z, and only that day
+
+
+async def test_dead_letters_go_back_to_the_spool_for_another_attempt(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`meterlink central spool --replay-dead`: lines refused for the set-up's sake (what a
+    consumer that dead-lettered 401/404 left behind) land once moved back; a really bad line
+    is refused again and stays one dead letter."""
+    cfg = config(tmp_path, mosquitto.port, influxdb.url)
+    old = Converted()
+    convert("readings", batch("c-001", [reading(m, "2026-11-24") for m in meters(60)], "o"), old)
+    spool = Spool(cfg.consumer.spool)
+    spool.dead("influx", "v1", 'HTTP 404: {"error":"database not found"}',
+               "\n".join(old.lines[:40]).encode(), 404)  # fmt: skip
+    spool.dead("influx", "v1", "HTTP 401: {}", "\n".join(old.lines[40:]).encode(), 401)
+    spool.close()
+    ids = meters(50)
+    odd = reading("000000000099", "2026-11-26")
+    odd["values"]["energy_import_total_kwh"] = {"value": "n/a", "unit": "kWh"}
+    data = [
+        ("c-001", "readings", batch("c-001", [reading(m, "2026-11-25") for m in ids], "n")),
+        ("c-001", "readings", batch("c-001", [*(reading(m, "2026-11-26") for m in ids), odd], "x")),
+    ]
+    conf = tmp_path / "central.toml"
+    conf.write_text(f'[consumer]\nspool = "{cfg.consumer.spool}"\n')
+    async with running_consumer(cfg) as consumer:
+        await publish(mosquitto.port, data[:1])  # the field's type is float from now on
+        await wait_for(lambda: count(influxdb) == 50, what="the first batch")
+        await publish(mosquitto.port, data[1:])
+        await wait_for(lambda: consumer.sink.stats.dead_lines == 1, what="the 400")
+        assert consumer.spool.dead_counts() == {"influx": 3}
+        capsys.readouterr()
+        assert main(["central", "spool", "--config", str(conf), "--replay-dead"]) == 0
+        assert "moved 3 dead letters (61 lines) back to the spool" in capsys.readouterr().out
+        await wait_for(lambda: count(influxdb) == 160, what="the revived lines")
+        await wait_for(lambda: consumer.sink.stats.dead_lines == 2, what="the 400 again")
+        assert consumer.spool.pending() == (0, 0)
+    spool = Spool(cfg.consumer.spool)
+    try:
+        (dead,) = spool.dead_letters()
+    finally:
+        spool.close()
+    assert (dead.kind, dead.status) == ("influx", 400)
+    assert b"meter=000000000099" in dead.body
