@@ -82,6 +82,11 @@ class MqttConfig:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     session_expiry_s: int = 86400
+    max_payload_bytes: int = 256 * 1024
+    """largest MQTT message sent; larger batches and reports are split (a smaller limit the
+    broker announces, or one learned from disconnects, wins)"""
+    dead_letter_after: int = 5
+    """a message refused this many times is dead-lettered once the next one of its kind passes"""
     command_key: str | None = None
     """HMAC key (hex or text) for signed commands; prefer METERLINK_MQTT_COMMAND_KEY"""
 
