@@ -114,20 +114,26 @@ class Ledger:
         """Ledgers written before archives were kept in the order seen (they were keyed by their
         version, so a concentrator restarting at version 1 went unnoticed): number them in
         version order, which leaves every day the version it had."""
+
+        def old() -> bool:
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(archive_version)")}
+            return bool(columns) and "seq" not in columns
+
+        if not old():
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(archive_version)")}
-            if columns and "seq" not in columns:
+            if old():  # still: another instance may have migrated it meanwhile
                 self._db.execute("ALTER TABLE archive_version RENAME TO archive_version_0")
                 self._db.execute("ALTER TABLE archive_meter RENAME TO archive_meter_0")
                 for statement in _ARCHIVE_SCHEMA.split(";")[:2]:
                     self._db.execute(statement)
-                old = self._db.execute(
+                versions = self._db.execute(
                     "SELECT concentrator, version, updated_at, day_from FROM archive_version_0"
                     " ORDER BY concentrator, version"
                 ).fetchall()
                 seqs: dict[str, int] = {}
-                for c, version, updated_at, day_from in old:
+                for c, version, updated_at, day_from in versions:
                     seq = seqs[c] = seqs.get(c, 0) + 1
                     meters = tuple(
                         (str(m), str(d), str(f), str(b))
@@ -147,7 +153,9 @@ class Ledger:
                     )
                 self._db.execute("DROP TABLE archive_meter_0")
                 self._db.execute("DROP TABLE archive_version_0")
-                log.info("%s: %d archive versions numbered in the order seen", self.path, len(old))
+                log.info(
+                    "%s: %d archive versions numbered in the order seen", self.path, len(versions)
+                )
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
