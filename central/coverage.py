@@ -2,7 +2,8 @@
 
 For a data day D and each concentrator: *expected* is every meter of the archive version in
 force on D (the newest version published on or before D, in the meter's local calendar; days
-before the first version known use that first version) — no exclusions. A meter is *read* when
+before the first version known use that first version, back to the concentrator's
+commissioning) — no exclusions. A meter is *read* when
 a daily freeze stamped D was collected, *timely* (及时) when the first such read came before
 `timely_by` on D, *complete* (完整) when a read carried every required value. Every unread meter
 is explained by the reason of the latest daily round that listed it, or ``unexplained`` when no
@@ -121,6 +122,24 @@ def _version_in_force(versions: list[tuple[int, str]], day: str) -> int:
     return in_force[-1] if in_force else versions[0][0]
 
 
+def commissioned(ledger: Ledger, versions: Mapping[str, list[tuple[int, str]]]) -> dict[str, str]:
+    """The first data day each concentrator counts for: the date of its first archive, or its
+    first read or failure report if earlier (backfilled days). Before it, its meters were not
+    yet the utility's to read — a concentrator installed today is not 0 % on last month."""
+    first_data = {
+        str(c): str(d)
+        for c, d in ledger.rows(
+            "SELECT concentrator, min(day) FROM (SELECT concentrator, day FROM daily_read"
+            " UNION ALL SELECT concentrator, day FROM daily_failure) GROUP BY concentrator"
+        )
+    }
+    out = {}
+    for c, known in versions.items():
+        first_archive = known[0][1]
+        out[c] = min(first_archive, first_data.get(c, first_archive))
+    return out
+
+
 def compute_day(
     ledger: Ledger, day: str, cfg: CoverageConfig, *, concentrator: str | None = None
 ) -> DayCoverage:
@@ -132,6 +151,8 @@ def compute_day(
         (concentrator,),
     ):
         versions[c].append((int(v), str(day_from)))
+    since = commissioned(ledger, versions)
+    versions = defaultdict(list, {c: v for c, v in versions.items() if since[c] <= day})
 
     fleet = ScopeCoverage("fleet", concentrator or "all")
     groups: dict[tuple[str, str], ScopeCoverage] = {}
@@ -187,7 +208,7 @@ def compute_day(
 
     order = {s: i for i, s in enumerate(SCOPES)}
     scopes = [fleet, *sorted(groups.values(), key=lambda s: (order[s.scope], s.key))]
-    return DayCoverage(day, scopes, _streaks(ledger, day, failing, versions), unarchived)
+    return DayCoverage(day, scopes, _streaks(ledger, day, failing, versions, since), unarchived)
 
 
 def _seconds(t: dt.time) -> int:
@@ -199,9 +220,11 @@ def _streaks(
     day: str,
     failing: list[tuple[str, str, str, str, str, str]],
     versions: Mapping[str, list[tuple[int, str]]],
+    commissioned: Mapping[str, str],
 ) -> list[Streak]:
-    """Count back over the data days the ledger knows (any concentrator's) until a read, or a
-    day the meter was not in its concentrator's archive in force (it was not expected then)."""
+    """Count back over the data days the ledger knows (any concentrator's) until a read, a day
+    the meter was not in its concentrator's archive in force, or a day before the concentrator
+    was commissioned (it was not expected then)."""
     if not failing:
         return []
     since = day_offset(day, -STREAK_HORIZON_DAYS)
@@ -236,7 +259,7 @@ def _streaks(
         seen = read_days.get((c, meter), set())
         count = 0
         for d in days:
-            if d in seen or meter not in archived.get((c, d), (meter,)):
+            if d in seen or d < commissioned[c] or meter not in archived.get((c, d), (meter,)):
                 break
             count += 1
         last = max(seen, default=None)  # within the horizon, as the count

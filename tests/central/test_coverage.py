@@ -11,7 +11,7 @@ import pytest
 
 from central.config import CoverageConfig
 from central.coverage import UNEXPLAINED, compute_day, day_lines
-from central.ledger import Ledger
+from central.ledger import Ledger, day_offset
 from central.points import Converted, convert
 from protocols.payloads import validate
 from tests.central import scenario
@@ -231,8 +231,9 @@ def test_a_ledger_from_before_keeps_its_archive_versions(tmp_path: Path) -> None
     db.close()
     led = Ledger(path)
     try:
+        # 11-19: before its first archive and without data, the concentrator does not count yet
         assert [_expected(led, d, "c-001") for d in ("2026-11-19", "2026-11-21", DAY)] == [
-            10,
+            0,
             10,
             11,
         ]
@@ -262,3 +263,27 @@ def test_a_streak_does_not_count_the_days_before_the_meter_was_archived(ledger: 
     apply(ledger, [("c-001", "readings", batch("c-001", [reading(M[1], "2026-11-25")], "25"))])
     streaks = {s.meter: s.days for s in compute_day(ledger, "2026-11-25", CoverageConfig()).streaks}
     assert (streaks[M[9]], streaks[M[11]], streaks[M[10]]) == (2, 2, 5)
+
+
+def test_a_concentrator_counts_from_its_commissioning_not_for_all_history(ledger: Ledger) -> None:
+    """c-009 is installed on DAY (first archive) and backfills DAY-1: it is expected on those
+    days, not on the older days other concentrators have data for."""
+    apply(
+        ledger,
+        [("c-009", "archive", archive("c-009", 1, [("000000000090", "west", "acme")], stamp(DAY)))],
+    )
+    apply(
+        ledger,
+        [
+            (
+                "c-009",
+                "readings",
+                batch("c-009", [reading("000000000090", day_offset(DAY, -1))], "b"),
+            )
+        ],
+    )
+    known = ledger.known_days(DAY)
+    older = [d for d in known if d < day_offset(DAY, -1)]
+    assert older  # the scenario has older days from the other concentrators
+    assert all(_expected(ledger, d, "c-009") == 0 for d in older)
+    assert [_expected(ledger, d, "c-009") for d in (day_offset(DAY, -1), DAY)] == [1, 1]
