@@ -268,6 +268,32 @@ def bench(target: Target, broker: Mosquitto, days: dict[str, list[tuple[str, byt
               f" the database used {cpu['database'] / elapsed:.2f} of the 2 cores")  # fmt: skip
 
 
+def breakdown(messages: list[tuple[str, bytes]], readings: int) -> None:
+    """Where one consumer's CPU goes per reading, stage by stage, in this process."""
+    import central.ledger
+    from central.config import CoverageConfig
+    from protocols.payloads import validate
+
+    parsed: list[Any] = []
+    stages: list[tuple[str, Callable[[], object]]] = [
+        ("JSON parse", lambda: parsed.extend(json.loads(body) for _, body in messages)),
+        ("schema check", lambda: [validate("readings", p) for p in parsed]),
+    ]
+    out = Converted()
+    stages.append(("line protocol", lambda: [convert("readings", p, out) for p in parsed]))
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = central.ledger.Ledger(Path(tmp) / "ledger.sqlite3")
+        required = CoverageConfig().required_values
+        stages.append(("coverage ledger", lambda: ledger.apply(out, required)))
+        print("consumer CPU per reading, by stage (in-process):")
+        for name, stage in stages:
+            started = time.process_time()
+            stage()
+            spent = time.process_time() - started
+            print(f"  {name:<18}{spent / readings * 1e6:6.1f} µs")
+        ledger.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--readings", type=int, default=100_000)
@@ -280,6 +306,7 @@ def main() -> None:
           f" messages of {args.per_message}; {os.cpu_count()} cores shared by the broker, the"
           f" database, the consumers and the publisher; load average before:"
           f" {os.getloadavg()[0]:.2f}")  # fmt: skip
+    breakdown(days["raw"], args.readings)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         broker = Mosquitto(work, free_port())
