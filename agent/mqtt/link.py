@@ -61,7 +61,7 @@ from protocols.payloads import TOPIC_ROOT, PayloadInvalid, topic, validate
 
 __all__ = ["LinkStats", "MqttLink", "MqttSettings", "PublishRefused", "backoff_delay"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # "agent.mqtt", the name it logged under as agent/mqtt.py
 
 PASSWORD_ENV: Final = "METERLINK_MQTT_PASSWORD"  # noqa: S105 - a variable name, not a secret
 MAX_COMMANDS_IN_FLIGHT: Final = 4
@@ -545,7 +545,7 @@ class MqttLink:
             timeout=s.connect_timeout_s,
             tls_context=tls,
             max_queued_incoming_messages=MAX_QUEUED_COMMANDS,
-            logger=logging.getLogger(f"{__name__}.paho"),
+            logger=logging.getLogger(f"{__package__}.paho"),
         )
 
     async def _connect_once(self) -> None:
