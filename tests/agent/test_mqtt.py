@@ -285,7 +285,7 @@ async def test_a_probe_the_broker_takes_once_its_acl_is_fixed_dead_letters_nothi
         assert broker.proc is not None
         outbox = await HoldingOutbox.open(tmp_path / "o.db")
         link = make_link(broker, outbox, dead_letter_after=2)
-        outbox.hold = lambda kind: kind == "events" and link._kinds["events"].probe
+        outbox.hold = lambda kind: kind == "events" and link._publisher._kinds["events"].probe
         try:
             async with Collector(broker) as centre, running(link):
                 for i in range(3):
