@@ -63,7 +63,6 @@ class CommandExecutor:
         self.ctx = ctx
         self.archive = archive
         self.on_archive_change = on_archive_change
-        self.executed = 0
 
     async def __call__(self, command: dict[str, Any]) -> dict[str, Any]:
         name = str(command.get("command"))
@@ -84,7 +83,6 @@ class CommandExecutor:
             reply.update(ok=False, reason=reason.value, detail=detail)
         else:
             reply.update(ok=True, result=result)
-        self.executed += 1
         reply["frames"] = _frames(frames)
         log.info(
             "command %s: %s",

@@ -50,7 +50,6 @@ class BusPoller(Generic[C]):
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self.jobs_done = 0
 
     @property
     def busy_seconds(self) -> float:
@@ -97,7 +96,6 @@ class BusPoller(Generic[C]):
                     future.set_result(result)
             finally:
                 self._active -= 1
-                self.jobs_done += 1
                 if self._active == 0:
                     self._idle.set()
 

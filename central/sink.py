@@ -158,9 +158,6 @@ class Sink:
             self.stats.replayed_lines += len(lines)
             delay = self.cfg.retry_initial_s
 
-    def idle(self) -> bool:
-        return not self._spool_nonempty
-
 
 class _Remainder(Exception):
     def __init__(self, lines: list[str], cause: WriteUnavailable) -> None:

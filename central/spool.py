@@ -146,7 +146,3 @@ class Spool:
                 self._db.execute("ROLLBACK")
                 raise
         return len(rows), moved
-
-    def forget_dead(self, ids: list[int]) -> None:
-        with self._lock:
-            self._db.executemany("DELETE FROM dead_letter WHERE id = ?", [(i,) for i in ids])

@@ -41,7 +41,6 @@ class IntervalPlanner:
     def __init__(self, cfg: IntervalConfig, ctx: PlanContext) -> None:
         self.cfg = cfg
         self.ctx = ctx
-        self.slots = 0
 
     def _slot(self, now: dt.datetime) -> dt.datetime:
         minutes = (now.hour * 60 + now.minute) // self.cfg.every_minutes * self.cfg.every_minutes
@@ -63,7 +62,6 @@ class IntervalPlanner:
             await self.ctx.clock.sleep_until(slot + dt.timedelta(minutes=self.cfg.every_minutes))
 
     async def run_slot(self, slot: dt.datetime) -> int:
-        self.slots += 1
         results = await asyncio.gather(*(self._read(m, slot) for m in self._meters()))
         return sum(results)
 

@@ -58,10 +58,6 @@ class ByteTransport(ABC):
         """time the bus spent in exchanges (request on the wire through the end of the reply)"""
         self.exchanges = 0
 
-    @property
-    def max_in_flight(self) -> int:
-        return self.url.in_flight
-
     # --- backend interface ----------------------------------------------------------------
     @abstractmethod
     async def _open(self) -> None: ...

@@ -47,13 +47,8 @@ def build_header(address: bytes, control: int, length: int) -> bytes:
 
 # --- payload field types shared by the message layouts -------------------------------------
 
-#: a data identifier, DI0 first on the wire
-DI4 = cs.Int32ul
-DI2 = cs.Int16ul
-#: 4-byte password (level PA, P0..P2) and operator code, kept as raw bytes
-PASSWORD = cs.Bytes(4)
+#: operator code and MACs, kept as raw bytes
 OPERATOR = cs.Bytes(4)
 MAC = cs.Bytes(4)
 #: amounts and counts inside 03H security payloads: binary, low byte first, amounts in fen
 U32 = cs.Int32ul
-U16 = cs.Int16ul

@@ -95,13 +95,6 @@ def function_for(edition: Edition, code: int) -> Function:
         return Function(edition, code, f"unknown_{code:02x}", has_di=False)
 
 
-def function_named(edition: Edition, name: str) -> Function:
-    for fn in FUNCTIONS[edition].values():
-        if fn.name == name:
-            return fn
-    raise LocalProtocolError(f"DL/T 645-{edition} has no function {name!r}")
-
-
 @dataclass(frozen=True, slots=True)
 class Control:
     """The control byte C: D7 direction, D6 abnormal, D5 follow-up, D4..D0 function code."""

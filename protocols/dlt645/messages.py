@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 from protocols.dlt645.address import Address
 from protocols.dlt645.formats import ClockField, bcd_to_int, int_to_bcd
@@ -86,7 +86,6 @@ class Message:
         raise NotImplementedError
 
 
-M = TypeVar("M", bound=Message)
 _Decoder = Callable[[bytes, Edition], Message]
 # (edition, code, reply) -> decoder of the data field; abnormal replies are handled separately
 _DECODERS: dict[tuple[Edition, int, bool], _Decoder] = {}
