@@ -327,6 +327,9 @@ class Agent:
         src["connected"] = lambda: 1.0 if link.connected else 0.0
         src["bus_busy"] = lambda: {n: p.busy_seconds for n, p in self.pollers.items()}
         src["offline"] = lambda: len(self.health.offline)
+        src["bus_queue"] = lambda: {n: p.queued for n, p in self.pollers.items()}
+        src["dead_letters"] = lambda: outbox.dead_letter_rows
+        src["link_stats"] = lambda: link.stats
 
 
 def run_agent(config_path: Path) -> int:

@@ -7,11 +7,17 @@ meterlink_publish_latency_seconds         outbox put -> PUBACK, last batch
 meterlink_bus_busy_ratio{bus}             share of wall time the bus spent in exchanges
 meterlink_meters_offline                  meters currently marked offline
 meterlink_mqtt_connected                  1 while connected to the broker
+meterlink_bus_queue{bus}                  jobs waiting for their bus
+meterlink_outbox_dead_letters             rows set aside (never publishable), still kept
+meterlink_mqtt_<counter>_total[{key}]     every MQTT link counter: published, refused, probes,
+                                          dead_lettered, commands_received, commands_refused,
+                                          responses_sent, responses_dropped, ...
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -19,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["AgentMetrics", "serve_metrics"]
@@ -89,9 +95,36 @@ class AgentMetrics:
             yield GaugeMetricFamily(
                 "meterlink_mqtt_connected", "Connected to the broker", value=src["connected"]()
             )
+        if "bus_queue" in src:
+            g = GaugeMetricFamily(
+                "meterlink_bus_queue", "Jobs waiting for their bus", labels=["bus"]
+            )
+            for bus, n in src["bus_queue"]().items():
+                g.add_metric([bus], n)
+            yield g
+        if "dead_letters" in src:
+            yield GaugeMetricFamily(
+                "meterlink_outbox_dead_letters", "Rows set aside, kept", value=src["dead_letters"]()
+            )
+        if "link_stats" in src:
+            yield from _counters(src["link_stats"]())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _counters(stats: Any) -> Iterable[Metric]:
+    """Every field of the MQTT link's counters: a number, or a number per key (kind, reason)."""
+    for f in dataclasses.fields(stats):
+        value = getattr(stats, f.name)
+        name, help_text = f"meterlink_mqtt_{f.name}", f.name.replace("_", " ")
+        if isinstance(value, dict):
+            family = CounterMetricFamily(name, help_text, labels=["key"])
+            for key, n in value.items():
+                family.add_metric([key], n)
+            yield family
+        else:
+            yield CounterMetricFamily(name, help_text, value=value)
 
 
 async def serve_metrics(metrics: AgentMetrics, listen: str) -> None:

@@ -277,6 +277,9 @@ async def test_fleet_to_subscriber_with_the_simulators_values(
             assert late.of("status")[-1].payload["state"] == "offline"  # stopped: retained offline
             assert 'meterlink_reads_total{plan="daily",result="ok"}' in metrics
             assert 'meterlink_bus_busy_ratio{bus="b1"}' in metrics
+            assert 'meterlink_bus_queue{bus="b1"}' in metrics
+            assert 'meterlink_mqtt_published_total{key="readings"}' in metrics
+            assert "meterlink_outbox_dead_letters 0.0" in metrics
             for back in (1, 2):
                 day = today - dt.timedelta(days=back)
                 assert _daily(seen.readings(), day) == with_history
