@@ -15,7 +15,6 @@ from agent.config import MeterConfig
 from agent.dlt645 import Dlt645Client, FrameSink, reason_of
 from agent.plans.clock import read_meter_clock
 from agent.plans.context import PlanContext, edition_of
-from agent.plans.interval import resolve_items
 from agent.poller import PRIORITY_COMMAND
 from protocols.dlt645 import (
     BROADCAST,
@@ -25,7 +24,9 @@ from protocols.dlt645 import (
     RemoteControlRequest,
     SecureRemoteControlRequest,
     describe,
+    format_di,
     hex_spaced,
+    parse_item,
     values_of,
 )
 from protocols.errors import LocalProtocolError
@@ -112,14 +113,14 @@ class CommandExecutor:
         items = args.get("items")
         if not isinstance(items, list) or not items:
             raise CommandRefused("args.items: a non-empty list of DIs (hex) or measurement names")
-        dis = resolve_items([str(i) for i in items], edition)
+        dis = [parse_item(str(i), edition) for i in items]
         assert meter.address is not None
         address = Address.parse(meter.address)
 
         async def job(client: Dlt645Client) -> dict[str, Any]:
             out: dict[str, Any] = {}
             for item, di in zip(items, dis, strict=True):
-                key = f"{di:0{8 if edition.value == '2007' else 4}X}"
+                key = format_di(di, edition)
                 try:
                     result = await client.read(address, di, edition)
                 except Exception as exc:

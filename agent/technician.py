@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from agent.dlt645 import Dlt645Client, FrameSink, reason_of
-from agent.plans.interval import resolve_items
 from agent.transports import BusUrl, BusUrlError, TransportError, open_byte_transport
 from meterlink.config import ConfigError
 from protocols.dlt645 import (
@@ -25,7 +24,9 @@ from protocols.dlt645 import (
     Edition,
     ReadAddressRequest,
     ReadRequest,
+    format_di,
     hex_spaced,
+    parse_item,
     to_frame,
 )
 from protocols.errors import LocalProtocolError
@@ -60,7 +61,7 @@ class _Read:
         edition = Edition(args.edition)
         try:
             address = Address.parse(args.meter)
-            dis = resolve_items(args.items, edition)
+            dis = [parse_item(item, edition) for item in args.items]
         except LocalProtocolError as exc:
             print(f"meterlink read: {exc}", file=sys.stderr)
             return 2
@@ -75,7 +76,6 @@ class _Read:
         args: argparse.Namespace,
     ) -> int:
         failed = 0
-        width = 8 if edition is Edition.V2007 else 4
         try:
             async with open_byte_transport(url, trace=_trace if args.trace else None) as bus:
                 client = Dlt645Client(bus)
@@ -89,28 +89,31 @@ class _Read:
                             print(
                                 json.dumps(
                                     {
-                                        "di": f"{di:0{width}X}",
+                                        "di": f"{format_di(di, edition)}",
                                         "error": reason.value,
                                         "detail": detail,
                                     }
                                 )
                             )
                         else:
-                            print(f"{di:0{width}X}  FAILED {reason.value}: {detail}")
+                            print(f"{format_di(di, edition)}  FAILED {reason.value}: {detail}")
                         continue
                     if args.json:
                         values = {m.name: m.as_json() for m in result.measurements}
                         print(
                             json.dumps(
-                                {"di": f"{di:0{width}X}", "values": values}, ensure_ascii=False
+                                {"di": f"{format_di(di, edition)}", "values": values},
+                                ensure_ascii=False,
                             )
                         )
                     elif not result.measurements:
-                        print(f"{di:0{width}X}  (not catalogued) {hex_spaced(result.value)}")
+                        print(
+                            f"{format_di(di, edition)}  (not catalogued) {hex_spaced(result.value)}"
+                        )
                     for m in result.measurements if not args.json else []:
                         unit = f" {m.unit}" if m.unit else ""
                         flags = f"  [{', '.join(m.flags)}]" if m.flags else ""
-                        print(f"{di:0{width}X}  {m.name} = {m.value}{unit}{flags}")
+                        print(f"{format_di(di, edition)}  {m.name} = {m.value}{unit}{flags}")
         except TransportError as exc:
             print(f"meterlink read: {exc}", file=sys.stderr)
             return 1

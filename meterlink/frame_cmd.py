@@ -35,8 +35,8 @@ from protocols.dlt645 import (
     TerminalOutputRequest,
     WriteRequest,
     describe,
-    di_for_measurement,
     hex_spaced,
+    parse_item,
     to_frame,
 )
 from protocols.errors import FrameError, LocalProtocolError
@@ -145,10 +145,7 @@ def _request(args: argparse.Namespace, edition: Edition) -> tuple[Message, Addre
     operator = parse_hex(args.operator)
     now = dt.datetime.now().replace(microsecond=0)
     if args.read:
-        try:
-            di = int(args.read, 16)
-        except ValueError:
-            di = di_for_measurement(args.read, edition)
+        di = parse_item(args.read, edition)
         since = _when(args.since, now) if args.since else None
         return ReadRequest(di, args.blocks, since), meter
     if args.follow_up:

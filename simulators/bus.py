@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from protocols.dlt645 import Address, Edition, Frame
+from protocols.dlt645 import Address, Frame, format_di
 from protocols.errors import FrameError
 from simulators.behaviour import respond
 from simulators.clock import WorldClock
@@ -77,7 +77,7 @@ class Bus:
             function = frame.function.name
             raw_di = frame.di
             if raw_di is not None:
-                di = f"{raw_di:0{8 if frame.edition is Edition.V2007 else 4}X}"
+                di = format_di(raw_di, frame.edition)
         self.recorder.add(
             AnswerRecord(
                 wall_time=self.world.now().replace(microsecond=0).isoformat(),

@@ -16,23 +16,12 @@ from agent.config import MeterConfig
 from agent.dlt645 import Dlt645Client, reason_of
 from agent.plans.context import PlanContext, edition_of, make_reading
 from agent.poller import PRIORITY_INTERVAL, BusClosed
-from protocols.dlt645 import Address, di_for_measurement
+from protocols.dlt645 import Address, Edition, format_di, parse_item
 from protocols.errors import LocalProtocolError
 
-__all__ = ["IntervalPlanner", "resolve_items"]
+__all__ = ["IntervalPlanner"]
 
 log = logging.getLogger(__name__)
-
-
-def resolve_items(items: list[str], edition: Any) -> list[int]:
-    """DIs from hex strings or measurement names; unknown names are a config error."""
-    out = []
-    for item in items:
-        try:
-            out.append(int(item, 16))
-        except ValueError:
-            out.append(di_for_measurement(item, edition))
-    return out
 
 
 class IntervalPlanner:
@@ -41,6 +30,17 @@ class IntervalPlanner:
     def __init__(self, cfg: IntervalConfig, ctx: PlanContext) -> None:
         self.cfg = cfg
         self.ctx = ctx
+        self._items: dict[Edition, list[int] | None] = {}
+
+    def _dis(self, edition: Edition) -> list[int] | None:
+        """The configured items as DIs of an edition, resolved once (None: not readable)."""
+        if edition not in self._items:
+            try:
+                self._items[edition] = [parse_item(i, edition) for i in self.cfg.items]
+            except LocalProtocolError as exc:
+                log.error("interval plan: %s; DL/T 645-%s meters are skipped", exc, edition)
+                self._items[edition] = None
+        return self._items[edition]
 
     def _slot(self, now: dt.datetime) -> dt.datetime:
         minutes = (now.hour * 60 + now.minute) // self.cfg.every_minutes * self.cfg.every_minutes
@@ -73,10 +73,8 @@ class IntervalPlanner:
         assert meter.address is not None
         edition = edition_of(meter.protocol)
         address = Address.parse(meter.address)
-        try:
-            dis = resolve_items(self.cfg.items, edition)
-        except LocalProtocolError as exc:
-            log.error("interval plan: %s", exc)
+        dis = self._dis(edition)
+        if dis is None:
             return 0
 
         async def job(client: Dlt645Client) -> list[dict[str, Any]]:
@@ -87,7 +85,7 @@ class IntervalPlanner:
                     make_reading(
                         ctx,
                         meter=mid,
-                        item=f"{di:0{8 if edition.value == '2007' else 4}X}",
+                        item=format_di(di, edition),
                         plan="interval",
                         data_time=slot,
                         read_at=ctx.clock.now(),

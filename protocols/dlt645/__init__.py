@@ -15,10 +15,18 @@ from protocols.dlt645.catalogue import (
     all_items,
     di_for_measurement,
     lookup,
+    parse_item,
 )
 from protocols.dlt645.describe import describe, hex_spaced, values_of
 from protocols.dlt645.frame import Frame, checksum, decode_frame, encode_frame
-from protocols.dlt645.functions import FUNCTIONS, Control, Edition, Function, function_for
+from protocols.dlt645.functions import (
+    FUNCTIONS,
+    Control,
+    Edition,
+    Function,
+    format_di,
+    function_for,
+)
 from protocols.dlt645.messages import (
     BAUD_BITS,
     BroadcastTimeRequest,
@@ -145,10 +153,12 @@ __all__ = [
     "describe",
     "di_for_measurement",
     "encode_frame",
+    "format_di",
     "from_frame",
     "function_for",
     "hex_spaced",
     "lookup",
+    "parse_item",
     "to_frame",
     "values_of",
 ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from protocols.dlt645.formats import Bcd, ClockField, Digits, ValueFormat, Word
-from protocols.dlt645.functions import Edition
+from protocols.dlt645.functions import Edition, format_di
 from protocols.errors import LocalProtocolError, ValueFormatError
 from protocols.measurements import ENERGY_FAMILIES, MAX_TARIFFS, Measurement, energy_name, quantity
 
@@ -23,6 +23,7 @@ __all__ = [
     "all_items",
     "di_for_measurement",
     "lookup",
+    "parse_item",
 ]
 
 
@@ -65,7 +66,7 @@ class DataItem:
 
     @property
     def di_hex(self) -> str:
-        return f"{self.di:0{8 if self.edition is Edition.V2007 else 4}X}"
+        return format_di(self.di, self.edition)
 
     @property
     def size(self) -> int:
@@ -530,3 +531,12 @@ def di_for_measurement(name: str, edition: Edition = Edition.V2007) -> int:
         raise LocalProtocolError(
             f"no DL/T 645-{edition} data identifier reads {name!r} on its own"
         ) from None
+
+
+def parse_item(text: str, edition: Edition = Edition.V2007) -> int:
+    """A DI from its hex digits ("00010000"; "B611" in 1997) or from the name of the measurement
+    it reads ("voltage_a_v"). What technicians, plans and commands accept as an item."""
+    digits = 8 if edition is Edition.V2007 else 4
+    if len(text) == digits and all(c in "0123456789abcdefABCDEF" for c in text):
+        return int(text, 16)
+    return di_for_measurement(text, edition)

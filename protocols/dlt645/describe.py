@@ -9,7 +9,7 @@ from typing import Any
 
 from protocols.dlt645.catalogue import lookup
 from protocols.dlt645.frame import Frame
-from protocols.dlt645.functions import Edition
+from protocols.dlt645.functions import Edition, format_di
 from protocols.dlt645.messages import ErrorReply, Message, ReadReply, flag_names, from_frame
 from protocols.dlt645.security import SecurityErrorReply
 from protocols.errors import RemoteProtocolError
@@ -79,12 +79,11 @@ def _plain(value: Any) -> Any:
 
 def message_fields(message: Message, edition: Edition = Edition.V2007) -> dict[str, Any]:
     """The message's fields as JSON-ready values (bytes as spaced hex, DIs as hex digits)."""
-    width = 8 if edition is Edition.V2007 else 4
     fields: dict[str, Any] = {"type": type(message).__name__}
     for f in dataclasses.fields(message):  # type: ignore[arg-type]
         value = getattr(message, f.name)
         if f.name in _DI_FIELDS and isinstance(value, int):
-            fields[f.name] = f"{value:0{width}X}"
+            fields[f.name] = format_di(value, edition)
         else:
             fields[f.name] = _plain(value)
     return fields
@@ -95,7 +94,6 @@ def describe(frame: Frame) -> dict[str, Any]:
     or value problems are reported under ``payload_error`` / ``value_error``."""
     ctl = frame.control
     di = frame.di
-    width = 8 if frame.edition is Edition.V2007 else 4
     out: dict[str, Any] = {
         "edition": frame.edition.value,
         "address": frame.address.digits,
@@ -105,7 +103,7 @@ def describe(frame: Frame) -> dict[str, Any]:
         "follow_up": ctl.follow_up,
         "function": frame.function.name,
         "length": len(frame.data),
-        "di": None if di is None else f"{di:0{width}X}",
+        "di": None if di is None else format_di(di, frame.edition),
         "data": hex_spaced(frame.data),
         "values": {},
         "error": None,
@@ -118,7 +116,7 @@ def describe(frame: Frame) -> dict[str, Any]:
     out["message"] = message_fields(message, frame.edition)
     message_di = getattr(message, "di", None)
     if di is None and isinstance(message_di, int):  # e.g. a 1997 re-read reply
-        out["di"] = f"{message_di:0{width}X}"
+        out["di"] = format_di(message_di, frame.edition)
     if isinstance(message, ErrorReply | SecurityErrorReply):
         out["error"] = {"code": int(message.flags), "flags": list(message.flag_names)}
     elif type(message) is ReadReply and not ctl.follow_up:

@@ -15,6 +15,7 @@ __all__ = [
     "Control",
     "Edition",
     "Function",
+    "format_di",
     "function_for",
 ]
 
@@ -85,6 +86,11 @@ _DI_LEN = {Edition.V2007: 4, Edition.V1997: 2}
 
 def di_length(edition: Edition) -> int:
     return _DI_LEN[edition]
+
+
+def format_di(di: int, edition: Edition) -> str:
+    """DI3..DI0 as 8 hex digits (2007), DI1 DI0 as 4 (1997)."""
+    return f"{di:0{2 * di_length(edition)}X}"
 
 
 def function_for(edition: Edition, code: int) -> Function:
