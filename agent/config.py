@@ -148,9 +148,6 @@ class MeterConfig:
 
     def __post_init__(self) -> None:
         if self.protocol == "modbus":
-            if self.unit is None and self.meter and re.match(r"^.+:\d{1,3}$", self.meter):
-                # archives written as "<bus>:<unit>" ids (e.g. `meterlink sim fleet --archive`)
-                object.__setattr__(self, "unit", int(self.meter.rpartition(":")[2]))
             if self.unit is None or not 1 <= self.unit <= 247:
                 raise ValueError(f"Modbus meter on {self.bus}: unit must be 1..247")
             if not self.model:

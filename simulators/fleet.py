@@ -97,7 +97,9 @@ def archive_entries(fleet: Fleet) -> list[dict[str, object]]:
         for m in bus.meters:
             ident = m.identity
             entry: dict[str, object] = {"meter": ident.meter_id}
-            if ident.protocol != "modbus":
+            if ident.protocol == "modbus":
+                entry["unit"] = ident.unit_id
+            else:
                 entry["address"] = ident.meter_number  # what the archive holds
             entry.update(
                 {

@@ -77,10 +77,10 @@ def test_archive_matches_the_payload_schema(tmp_path: Path) -> None:
     )
     modbus = [m for m in meters if m["protocol"] == "modbus"]
     assert modbus == [
-        {"meter": "modbus-1:1", "protocol": "modbus", "model": modbus[0]["model"],
+        {"meter": "modbus-1:1", "unit": 1, "protocol": "modbus", "model": modbus[0]["model"],
          "bus": "modbus-1", "district": "riverside", "manufacturer": modbus[0]["manufacturer"],
          "prepaid": False},
-        {"meter": "modbus-1:2", "protocol": "modbus", "model": modbus[1]["model"],
+        {"meter": "modbus-1:2", "unit": 2, "protocol": "modbus", "model": modbus[1]["model"],
          "bus": "modbus-1", "district": "riverside", "manufacturer": modbus[1]["manufacturer"],
          "prepaid": False},
     ]  # fmt: skip
