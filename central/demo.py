@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from central.config import CoverageConfig
 from central.coverage import compute_day
 from central.ledger import Ledger
 from central.report import render
+from meterlink.services import InfluxDB1, Mosquitto, free_port
 
 __all__ = ["configure", "run"]
 
@@ -91,59 +91,24 @@ class _Stack:
                     proc.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def _binary(name: str) -> str:
-    found = shutil.which(name) or next(
-        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
-    )
-    if found is None:
-        raise RuntimeError(f"{name} is not installed: run scripts/setup")
-    return found
-
-
 def _mosquitto(stack: _Stack) -> tuple[str, int]:
-    port = _free_port()
-    conf = stack.workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 1000000\nlog_dest none\n"
+    broker = Mosquitto(
+        stack.workdir / "mosquitto", free_port(), log=stack.workdir / "mosquitto.log"
     )
-    proc = stack.start("mosquitto", [_binary("mosquitto"), "-c", str(conf)])
-    _wait_port(port, proc)
-    return "127.0.0.1", port
+    broker.start()
+    assert broker.proc is not None
+    stack.procs.append(("mosquitto", broker.proc))
+    return broker.host, broker.port
 
 
 def _influxd(stack: _Stack) -> str:
-    port, rpc = _free_port(), _free_port()
-    data = stack.workdir / "influxdb"
-    conf = stack.workdir / "influxdb.conf"
-    conf.write_text(
-        f'reporting-disabled = true\nbind-address = "127.0.0.1:{rpc}"\n'
-        f'[meta]\n  dir = "{data}/meta"\n[data]\n  dir = "{data}/data"\n'
-        f'  wal-dir = "{data}/wal"\n  query-log-enabled = false\n'
-        f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
-        "[monitor]\n  store-enabled = false\n"
+    db = InfluxDB1(
+        stack.workdir / "influxdb", free_port(), free_port(), log=stack.workdir / "influxd.log"
     )
-    proc = stack.start("influxd", [_binary("influxd"), "run", "-config", str(conf)])
-    _wait_port(port, proc)
-    return f"http://127.0.0.1:{port}"
+    db.start()
+    assert db.proc is not None
+    stack.procs.append(("influxd", db.proc))
+    return db.url
 
 
 def _simulator(stack: _Stack, fleet: Path) -> list[tuple[str, str, str]]:

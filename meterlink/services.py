@@ -1,0 +1,261 @@
+"""Private local services: Mosquitto, InfluxDB 1.x (`influxd`) and VictoriaMetrics, each on a
+free loopback port with its data in a directory of its own, stopped by PID.
+
+`meterlink demo` starts what it needs with these; the tests use the same launchers (through
+tests/fixtures/services.py). Never a fixed port, never the machine's own Mosquitto on 1883.
+Binaries come from the Debian packages `scripts/setup` installs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(
+    port: int, *, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def find_binary(name: str, package: str) -> str:
+    """A server binary from its Debian package (also in /usr/sbin, not always on PATH)."""
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise RuntimeError(f"{name} is not installed (Debian package {package}): run scripts/setup")
+
+
+def _spawn(argv: list[str], log: Path | None) -> subprocess.Popen[bytes]:
+    """Start a server, its output appended to `log` (or discarded)."""
+    out: IO[bytes] | int = log.open("ab") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(argv, stdout=out, stderr=out)
+    finally:
+        if not isinstance(out, int):
+            out.close()  # the child has its own descriptor
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Mosquitto:
+    """A private broker. `stop()` / `start()` simulate an outage on the same port."""
+
+    workdir: Path
+    port: int
+    persistence: bool = False
+    proc: subprocess.Popen[bytes] | None = None
+    acl_file: Path | None = None
+    extra: tuple[str, ...] = ()
+    """more configuration lines (they apply to the listener: e.g. TLS files)"""
+    log: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.workdir}/",
+            "max_queued_messages 1000000",
+            "log_dest none",
+        ]
+        if os.geteuid() == 0:
+            # as root, mosquitto drops to user "mosquitto", which can neither read an ACL file nor
+            # write its database in pytest's 0700 temp dirs
+            lines.append("user root")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
+        lines.extend(self.extra)
+        conf.write_text("\n".join(lines) + "\n")
+        self.proc = _spawn([find_binary("mosquitto", "mosquitto"), "-c", str(conf)], self.log)
+        wait_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+
+@contextlib.contextmanager
+def running_mosquitto(workdir: Path, *, persistence: bool = False) -> Iterator[Mosquitto]:
+    broker = Mosquitto(workdir, free_port(), persistence)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+# --- InfluxDB 1.x (Debian `influxdb`: /write and InfluxQL) and VictoriaMetrics (v2 write API) ---
+def _http_ok(url: str, timeout: float = 0.5) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback only)
+            return bool(200 <= resp.status < 300)
+    except OSError:
+        return False
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        if _http_ok(url):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@dataclass
+class InfluxDB1:
+    """A private `influxd` (InfluxDB 1.x). `stop()` / `start()` keep the data and the port."""
+
+    workdir: Path
+    port: int
+    rpc_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "influxdb.conf"
+        data = self.workdir / "influx"
+        conf.write_text(
+            "reporting-disabled = true\n"
+            f'bind-address = "127.0.0.1:{self.rpc_port}"\n'
+            f'[meta]\n  dir = "{data}/meta"\n'
+            f'[data]\n  dir = "{data}/data"\n  wal-dir = "{data}/wal"\n'
+            "  query-log-enabled = false\n"
+            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            "[monitor]\n  store-enabled = false\n"
+        )
+        self.proc = _spawn(
+            [find_binary("influxd", "influxdb"), "run", "-config", str(conf)], self.log
+        )
+        _wait_http(f"{self.url}/ping", self.proc)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+    def query(self, q: str, db: str = "meterlink") -> list[dict[str, Any]]:
+        """InfluxQL; returns the `series` of the first result (empty list when none)."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        url = f"{self.url}/query?" + urllib.parse.urlencode({"db": db, "q": q, "epoch": "s"})
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback only)
+            body = json.loads(resp.read())
+        result = body["results"][0]
+        if "error" in result:
+            raise RuntimeError(f"InfluxQL error for {q!r}: {result['error']}")
+        series: list[dict[str, Any]] = result.get("series", [])
+        return series
+
+
+@contextlib.contextmanager
+def running_influxdb(workdir: Path) -> Iterator[InfluxDB1]:
+    server = InfluxDB1(workdir, free_port(), free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class VictoriaMetrics:
+    """A private VictoriaMetrics (accepts `influxdb-client` writes at /api/v2/write)."""
+
+    workdir: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = _spawn(
+            [
+                find_binary("victoria-metrics", "victoria-metrics"),
+                f"-httpListenAddr=127.0.0.1:{self.port}",
+                f"-storageDataPath={self.workdir / 'vm'}",
+                "-retentionPeriod=100y",
+                "-search.latencyOffset=0s",
+                "-search.disableCache",
+                "-loggerLevel=WARN",
+            ],
+            self.log,
+        )
+        _wait_http(f"{self.url}/health", self.proc)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+    def export(self, match: str) -> list[dict[str, Any]]:
+        """Every series matching `match` (a series selector), flushed first."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10):  # noqa: S310
+            pass
+        url = f"{self.url}/api/v1/export?" + urllib.parse.urlencode({"match[]": match})
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback only)
+            return [json.loads(line) for line in resp.read().splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def running_victoria_metrics(workdir: Path) -> Iterator[VictoriaMetrics]:
+    server = VictoriaMetrics(workdir, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
