@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from agent.mqtt.settings import MqttSettings
 from agent.transports import BusUrl, BusUrlError
 from meterlink.config import ConfigError, build, load_toml
 from protocols.payloads import CONCENTRATOR_ID
@@ -64,39 +65,17 @@ class Identity:
 
 
 @dataclass(frozen=True)
-class MqttConfig:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    client_id: str = ""
-    """default: meterlink-agent-<concentrator>"""
-    username: str | None = None
-    password: str | None = None
-    """prefer the environment: METERLINK_MQTT_PASSWORD"""
-    tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    tls_insecure: bool = False
-    keepalive: int = 60
-    batch_size: int = 500
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
-    session_expiry_s: int = 86400
-    max_payload_bytes: int = 256 * 1024
-    """largest MQTT message sent; larger batches and reports are split (a smaller limit the
-    broker announces, or one learned from disconnects, wins)"""
-    dead_letter_after: int = 5
-    """a message refused this many times is dead-lettered once the next one of its kind passes"""
+class MqttConfig(MqttSettings):
+    """The `[mqtt]` section: every setting of the MQTT link (documented in
+    agent/mqtt/settings.py) plus the key that authenticates commands."""
+
     command_key: str | None = None
     """HMAC key (hex or text) for signed commands; prefer METERLINK_MQTT_COMMAND_KEY"""
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port {self.port} out of range")
-        if not 0 < self.batch_size <= 5000:
+        super().__post_init__()
+        if self.batch_size > 5000:
             raise ValueError("batch_size must be 1..5000")
-        if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_min_s must be > 0 and <= reconnect_max_s")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import signal
@@ -30,7 +29,7 @@ from agent.commands import CommandExecutor
 from agent.config import AgentConfig, load_config
 from agent.health import HealthTracker
 from agent.metrics import AgentMetrics, serve_metrics
-from agent.mqtt import MqttLink, MqttSettings
+from agent.mqtt import MqttLink
 from agent.outbox import Outbox
 from agent.plans.clock import ClockPlanner
 from agent.plans.context import Clock, PlanContext
@@ -246,14 +245,9 @@ class Agent:
             eviction=cfg.outbox.eviction,
             on_evicted=self._evicted,
         )
-        m = cfg.mqtt
-        # the [mqtt] section names the link's settings one to one; the key stays with the agent
-        settings = MqttSettings(
-            **{k: v for k, v in dataclasses.asdict(m).items() if k != "command_key"}
-        )
         executor = CommandExecutor(self.ctx, self.archive, self._archive_changed)
         self.link = MqttLink(
-            settings,
+            cfg.mqtt,
             self.outbox,
             cfg.agent.concentrator,
             archive_provider=self.archive_payload,

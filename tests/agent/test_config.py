@@ -168,3 +168,13 @@ def test_unit_file_stops_within_timeout_and_does_not_loop_on_bad_config() -> Non
     assert load_config(EXAMPLE).stop_timeout_s < float(service["TimeoutStopSec"])
     assert sum(STAGES.values()) == pytest.approx(1.0)
     assert service["NoNewPrivileges"] == "yes"
+
+
+def test_the_example_documents_every_mqtt_setting() -> None:
+    import dataclasses
+
+    from agent.config import MqttConfig
+
+    text = EXAMPLE.read_text(encoding="utf-8")
+    missing = [f.name for f in dataclasses.fields(MqttConfig) if f"{f.name} =" not in text]
+    assert missing == []
