@@ -222,6 +222,7 @@ def _running(workdir: Path) -> Iterator[_Stack]:
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     workdir: Path = args.workdir.resolve()
     for stale in ("coverage.sqlite3", "central-spool.sqlite3", "agent-state"):
         target = workdir / stale
@@ -284,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
             " item of one attempt; the record counts single replies)"
         )
         _where_to_look(workdir, influx, central_conf)
+        print(f"demo: done in {time.monotonic() - started:.0f} s")
         if args.keep_running:
             print("demo: running; Ctrl-C stops everything")
             with contextlib.suppress(KeyboardInterrupt):
