@@ -1,0 +1,171 @@
+"""The hunting engine behind the 1376.2 stream decoder and the mixed 645/1376.2 decoder.
+
+It applies the rules of the DL/T 645 stream decoder (`protocols.dlt645.stream`) to one or more
+*framers*: each framer says whether a 68H may start one of its frames and how long that frame
+would be, and validates a delimited candidate. At every 68H the engine asks every framer:
+
+* candidates are tried shortest first; the first valid one is returned (a valid frame can only
+  overlap a longer candidate, never contain a shorter valid one without being it);
+* when every complete candidate fails and none is pending, ONE error is reported (a
+  `ChecksumError` — the end byte was right — before any other; on a tie the first framer's),
+  later failed candidates starting inside it are not reported again, and hunting resumes one
+  byte after the 68H (its length may be what was corrupted, a real frame may start inside);
+* while a candidate cannot complete yet, a complete valid frame starting inside it releases it
+  at once (reported as `TruncatedFrame`, or as the failure of a shorter candidate);
+* at most one incomplete candidate is held: `pending` stays below the longest span a framer
+  accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Generic, Protocol, TypeVar
+
+from protocols.errors import ChecksumError, FrameError, TruncatedFrame
+
+START = 0x68
+#: bytes every framer needs after a 68H to decide (645: 68 A0..A5 68 C L; 1376.2: 68 L L C R)
+HEADER_LEN = 10
+#: no framer accepts a frame shorter than this (645: 12 bytes; 1376.2: 15)
+MIN_FRAME = 12
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Framer(Protocol[T_co]):
+    def span(self, buf: bytearray, pos: int) -> int | None:
+        """Length of the frame a 68H at `pos` would start (HEADER_LEN bytes are available), or
+        None when the header rules out a frame of this kind there."""
+
+    def valid(self, buf: bytearray, pos: int, total: int) -> bool:
+        """Whether buf[pos:pos+total] parses (cheap: end byte, checksum, structure)."""
+
+    def parse(self, raw: bytes) -> T_co:
+        """The frame of a delimited candidate; a `FrameError` when it is not valid."""
+
+
+class Hunter(Generic[T]):
+    def __init__(self, framers: Sequence[Framer[T]]) -> None:
+        self.framers = tuple(framers)
+        self._buf = bytearray()
+        # errors of candidates starting before this offset are inside a candidate already reported
+        self._quiet_until = 0
+        self.skipped_bytes = 0
+        """bytes that ended up in no decoded frame: wake-up bytes, line garbage, bad frames"""
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[T | FrameError]:
+        self._buf += data
+        events: list[T | FrameError] = []
+        pos = self._drain(events, final=False)
+        del self._buf[:pos]
+        self._quiet_until = max(0, self._quiet_until - pos)
+        return events
+
+    def flush(self) -> list[T | FrameError]:
+        events: list[T | FrameError] = []
+        self._drain(events, final=True)
+        self._buf.clear()
+        self._quiet_until = 0
+        return events
+
+    def reset(self) -> None:
+        self.skipped_bytes += len(self._buf)
+        self._buf.clear()
+        self._quiet_until = 0
+
+    def _drain(self, events: list[T | FrameError], *, final: bool) -> int:
+        buf = self._buf
+        pos = 0
+        end = len(buf)
+        in_frames = 0
+        while True:
+            pos = buf.find(START, pos)
+            if pos < 0:
+                pos = end
+                break
+            if end - pos < HEADER_LEN:
+                if final:
+                    self._report(events, pos, _truncated(bytes(buf[pos:end]), None))
+                    pos = end
+                break
+            spans = sorted(
+                (total, i)
+                for i, framer in enumerate(self.framers)
+                if (total := framer.span(buf, pos)) is not None
+            )
+            if not spans:
+                pos += 1
+                continue
+            failures: list[tuple[int, FrameError]] = []
+            longest_pending = 0
+            for total, i in spans:
+                if end - pos < total:
+                    longest_pending = max(longest_pending, total)
+                    continue
+                try:
+                    frame = self.framers[i].parse(bytes(buf[pos : pos + total]))
+                except FrameError as exc:
+                    failures.append((total, exc))
+                    continue
+                events.append(frame)
+                in_frames += total
+                pos += total
+                break
+            else:
+                if longest_pending:
+                    hidden = self._complete_frame_inside(pos + 1, end)
+                    if hidden is None and not final:
+                        break
+                    stop = end if hidden is None else hidden
+                    error = _best(failures) or (
+                        0,
+                        _truncated(bytes(buf[pos:stop]), longest_pending),
+                    )
+                    self._report(events, pos, error[1])
+                    pos = stop
+                    if hidden is None:
+                        break
+                    continue
+                reported = _best(failures)
+                assert reported is not None  # every span was complete and failed
+                self._report(events, pos, reported[1])
+                self._quiet_until = max(self._quiet_until, pos + reported[0])
+                pos += 1
+        self.skipped_bytes += pos - in_frames
+        return pos
+
+    def _report(self, events: list[T | FrameError], pos: int, error: FrameError) -> None:
+        if pos >= self._quiet_until:
+            events.append(error)
+
+    def _complete_frame_inside(self, begin: int, end: int) -> int | None:
+        """Offset of the first complete, valid frame that starts in buf[begin:end], if any."""
+        buf = self._buf
+        j = buf.find(START, begin, end)
+        while j >= 0 and end - j >= MIN_FRAME:
+            if end - j >= HEADER_LEN:
+                for framer in self.framers:
+                    total = framer.span(buf, j)
+                    if total is not None and end - j >= total and framer.valid(buf, j, total):
+                        return j
+            j = buf.find(START, j + 1, end)
+        return None
+
+
+def _best(failures: list[tuple[int, FrameError]]) -> tuple[int, FrameError] | None:
+    """The failure to report: one whose end byte was right (checksum) first, else the first."""
+    for failure in failures:
+        if isinstance(failure[1], ChecksumError):
+            return failure
+    return failures[0] if failures else None
+
+
+def _truncated(raw: bytes, need: int | None) -> TruncatedFrame:
+    if need is None:
+        return TruncatedFrame(f"frame cut off after {len(raw)} bytes, inside the header", raw)
+    return TruncatedFrame(f"frame cut off after {len(raw)} of {need} bytes", raw)
