@@ -11,7 +11,9 @@ would be, and validates a delimited candidate. At every 68H the engine asks ever
   later failed candidates starting inside it are not reported again, and hunting resumes one
   byte after the 68H (its length may be what was corrupted, a real frame may start inside);
 * while a candidate cannot complete yet, a complete valid frame starting inside it releases it
-  at once (reported as `TruncatedFrame`, or as the failure of a shorter candidate);
+  at once (reported as `TruncatedFrame`, or as the failure of a shorter candidate) — unless it
+  is a frame the pending candidate may be carrying (a 645 frame inside a 1376.2 frame that has
+  not fully arrived): that one waits for the candidate to complete or fail, or for `flush()`;
 * at most one incomplete candidate is held: `pending` stays below the longest span a framer
   accepts.
 """
@@ -34,6 +36,11 @@ T_co = TypeVar("T_co", covariant=True)
 
 
 class Framer(Protocol[T_co]):
+    #: what this framer's frames are called, and the names of the framers whose frames they
+    #: may carry inside (a 1376.2 frame carries 645 frames)
+    name: str
+    carries: frozenset[str]
+
     def span(self, buf: bytearray, pos: int) -> int | None:
         """Length of the frame a 68H at `pos` would start (HEADER_LEN bytes are available), or
         None when the header rules out a frame of this kind there."""
@@ -103,9 +110,11 @@ class Hunter(Generic[T]):
                 continue
             failures: list[tuple[int, FrameError]] = []
             longest_pending = 0
+            carried: frozenset[str] = frozenset()
             for total, i in spans:
                 if end - pos < total:
                     longest_pending = max(longest_pending, total)
+                    carried |= self.framers[i].carries
                     continue
                 try:
                     frame = self.framers[i].parse(bytes(buf[pos : pos + total]))
@@ -118,7 +127,14 @@ class Hunter(Generic[T]):
                 break
             else:
                 if longest_pending:
-                    hidden = self._complete_frame_inside(pos + 1, end)
+                    hidden = self._complete_frame_inside(
+                        pos + 1, end, frozenset() if final else carried
+                    )
+                    if hidden is not None and carried:
+                        # released: now the frames it might have carried are frames of their own
+                        hidden = self._complete_frame_inside(
+                            pos + 1, end, frozenset(), last_start=hidden
+                        )
                     if hidden is None and not final:
                         break
                     stop = end if hidden is None else hidden
@@ -143,17 +159,22 @@ class Hunter(Generic[T]):
         if pos >= self._quiet_until:
             events.append(error)
 
-    def _complete_frame_inside(self, begin: int, end: int) -> int | None:
-        """Offset of the first complete, valid frame that starts in buf[begin:end], if any."""
+    def _complete_frame_inside(
+        self, begin: int, end: int, carried: frozenset[str], last_start: int | None = None
+    ) -> int | None:
+        """Offset of the first complete, valid frame in buf[begin:end] (starting at `last_start`
+        at the latest), if any, leaving out frames of the kinds in `carried`."""
         buf = self._buf
-        j = buf.find(START, begin, end)
+        framers = [f for f in self.framers if f.name not in carried]
+        stop = end if last_start is None else last_start + 1
+        j = buf.find(START, begin, stop) if framers else -1
         while j >= 0 and end - j >= MIN_FRAME:
             if end - j >= HEADER_LEN:
-                for framer in self.framers:
+                for framer in framers:
                     total = framer.span(buf, j)
                     if total is not None and end - j >= total and framer.valid(buf, j, total):
                         return j
-            j = buf.find(START, j + 1, end)
+            j = buf.find(START, j + 1, stop)
         return None
 
 

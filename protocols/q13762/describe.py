@@ -36,8 +36,10 @@ def _plain(value: Any) -> Any:
         return _hex(value)
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
-    if isinstance(value, Enum | int):
+    if isinstance(value, int):  # IntEnum / IntFlag fields print as their numbers
         return int(value)
+    if isinstance(value, Enum):
+        return value.value
     if isinstance(value, dt.datetime):
         return value.isoformat()
     if isinstance(value, tuple | list):

@@ -17,7 +17,11 @@ How they are told apart:
   same sum). Same length, both valid: 645 wins (its second 68H is structure, 1376.2's R3 = 68H
   would be coincidence). Tested in tests/protocols/test_q13762_stream.py;
 * when every candidate at a 68H fails, one error is reported: the one whose end byte was right
-  (`ChecksumError`) first, else the 645 candidate's.
+  (`ChecksumError`) first, else the 645 candidate's. Hunting goes on one byte after that 68H,
+  so the 645 frames inside a corrupted 1376.2 frame come out as 645 frames of their own;
+* a 1376.2 frame arriving byte by byte completes its inner 645 frames before itself: those do
+  not release the pending 1376.2 candidate (a false start is released by a hidden 1376.2 frame,
+  by its own completion, or by `flush()`), so a mixed line yields the carrier frame whole.
 
 The 645 side is validated by `protocols.dlt645.decode_frame` (no second 645 parser here).
 """
@@ -41,6 +45,9 @@ _645_OVERHEAD = 12  # 68 A(6) 68 C L … CS 16
 
 class Dlt645Framer:
     """Where a DL/T 645 frame may start (second 68H at offset 7) and how long it is (12 + L)."""
+
+    name = "645"
+    carries: frozenset[str] = frozenset()
 
     def __init__(self, edition: dlt645.Edition | None = None) -> None:
         self.edition = edition

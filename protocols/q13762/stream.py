@@ -35,6 +35,9 @@ StreamEvent = Frame | FrameError
 class Q13762Framer:
     """Where a 1376.2 frame may start and how long it is (the engine's framer interface)."""
 
+    name = "1376.2"
+    carries = frozenset({"645"})
+
     def __init__(self, max_length: int = DEFAULT_MAX_FRAME) -> None:
         if not _wire.MIN_FRAME <= max_length <= MAX_FRAME:
             raise ValueError(f"max_length must be {_wire.MIN_FRAME}..{MAX_FRAME}")
