@@ -75,6 +75,19 @@ def test_no_io_imports_in_the_source(path: Path) -> None:
 def test_the_codec_sources_are_all_scanned() -> None:
     names = {p.relative_to(PROTOCOLS).as_posix() for p in _sources()}
     assert {"dlt645/stream.py", "dlt645/messages.py", "dlt645/_wire.py", "errors.py"} <= names
+    assert {
+        "q13762/_wire.py",
+        "q13762/_hunt.py",
+        "q13762/frame.py",
+        "q13762/stream.py",
+        "q13762/mixed.py",
+        "q13762/messages.py",
+        "q13762/module.py",
+        "q13762/archive.py",
+        "q13762/reading.py",
+        "q13762/inner.py",
+        "q13762/describe.py",
+    } <= names
 
 
 _PROBE = """
@@ -99,5 +112,10 @@ def test_importing_every_protocols_module_loads_no_io_library() -> None:
     report = json.loads(done.stdout)
     assert "protocols.dlt645.stream" in report["imported"]
     assert "protocols.dlt645.security" in report["imported"]
+    assert {
+        "protocols.q13762.stream",
+        "protocols.q13762.mixed",
+        "protocols.q13762.describe",
+    } <= set(report["imported"])
     loaded_roots = {name.split(".")[0] for name in report["modules"]}
     assert not loaded_roots & FORBIDDEN, sorted(loaded_roots & FORBIDDEN)
