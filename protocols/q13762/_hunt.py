@@ -10,6 +10,10 @@ would be, and validates a delimited candidate. At every 68H the engine asks ever
   `ChecksumError` — the end byte was right — before any other; on a tie the first framer's),
   later failed candidates starting inside it are not reported again, and hunting resumes one
   byte after the 68H (its length may be what was corrupted, a real frame may start inside);
+* but when the reported candidate is a carrier (1376.2) that failed only its checksum, its L
+  and end byte were right: the frames it carries (645) found inside it are part of that bad
+  frame, not frames of their own, and are skipped with it (frames of its own kind inside are
+  still returned: a real frame after a false start);
 * while a candidate cannot complete yet, a complete valid frame starting inside it releases it
   at once (reported as `TruncatedFrame`, or as the failure of a shorter candidate) — unless it
   is a frame the pending candidate may be carrying (a 645 frame inside a 1376.2 frame that has
@@ -58,6 +62,9 @@ class Hunter(Generic[T]):
         self._buf = bytearray()
         # errors of candidates starting before this offset are inside a candidate already reported
         self._quiet_until = 0
+        # frames of these kinds ending before this offset are carried by a frame reported bad
+        self._muted_until = 0
+        self._muted: frozenset[str] = frozenset()
         self.skipped_bytes = 0
         """bytes that ended up in no decoded frame: wake-up bytes, line garbage, bad frames"""
 
@@ -71,19 +78,20 @@ class Hunter(Generic[T]):
         pos = self._drain(events, final=False)
         del self._buf[:pos]
         self._quiet_until = max(0, self._quiet_until - pos)
+        self._muted_until = max(0, self._muted_until - pos)
         return events
 
     def flush(self) -> list[T | FrameError]:
         events: list[T | FrameError] = []
         self._drain(events, final=True)
         self._buf.clear()
-        self._quiet_until = 0
+        self._quiet_until = self._muted_until = 0
         return events
 
     def reset(self) -> None:
         self.skipped_bytes += len(self._buf)
         self._buf.clear()
-        self._quiet_until = 0
+        self._quiet_until = self._muted_until = 0
 
     def _drain(self, events: list[T | FrameError], *, final: bool) -> int:
         buf = self._buf
@@ -108,7 +116,7 @@ class Hunter(Generic[T]):
             if not spans:
                 pos += 1
                 continue
-            failures: list[tuple[int, FrameError]] = []
+            failures: list[tuple[int, FrameError, frozenset[str]]] = []
             longest_pending = 0
             carried: frozenset[str] = frozenset()
             for total, i in spans:
@@ -116,13 +124,15 @@ class Hunter(Generic[T]):
                     longest_pending = max(longest_pending, total)
                     carried |= self.framers[i].carries
                     continue
+                framer = self.framers[i]
                 try:
-                    frame = self.framers[i].parse(bytes(buf[pos : pos + total]))
+                    frame = framer.parse(bytes(buf[pos : pos + total]))
                 except FrameError as exc:
-                    failures.append((total, exc))
+                    failures.append((total, exc, framer.carries))
                     continue
-                events.append(frame)
-                in_frames += total
+                if framer.name not in self._muted or pos + total > self._muted_until:
+                    events.append(frame)
+                    in_frames += total
                 pos += total
                 break
             else:
@@ -138,19 +148,21 @@ class Hunter(Generic[T]):
                     if hidden is None and not final:
                         break
                     stop = end if hidden is None else hidden
-                    error = _best(failures) or (
-                        0,
-                        _truncated(bytes(buf[pos:stop]), longest_pending),
-                    )
-                    self._report(events, pos, error[1])
+                    best = _best(failures)
+                    error = best[1] if best else _truncated(bytes(buf[pos:stop]), longest_pending)
+                    self._report(events, pos, error)
                     pos = stop
                     if hidden is None:
                         break
                     continue
                 reported = _best(failures)
                 assert reported is not None  # every span was complete and failed
-                self._report(events, pos, reported[1])
-                self._quiet_until = max(self._quiet_until, pos + reported[0])
+                total, error, carries = reported
+                self._report(events, pos, error)
+                self._quiet_until = max(self._quiet_until, pos + total)
+                if carries and isinstance(error, ChecksumError):
+                    self._muted_until = pos + total
+                    self._muted = carries
                 pos += 1
         self.skipped_bytes += pos - in_frames
         return pos
@@ -178,7 +190,9 @@ class Hunter(Generic[T]):
         return None
 
 
-def _best(failures: list[tuple[int, FrameError]]) -> tuple[int, FrameError] | None:
+def _best(
+    failures: list[tuple[int, FrameError, frozenset[str]]],
+) -> tuple[int, FrameError, frozenset[str]] | None:
     """The failure to report: one whose end byte was right (checksum) first, else the first."""
     for failure in failures:
         if isinstance(failure[1], ChecksumError):

@@ -158,6 +158,21 @@ def _valid_frame_overlapping(stream: bytes, start: int, mixed: bool) -> bool:
     return False
 
 
+def _muted_by_a_bad_carrier(stream: bytes, start: int, length: int) -> bool:
+    """Whether a 1376.2 candidate before `start` covers the 645 frame at `start` and fails only
+    its checksum: the mixed decoder takes the 645 frame as part of that bad frame (documented;
+    random noise does this for about 1 in 10**4 68H bytes)."""
+    buf = bytearray(stream)
+    framer = Q13762Framer()
+    for p in range(start):
+        if buf[p] != 0x68 or p + 10 > len(buf):
+            continue
+        total = framer.span(buf, p)
+        if total and start + length <= p + total <= len(buf) and buf[p + total - 1] == 0x16:
+            return True
+    return False
+
+
 @FUZZ
 @given(data=st.data(), at=cuts, mixed=st.booleans())
 def test_good_frames_wrapped_in_garbage_are_never_lost(
@@ -177,6 +192,8 @@ def test_good_frames_wrapped_in_garbage_are_never_lost(
     for raw, start in zip(good, starts, strict=True):
         if _valid_frame_overlapping(stream, start, mixed):
             continue  # not a decoder failure: the garbage before it is itself a valid frame
+        if mixed and _muted_by_a_bad_carrier(stream, start, len(raw.lstrip(b"\xfe"))):
+            continue
         wanted = (
             decode_frame(raw)
             if raw.lstrip(b"\xfe")[7:8] != b"\x68" or not mixed

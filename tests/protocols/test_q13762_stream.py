@@ -204,16 +204,31 @@ def test_a_bad_645_frame_before_a_1376_frame() -> None:
     assert events[0].raw == bytes(bad)
 
 
-def test_a_bad_1376_frame_before_a_645_frame() -> None:
-    # hunting resumes inside the bad frame: the 645 frame it carried comes out on its own
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_a_bad_1376_frame_before_a_645_frame(bytewise: bool) -> None:
+    # only its checksum is wrong: the 645 frame it carries is part of it, not a frame of its own
     bad = bytearray(GOOD)
     bad[-2] ^= 0x01
-    events = _mixed(bytes(bad) + V14)
-    assert _kinds(events) == ["errors.ChecksumError", "dlt645.Frame", "dlt645.Frame"]
+    events = _mixed(bytes(bad) + V14, bytewise)
+    assert _kinds(events) == ["errors.ChecksumError", "dlt645.Frame"]
     assert isinstance(events[0], ChecksumError)
     assert events[0].raw == bytes(bad)
+    assert events[1] == dlt645.decode_frame(V14)
+
+
+def test_a_cut_1376_frame_does_not_mute_what_it_carried() -> None:
+    # its end byte is wrong, so its L may be: the 645 frame inside may be a frame of its own
+    bad = GOOD[:-1] + b"\x00"
+    events = _mixed(bad + V14)
+    assert _kinds(events) == ["errors.FramingError", "dlt645.Frame", "dlt645.Frame"]
     assert events[1] == dlt645.decode_frame(GOOD[29:45])
-    assert events[2] == dlt645.decode_frame(V14)
+
+
+def test_a_1376_frame_inside_a_bad_one_is_still_returned() -> None:
+    inner = raw(BY_ID["QP01"])
+    noise = _false_header(10 + len(inner))  # ends on the inner frame's 16H, wrong checksum
+    events = _mixed(noise + inner)
+    assert _kinds(events) == ["errors.ChecksumError", "q13762.Frame"]
 
 
 @pytest.mark.parametrize("vid", ["QP17", "QP20", "QP22", "QP26", "QP28", "QP37"])
