@@ -54,6 +54,7 @@ from protocols.q13762.messages import (
     Protocol,
     RawMessage,
     from_frame,
+    is_answer,
     reply_to,
     to_frame,
 )
@@ -189,6 +190,7 @@ __all__ = [
     "fn_to_dt",
     "from_frame",
     "inner_frames",
+    "is_answer",
     "pack_645",
     "reply_to",
     "split_645",

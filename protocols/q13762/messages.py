@@ -32,6 +32,7 @@ __all__ = [
     "Protocol",
     "RawMessage",
     "from_frame",
+    "is_answer",
     "register",
     "reply_to",
     "to_frame",
@@ -226,6 +227,19 @@ def reply_to(
         dst=request.src,
         comm_mode=request.comm_mode,
         prm=prm,
+    )
+
+
+def is_answer(reply: Frame, request: Frame) -> bool:
+    """Whether `reply` answers `request`: the other direction, the same SEQ, the request's AFN
+    and Fn or AFN00 (confirm / deny), and — when both carry an address field — A1 of the reply
+    is A3 of the request (the meter answers). Replies to concurrent requests arrive in any
+    order; this is how to pair them."""
+    return (
+        reply.direction is not request.direction
+        and reply.seq == request.seq
+        and (reply.afn == 0 or (reply.afn, reply.fn) == (request.afn, request.fn))
+        and (reply.src is None or request.dst is None or reply.src == request.dst)
     )
 
 

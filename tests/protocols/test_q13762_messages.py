@@ -292,6 +292,21 @@ def test_reply_to_a_down_request() -> None:
     assert (deny.seq, deny.afn, deny.fn) == (9, 0, 2)
 
 
+def test_is_answer_pairs_replies_by_seq_unit_and_meter() -> None:
+    other = NodeAddress.parse("000000003305")
+    request = to_frame(q.ConcurrentRead(2, b"\x68"), DownInfo(seq=9), src=MAIN, dst=METER)
+    assert q.is_answer(reply_to(request, q.ConcurrentReply(2)), request)
+    assert q.is_answer(reply_to(request, q.Deny(111)), request)
+    assert q.is_answer(to_frame(q.Deny(9), UpInfo(seq=9)), request)  # a deny without address
+    assert not q.is_answer(to_frame(q.ConcurrentReply(2), UpInfo(seq=8), src=METER, dst=MAIN),
+                           request)  # fmt: skip
+    assert not q.is_answer(to_frame(q.ConcurrentReply(2), UpInfo(seq=9), src=other, dst=MAIN),
+                           request)  # fmt: skip
+    assert not q.is_answer(to_frame(q.MonitorReply(2, b""), UpInfo(seq=9), src=METER, dst=MAIN),
+                           request)  # fmt: skip
+    assert not q.is_answer(request, request)
+
+
 def test_reply_to_a_module_request() -> None:
     ask = to_frame(q.RouterReadRequest(1, NodeAddress.of(METER), 3), UpInfo(seq=0x11), comm_mode=3)
     assert ask.control.byte == 0xC3
