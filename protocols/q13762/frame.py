@@ -182,7 +182,7 @@ class DownInfo:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> DownInfo:
-        return cls(**_unpack(_DOWN_BITS, int.from_bytes(raw, "little")))
+        return _down_info(bytes(raw)) if cls is DownInfo else cls(**_down_fields(raw))
 
     def to_bytes(self) -> bytes:
         return _pack(_DOWN_BITS, self).to_bytes(6, "little")
@@ -214,14 +214,33 @@ class UpInfo:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UpInfo:
-        value = int.from_bytes(raw, "little")
-        return cls(**_unpack(_UP_BITS, value), reserved=value & UP_RESERVED_MASK)
+        return _up_info(bytes(raw)) if cls is UpInfo else cls(**_up_fields(raw))
 
     def to_bytes(self) -> bytes:
         return (_pack(_UP_BITS, self) | self.reserved).to_bytes(6, "little")
 
 
 Info = DownInfo | UpInfo
+
+
+def _down_fields(raw: bytes) -> dict[str, Any]:
+    return _unpack(_DOWN_BITS, int.from_bytes(raw, "little"))
+
+
+def _up_fields(raw: bytes) -> dict[str, Any]:
+    value = int.from_bytes(raw, "little")
+    return {**_unpack(_UP_BITS, value), "reserved": value & UP_RESERVED_MASK}
+
+
+# a line repeats a few R fields (SEQ aside): decode each once, the dataclasses are immutable
+@lru_cache(maxsize=4096)
+def _down_info(raw: bytes) -> DownInfo:
+    return DownInfo(**_down_fields(raw))
+
+
+@lru_cache(maxsize=4096)
+def _up_info(raw: bytes) -> UpInfo:
+    return UpInfo(**_up_fields(raw))
 
 
 # --- DT <-> Fn -----------------------------------------------------------------------------
