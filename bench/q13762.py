@@ -9,6 +9,10 @@ catalogue decode, against dlt645.FrameDecoder -> from_frame -> catalogue decode 
 reply. encode: the F1 F1 request (645 to_frame + ConcurrentRead.of_645 + q13762 to_frame +
 to_bytes) against the bare 645 request. The ratio is carrier / bare: what wrapping costs.
 
+hunting: the mixed 645/1376.2 decoder fed one byte at a time (a serial line at its worst) with
+streams of false starts — every third byte a 68H promising 2048 bytes, or nothing but 68H —
+against random bytes (the baseline) in the same run: the cost of the worst line noise.
+
 The process is pinned to one CPU when the OS allows it; numbers are the best of `--repeat` runs.
 This is a benchmark, not a test: nothing here asserts a speed.
 """
@@ -18,12 +22,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import sys
+import time
 
 from codec import rates  # bench/codec.py: the interleaved best-of timing
 
 from protocols import dlt645
 from protocols import q13762 as q
+from protocols.q13762.mixed import MixedFrameDecoder
 
 METER = dlt645.Address.parse("000000003304")
 MAIN = q.NodeAddress.parse("049999888888")
@@ -75,6 +82,18 @@ def encode_1376(seq: int = 7) -> bytes:
     return request.to_bytes(max_length=2048)
 
 
+def hunting_us_per_byte(data: bytes, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        decoder = MixedFrameDecoder()
+        start = time.perf_counter()
+        for b in data:
+            decoder.feed(bytes((b,)))
+        decoder.flush()
+        best = min(best, (time.perf_counter() - start) / len(data) * 1e6)
+    return best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -108,6 +127,19 @@ def main() -> int:
         ours, base = rates(carrier, bare, args.seconds, args.repeat)
         print(f"{label:<44}{ours:>12,.0f}{base:>12,.0f}{1e6 / ours:>12.1f}{base / ours:>7.2f}x")
     print("ratio = time per carrier reading / time per bare 645 reading")
+    print()
+    noise = random.Random(7).randbytes(6000)
+    base = hunting_us_per_byte(noise, args.repeat)
+    header = f"{'hunting, one byte per feed (6000 bytes)':<44}{'µs/byte':>12}{'ratio':>8}"
+    print(header)
+    print("-" * len(header))
+    print(f"{'random bytes (baseline)':<44}{base:>12.1f}{1:>7.2f}x")
+    for label, pattern in (
+        ("68 00 08 repeated (false starts, L=2048)", b"\x68\x00\x08"),
+        ("68 repeated", b"\x68"),
+    ):
+        us = hunting_us_per_byte(pattern * (6000 // len(pattern)), args.repeat)
+        print(f"{label:<44}{us:>12.1f}{us / base:>7.2f}x")
     return 0
 
 

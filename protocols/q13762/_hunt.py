@@ -24,6 +24,7 @@ would be, and validates a delimited candidate. At every 68H the engine asks ever
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -32,8 +33,6 @@ from protocols.errors import ChecksumError, FrameError, TruncatedFrame
 START = 0x68
 #: bytes every framer needs after a 68H to decide (645: 68 A0..A5 68 C L; 1376.2: 68 L L C R)
 HEADER_LEN = 10
-#: no framer accepts a frame shorter than this (645: 12 bytes; 1376.2: 15)
-MIN_FRAME = 12
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -60,6 +59,15 @@ class Hunter(Generic[T]):
     def __init__(self, framers: Sequence[Framer[T]]) -> None:
         self.framers = tuple(framers)
         self._buf = bytearray()
+        # What is known about the 68Hs inside pending candidates, in absolute stream offsets
+        # (`_base` is the offset of buf[0]), so each feed looks only at new bytes for a frame
+        # hidden inside the candidate it waits on: every 68H before `_scanned` has been looked
+        # at; `_waiting` holds the frame headers among them whose end has not arrived (a heap
+        # by end offset), `_valid` the complete valid frames among them.
+        self._base = 0
+        self._scanned = 0
+        self._waiting: list[tuple[int, int, int, int]] = []  # (end, start, length, framer)
+        self._valid: list[tuple[int, int]] = []  # (start, framer)
         # errors of candidates starting before this offset are inside a candidate already reported
         self._quiet_until = 0
         # frames of these kinds ending before this offset are carried by a frame reported bad
@@ -72,11 +80,21 @@ class Hunter(Generic[T]):
     def pending(self) -> int:
         return len(self._buf)
 
+    def set_framers(self, framers: Sequence[Framer[T]]) -> None:
+        self.framers = tuple(framers)
+        self._forget()
+
+    def _forget(self) -> None:
+        self._scanned = self._base
+        self._waiting.clear()
+        self._valid.clear()
+
     def feed(self, data: bytes) -> list[T | FrameError]:
         self._buf += data
         events: list[T | FrameError] = []
         pos = self._drain(events, final=False)
         del self._buf[:pos]
+        self._base += pos
         self._quiet_until = max(0, self._quiet_until - pos)
         self._muted_until = max(0, self._muted_until - pos)
         return events
@@ -84,14 +102,18 @@ class Hunter(Generic[T]):
     def flush(self) -> list[T | FrameError]:
         events: list[T | FrameError] = []
         self._drain(events, final=True)
+        self._base += len(self._buf)
         self._buf.clear()
         self._quiet_until = self._muted_until = 0
+        self._forget()
         return events
 
     def reset(self) -> None:
         self.skipped_bytes += len(self._buf)
+        self._base += len(self._buf)
         self._buf.clear()
         self._quiet_until = self._muted_until = 0
+        self._forget()
 
     def _drain(self, events: list[T | FrameError], *, final: bool) -> int:
         buf = self._buf
@@ -137,16 +159,12 @@ class Hunter(Generic[T]):
                 break
             else:
                 if longest_pending:
-                    hidden = self._complete_frame_inside(
-                        pos + 1, end, frozenset() if final else carried
-                    )
+                    hidden = self._hidden(pos, end, frozenset() if final else carried)
+                    if hidden is None and not final:
+                        break  # wait for more bytes
                     if hidden is not None and carried:
                         # released: now the frames it might have carried are frames of their own
-                        hidden = self._complete_frame_inside(
-                            pos + 1, end, frozenset(), last_start=hidden
-                        )
-                    if hidden is None and not final:
-                        break
+                        hidden = self._hidden(pos, end, frozenset())
                     stop = end if hidden is None else hidden
                     best = _best(failures)
                     error = best[1] if best else _truncated(bytes(buf[pos:stop]), longest_pending)
@@ -171,23 +189,32 @@ class Hunter(Generic[T]):
         if pos >= self._quiet_until:
             events.append(error)
 
-    def _complete_frame_inside(
-        self, begin: int, end: int, carried: frozenset[str], last_start: int | None = None
-    ) -> int | None:
-        """Offset of the first complete, valid frame in buf[begin:end] (starting at `last_start`
-        at the latest), if any, leaving out frames of the kinds in `carried`."""
-        buf = self._buf
-        framers = [f for f in self.framers if f.name not in carried]
-        stop = end if last_start is None else last_start + 1
-        j = buf.find(START, begin, stop) if framers else -1
-        while j >= 0 and end - j >= MIN_FRAME:
-            if end - j >= HEADER_LEN:
-                for framer in framers:
-                    total = framer.span(buf, j)
-                    if total is not None and end - j >= total and framer.valid(buf, j, total):
-                        return j
-            j = buf.find(START, j + 1, stop)
-        return None
+    def _hidden(self, pos: int, end: int, carried: frozenset[str]) -> int | None:
+        """Offset of the first complete, valid frame starting in buf[pos+1:end], if any,
+        leaving out frames of the kinds in `carried`. Looks only at bytes not seen before."""
+        buf, base = self._buf, self._base
+        j = buf.find(START, max(self._scanned - base, pos + 1), end)
+        while j >= 0:
+            if end - j < HEADER_LEN:
+                break  # its header is not complete: look at it again next time
+            for i, framer in enumerate(self.framers):
+                length = framer.span(buf, j)
+                if length is None:
+                    continue
+                if end - j < length:
+                    heapq.heappush(self._waiting, (base + j + length, base + j, length, i))
+                elif framer.valid(buf, j, length):
+                    self._valid.append((base + j, i))
+            j = buf.find(START, j + 1, end)
+        self._scanned = base + (end if j < 0 else j)
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= base + end:
+            _, start, length, i = heapq.heappop(waiting)
+            if start > base + pos and self.framers[i].valid(buf, start - base, length):
+                self._valid.append((start, i))
+        self._valid = [(start, i) for start, i in self._valid if start > base + pos]
+        hits = [start for start, i in self._valid if self.framers[i].name not in carried]
+        return min(hits) - base if hits else None
 
 
 def _best(

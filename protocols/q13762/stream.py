@@ -80,7 +80,7 @@ class FrameDecoder:
     @max_length.setter
     def max_length(self, value: int) -> None:
         self._framer = Q13762Framer(value)
-        self._hunter.framers = (self._framer,)
+        self._hunter.set_framers([self._framer])
 
     @property
     def pending(self) -> int:

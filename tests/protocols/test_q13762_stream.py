@@ -12,7 +12,9 @@ import protocols.q13762 as q
 from protocols import dlt645
 from protocols.errors import ChecksumError, TruncatedFrame
 from protocols.q13762 import DownInfo, Frame, FrameDecoder, NodeAddress, UpInfo, to_frame
-from protocols.q13762.mixed import MixedFrameDecoder
+from protocols.q13762._hunt import Hunter
+from protocols.q13762.mixed import Dlt645Framer, MixedFrameDecoder
+from protocols.q13762.stream import Q13762Framer
 from tests.protocols.q13762_data import BY_ID, raw
 
 GOOD = raw(BY_ID["QP22"])  # an addressed AFN F1 F1 read, 47 bytes
@@ -259,3 +261,24 @@ def test_mixed_forced_edition() -> None:
     (frame,) = _mixed(c04, edition=dlt645.Edition.V1997)
     assert isinstance(frame, dlt645.Frame)
     assert frame.edition is dlt645.Edition.V1997
+
+
+@pytest.mark.parametrize("pattern", ["68 00 08", "68", "68 00 08 00 00 00 00 68 00 00"])
+def test_hunting_looks_at_each_start_byte_a_bounded_number_of_times(pattern: str) -> None:
+    # a stream of false starts fed byte by byte: the search for a frame hidden inside the
+    # pending candidate must not rescan the candidate on every byte (it was quadratic)
+    calls = 0
+
+    class Counting(Q13762Framer):
+        def span(self, buf: bytearray, pos: int) -> int | None:
+            nonlocal calls
+            calls += 1
+            return super().span(buf, pos)
+
+    hunter: Hunter[Frame] = Hunter([Counting(), Dlt645Framer()])
+    data = bytes.fromhex(pattern) * (6000 // len(bytes.fromhex(pattern)))
+    for b in data:
+        hunter.feed(bytes((b,)))
+        assert hunter.pending < 2048
+    hunter.flush()
+    assert calls < 8 * len(data)
