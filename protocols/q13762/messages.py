@@ -207,10 +207,15 @@ def to_frame(
 def reply_to(
     request: Frame, message: Message, info: DownInfo | UpInfo | None = None, *, prm: bool = False
 ) -> Frame:
-    """The answer to `request`: the other direction, PRM 0 (see `prm`), the request's SEQ and
+    """The answer to `request`: the other direction, PRM 0, the request's SEQ and
     communication mode, and A1/A3 swapped when the request had an address field (an up reply
     carries A1 = the meter, A3 = the main node). `info` sets the other R bits; its SEQ is
     replaced by the request's.
+
+    PRM on a concentrator's answer to a module request (14F1 answers, AFN06 confirms) is
+    UNCONFIRMED: the SGCC interoperability suite sends 0 (C = 03), some concentrators 1
+    (C = 43). 0 is the default, as PRM means "from the initiating station"; `prm=True` gives
+    the other. Modules key on AFN/Fn and SEQ.
     """
     answer_info: DownInfo | UpInfo
     if request.direction is Direction.DOWN:
