@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from meterlink.config import ConfigError
+from common.config import ConfigError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 
 from agent.mqtt.settings import MqttSettings
 from agent.transports import BusUrl, BusUrlError
-from meterlink.config import ConfigError, build, load_toml
+from common.config import ConfigError, build, load_toml
 from protocols.payloads import CONCENTRATOR_ID
 
 __all__ = [

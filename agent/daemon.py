@@ -327,8 +327,8 @@ class Agent:
 
 
 def run_agent(config_path: Path) -> int:
-    from meterlink.config import ConfigError
-    from meterlink.logs import setup_logging
+    from common.config import ConfigError
+    from common.logs import setup_logging
 
     try:
         cfg = load_config(config_path)

@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.dlt645 import Dlt645Client, FrameSink, reason_of
 from agent.transports import BusUrl, BusUrlError, TransportError, open_byte_transport
-from meterlink.config import ConfigError
+from common.config import ConfigError
 from protocols.dlt645 import (
     WILDCARD,
     Address,

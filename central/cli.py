@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from central.config import CentralConfig, load
-from meterlink.config import ConfigError
+from common.config import ConfigError
 
 __all__ = ["configure", "run"]
 

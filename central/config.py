@@ -1,4 +1,4 @@
-"""The central side's configuration: strict, typed TOML (see `meterlink.config`).
+"""The central side's configuration: strict, typed TOML (see `common.config`).
 
 `deploy/central.example.toml` is the commented reference; a test loads it. Secrets may come from
 the environment: ``METERLINK_MQTT_PASSWORD``, ``METERLINK_INFLUX_PASSWORD``,
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from meterlink.config import ConfigError, build, load_toml
+from common.config import ConfigError, build, load_toml
 
 __all__ = [
     "CentralConfig",

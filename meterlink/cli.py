@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "frame": ("meterlink.frame_cmd", "decode or build DL/T 645 frames (technician's decoder)"),
     "sim": ("simulators.cli", "meter simulator: serve a fleet on ptys / TCP / serial, fleet files"),
     "central": ("central.cli", "MQTT to InfluxDB consumer and the daily coverage report"),
-    "demo": ("central.demo", "the whole chain on this machine: simulator, agent, central"),
+    "demo": ("meterlink.demo", "the whole chain on this machine: simulator, agent, central"),
     "agent": ("agent.cli", "run the concentrator agent, or check its configuration"),
     "read": ("agent.technician:READ", "read items of one meter on a bus (values with units)"),
     "scan": (

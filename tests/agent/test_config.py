@@ -13,7 +13,7 @@ from agent.archive import ArchiveStore, ArchiveUpdateError
 from agent.budget import daily_budget
 from agent.config import load_config
 from agent.daemon import STAGES
-from meterlink.config import EX_CONFIG, ConfigError
+from common.config import EX_CONFIG, ConfigError
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "deploy" / "agent.example.toml"

@@ -15,7 +15,7 @@ import aiomqtt
 
 from central.config import CentralConfig
 from central.consumer import Consumer
-from meterlink.config import build
+from common.config import build
 from protocols.payloads import topic, validate
 
 CST = dt.timezone(dt.timedelta(hours=8))
