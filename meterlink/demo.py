@@ -31,6 +31,7 @@ from central.coverage import compute_day
 from central.ledger import Ledger
 from central.report import render
 from meterlink.services import InfluxDB1, Mosquitto, free_port
+from simulators import load_fleet
 
 __all__ = ["configure", "run"]
 
@@ -148,7 +149,6 @@ def _agent_config(stack: _Stack, host: str, port: int, buses: list[tuple[str, st
         "stop_timeout_s = 10",
         "[agent]",
         f'concentrator = "{CONCENTRATOR}"',
-        "timezone = \"UTC\"  # the simulator's meters keep the machine's UTC clock",
         f'state_dir = "{stack.workdir / "agent-state"}"',
         'log_format = "text"',
         "[mqtt]",
@@ -249,7 +249,9 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(1.0)  # subscribed before the agent publishes its archive and first readings
         stack.start("agent", [*meterlink, "agent", "run", "--config",
                               str(_agent_config(stack, host, port, buses))])  # fmt: skip
-        day = dt.datetime.now(dt.UTC).date().isoformat()
+        # the data day is the meters' local date (the agent's default zone is the same,
+        # Asia/Shanghai, whatever this machine's zone is)
+        day = dt.datetime.now(load_fleet(args.fleet).world.tz).date().isoformat()
         cfg = CoverageConfig(ledger=workdir / "coverage.sqlite3")
         deadline = time.monotonic() + args.wait
         status = "waiting for the first round"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,14 +35,16 @@ def answered_energy(record: Path) -> set[str]:
 
 
 async def test_demo_coverage_equals_the_simulators_record(tmp_path: Path) -> None:
-    now = dt.datetime.now(dt.UTC)
-    to_midnight = (dt.datetime.combine(now.date(), dt.time(), dt.UTC) + dt.timedelta(days=1)) - now
+    tz = load_fleet(FLEET).world.tz  # the meters' zone (Asia/Shanghai), not this machine's
+    now = dt.datetime.now(tz)
+    to_midnight = (dt.datetime.combine(now.date(), dt.time(), tz) + dt.timedelta(days=1)) - now
     if to_midnight.total_seconds() < 90:  # the daily plan reads today's freeze: stay in one day
         await asyncio.sleep(to_midnight.total_seconds() + 5)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "meterlink", "demo", "--fleet", str(FLEET),
         "--workdir", str(tmp_path), "--wait", "90", "--settle", "3",
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "TZ": "UTC"},  # a server's zone: the demo needs no override for it
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), 150)
     text = out.decode()
@@ -57,7 +60,7 @@ async def test_demo_coverage_equals_the_simulators_record(tmp_path: Path) -> Non
 
     ledger = Ledger(tmp_path / "coverage.sqlite3")
     try:
-        day = dt.datetime.now(dt.UTC).date().isoformat()
+        day = dt.datetime.now(tz).date().isoformat()
         cov = compute_day(ledger, day, CoverageConfig())
         read = {
             str(m) for (m,) in ledger.rows("SELECT meter FROM daily_read WHERE day = ?", (day,))
