@@ -30,8 +30,9 @@ from central.config import CoverageConfig
 from central.coverage import compute_day
 from central.ledger import Ledger
 from central.report import render
+from common.config import EX_CONFIG
 from meterlink.services import InfluxDB1, Mosquitto, free_port
-from simulators import load_fleet
+from simulators import FleetError, load_fleet
 
 __all__ = ["configure", "run"]
 
@@ -48,8 +49,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workdir", type=Path, default=Path("var/demo"), help="configs, logs, data (var/demo)"
     )
-    parser.add_argument("--mqtt", metavar="HOST:PORT", help="use this broker, start none")
-    parser.add_argument("--influx", metavar="URL", help="use this InfluxDB 1.x, start none")
+    parser.add_argument(
+        "--mqtt", metavar="HOST:PORT", type=_host_port, help="use this broker, start none"
+    )
+    parser.add_argument(
+        "--influx", metavar="URL", type=_http_url, help="use this InfluxDB 1.x, start none"
+    )
     parser.add_argument(
         "--wait", type=float, default=240.0, help="longest wait for the plan (s, default 240)"
     )
@@ -62,6 +67,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-running", action="store_true", help="keep everything running until Ctrl-C"
     )
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
+    return host, int(port)
+
+
+def _http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected http://HOST:PORT")
+    return text.rstrip("/")
+
+
+class StackFailed(RuntimeError):
+    """A part of the demo stopped or could not start; the message says which and why."""
 
 
 @dataclass
@@ -79,7 +101,7 @@ class _Stack:
         for name, proc in self.procs:
             if proc.poll() is not None:
                 tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+                raise StackFailed(f"{name} exited with {proc.returncode}:\n{tail}")
 
     def stop(self) -> None:
         for _name, proc in reversed(self.procs):
@@ -222,6 +244,19 @@ def _running(workdir: Path) -> Iterator[_Stack]:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        tz = load_fleet(args.fleet).world.tz  # a bad fleet file stops here, before anything starts
+    except FleetError as exc:
+        print(f"meterlink demo: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        return _run(args, tz)
+    except StackFailed as exc:
+        print(f"meterlink demo: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
     started = time.monotonic()
     workdir: Path = args.workdir.resolve()
     for stale in ("coverage.sqlite3", "central-spool.sqlite3", "agent-state"):
@@ -234,8 +269,7 @@ def run(args: argparse.Namespace) -> int:
     meterlink = [sys.executable, "-m", "meterlink"]
     with _running(workdir) as stack:
         if args.mqtt:
-            host, _, port_text = args.mqtt.rpartition(":")
-            port = int(port_text)
+            host, port = args.mqtt
         else:
             host, port = _mosquitto(stack)
         influx = args.influx or _influxd(stack)
@@ -251,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
                               str(_agent_config(stack, host, port, buses))])  # fmt: skip
         # the data day is the meters' local date (the agent's default zone is the same,
         # Asia/Shanghai, whatever this machine's zone is)
-        day = dt.datetime.now(load_fleet(args.fleet).world.tz).date().isoformat()
+        day = dt.datetime.now(tz).date().isoformat()
         cfg = CoverageConfig(ledger=workdir / "coverage.sqlite3")
         deadline = time.monotonic() + args.wait
         status = "waiting for the first round"
