@@ -1,4 +1,4 @@
-"""`meterlink central run | report | spool` — the central side's command line."""
+"""`meterlink central run | report | spool | command` — the central side's command line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from central.commands import KEY_ENV
 from central.config import CentralConfig, load
 from common.config import ConfigError
 
@@ -41,10 +42,51 @@ def configure(parser: argparse.ArgumentParser) -> None:
         " fixing the cause); a running consumer writes them within a second, else the next",
     )
 
+    cmd = sub.add_parser(
+        "command",
+        help="send a signed command to an agent and print its reply",
+        description="Send a signed command (MQTT v5 request/response) to one concentrator's"
+        " agent and print its reply (JSON on stdout, one summary line on stderr). The key comes"
+        f" from ${KEY_ENV}, the same variable the agent reads. Exit: 0 ok, 1 the command ran"
+        " and failed (e.g. the meter did not answer), 3 refused by the agent (signature, clock,"
+        " addressee, arguments), 4 no reply in time, 69 broker unreachable.",
+    )
+    cmd.add_argument("--config", type=Path, required=True, help="central TOML config ([mqtt])")
+    cmd.add_argument("--concentrator", required=True, help="the agent's concentrator id")
+    cmd.add_argument("--meter", help="the meter (its id in the archive)")
+    cmd.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the reply (default 60)"
+    )
+    what = cmd.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    c_read = what.add_parser("read", help="read items of --meter now")
+    c_read.add_argument("items", nargs="+", help="DIs (hex) or measurement names")
+    c_sync = what.add_parser(
+        "time_sync", help="broadcast a time sync on --bus or --meter's bus (and read it back)"
+    )
+    c_sync.add_argument("--bus", help="bus name (default: --meter's bus)")
+    c_sync.add_argument("--time", help="ISO 8601 time to set (default: the agent's now)")
+    c_relay = what.add_parser("relay", help="relay control (1CH) of --meter")
+    c_relay.add_argument(
+        "action",
+        choices=["trip", "close_allowed", "direct_close", "alarm", "alarm_release", "keep_power",
+                 "keep_power_release"],
+    )  # fmt: skip
+    c_relay.add_argument("--valid-until", help="ISO 8601 (default: the agent's now + 10 min)")
+    c_raw = what.add_parser("raw", help="send a raw frame on a bus and decode what comes back")
+    c_raw.add_argument("--bus", help="bus name (default: --meter's bus)")
+    c_raw.add_argument("hex", help="the frame, hex (spaces allowed)")
+    c_arch = what.add_parser("archive_update", help="change the agent's archive")
+    c_arch.add_argument("mode", choices=["upsert", "replace", "remove"])
+    c_arch.add_argument(
+        "file", type=Path, help="JSON list of meters (remove: meter ids or meter objects)"
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = load(args.config)
+        if args.action == "command":
+            return _command(cfg, args)
         if args.action == "run":
             return _run(cfg, args.log_level)
         if args.action == "report":
@@ -124,3 +166,112 @@ def _spool(cfg: CentralConfig, show: int, *, replay_dead: bool = False) -> int:
     finally:
         spool.close()
     return 0
+
+
+class _Usage(ValueError):
+    """Bad arguments to `meterlink central command` (exit 2)."""
+
+
+#: exit codes of `meterlink central command`
+EXIT_FAILED, EXIT_REFUSED, EXIT_NO_REPLY, EXIT_UNAVAILABLE = 1, 3, 4, 69
+_REFUSALS = {"unauthorized", "invalid"}
+
+
+def _command_args(args: argparse.Namespace) -> dict[str, object] | None:
+    import json
+
+    match args.command:
+        case "read":
+            return {"items": list(args.items)}
+        case "time_sync":
+            out = {"bus": args.bus, "time": args.time}
+        case "relay":
+            out = {"action": args.action, "valid_until": args.valid_until}
+        case "raw":
+            out = {"bus": args.bus, "hex": args.hex}
+        case "archive_update":
+            try:
+                meters = json.loads(args.file.read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise _Usage(f"{args.file}: {exc.strerror}") from None
+            except ValueError as exc:
+                raise _Usage(f"{args.file}: not JSON: {exc}") from None
+            if not isinstance(meters, list):
+                raise _Usage(f"{args.file}: expected a JSON list of meters")
+            return {"mode": args.mode, "meters": meters}
+        case _:
+            return None
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _command(cfg: CentralConfig, args: argparse.Namespace) -> int:
+    import json
+
+    import aiomqtt
+
+    from central.commands import CommandSender, CommandTimeout, command_key_from_env
+
+    try:
+        key = command_key_from_env()
+    except KeyError as exc:
+        print(f"meterlink central command: {exc.args[0]}", file=sys.stderr)
+        return 2
+    try:
+        payload_args = _command_args(args)
+    except _Usage as exc:
+        print(f"meterlink central command: {exc}", file=sys.stderr)
+        return 2
+    where = f"{args.command} on {args.concentrator}" + (f" {args.meter}" if args.meter else "")
+
+    async def send() -> int:
+        try:
+            async with CommandSender(cfg.mqtt, key) as sender:
+                try:
+                    reply = await sender.send(
+                        args.concentrator,
+                        args.command,
+                        meter=args.meter,
+                        args=payload_args,
+                        wait_s=args.timeout,
+                    )
+                except CommandTimeout as exc:
+                    status = await sender.agent_status(args.concentrator)
+                    state = (
+                        f"; its status: {status.get('state')} at {status.get('at')}"
+                        if status
+                        else "; the broker holds no status for it (unknown concentrator?)"
+                    )
+                    print(f"meterlink central command: {where}: {exc}{state}", file=sys.stderr)
+                    return EXIT_NO_REPLY
+        except aiomqtt.MqttError as exc:
+            m = cfg.mqtt
+            print(
+                f"meterlink central command: broker {m.host}:{m.port} unreachable: {exc}",
+                file=sys.stderr,
+            )
+            return EXIT_UNAVAILABLE
+        print(json.dumps(reply.payload, ensure_ascii=False, indent=2))
+        items = (reply.payload.get("result") or {}).get("items") if reply.ok else None
+        failed = {
+            k: v["error"].get("reason")
+            for k, v in (items or {}).items()
+            if isinstance(v, dict) and isinstance(v.get("error"), dict)
+        }
+        if failed:  # a read that ran, but some items got no value
+            reasons = ", ".join(f"{k}: {reason}" for k, reason in failed.items())
+            print(f"meterlink central command: {where}: failed {reasons}", file=sys.stderr)
+            return EXIT_FAILED
+        if reply.ok:
+            print(
+                f"meterlink central command: {where}: ok in {reply.seconds:.1f} s", file=sys.stderr
+            )
+            return 0
+        detail = reply.payload.get("detail", "")
+        print(
+            f"meterlink central command: {where}: {reply.reason}"
+            + (f": {detail}" if detail else ""),
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED if reply.reason in _REFUSALS else EXIT_FAILED
+
+    return asyncio.run(send())
