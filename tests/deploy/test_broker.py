@@ -9,107 +9,27 @@ client may not read is *granted* in the SUBACK, but no message it may not read i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.mqtt import PublishRefused, _Client
 from common.config import Secret
-from common.mqtt import MqttSettings, client_arguments
+from common.mqtt import MqttSettings
 from tests.agent.helpers_mqtt import eventually
 from tests.conftest import REPO
+from tests.deploy.broker import NOT_AUTHORIZED, broker_log, peer, production_broker, settings
 from tests.fixtures.pki import CENTRAL, Pki, make_pki
-from tests.fixtures.services import Mosquitto, free_port
 
-DEPLOY = REPO / "deploy" / "mosquitto"
 A, B = "c-001", "c-002"
-NOT_AUTHORIZED = 0x87
 KINDS = ("readings", "rounds", "events", "archive", "status")
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"), A, B, passwords=True)
-
-
-@contextlib.contextmanager
-def production_broker(workdir: Path, pki: Pki, conf: str = "meterlink.conf") -> Iterator[Mosquitto]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    broker = Mosquitto(
-        workdir,
-        free_port(),
-        config=DEPLOY / conf,
-        paths={"/etc/mosquitto/meterlink": str(pki.dir)},
-        log=workdir / "mosquitto.log",
-    )
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-def broker_log(broker: Mosquitto) -> str:
-    assert broker.log is not None
-    return broker.log.read_text(errors="replace")
-
-
-def settings(broker: Mosquitto, pki: Pki, identity: str | None, **kw: Any) -> MqttSettings:
-    """As the agent and the central side connect: `common.mqtt`, TLS with our CA."""
-    certs: dict[str, Any] = {}
-    if identity is not None:
-        certs = {"cert_file": pki.cert(identity), "key_file": pki.key(identity)}
-    base: dict[str, Any] = {"tls": True, "ca_file": pki.ca, "session_expiry_s": 0}
-    return MqttSettings(
-        host=broker.host, port=broker.port, connect_timeout_s=5.0, **{**base, **certs, **kw}
-    )
-
-
-@dataclass
-class Peer:
-    client: _Client
-    seen: list[tuple[str, bytes]] = field(default_factory=list)
-
-    def topics(self) -> list[str]:
-        return [t for t, _ in self.seen]
-
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        await self.client.publish_acked(topic, payload, retain=retain, within_s=10)
-
-    async def refused(self, topic: str, payload: bytes = b"forged") -> int:
-        with pytest.raises(PublishRefused) as err:
-            await self.publish(topic, payload)
-        return int(err.value.reason.value)
-
-    async def subscribe(self, *filters: str) -> list[int]:
-        granted = await self.client.subscribe([(f, 1) for f in filters])
-        return [int(c.value) if isinstance(c, ReasonCode) else int(c) for c in granted]
-
-
-@contextlib.asynccontextmanager
-async def peer(s: MqttSettings, identifier: str = "x") -> AsyncIterator[Peer]:
-    async with _Client(**await client_arguments(s, identifier)) as client:
-        me = Peer(client)
-
-        async def collect() -> None:
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                me.seen.append((message.topic.value, message.payload))
-
-        task = asyncio.create_task(collect())
-        try:
-            yield me
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def test_a_concentrator_writes_and_reads_only_its_own_topics(
