@@ -22,7 +22,7 @@ can be read, copied into a ticket or kept in configuration management without le
   it to a library (the MQTT client, the HTTP writer, the HMAC) calls it. Never log it, never
   put it in an exception message; `dump()` shows where each secret came from, not its value.
 - A new secret in any section follows this rule by being typed `Secret | None`: nothing else
-  is needed (tests/meterlink/test_secrets.py runs the daemons and greps their output).
+  is needed (tests/deploy/test_secrets.py runs the daemons and greps their output).
 """
 
 from __future__ import annotations
