@@ -63,9 +63,10 @@ def _pollers(cfg: AgentConfig) -> dict[str, BusPoller[Any]]:
 
 
 def _command_key(cfg: AgentConfig) -> bytes | None:
-    key = cfg.mqtt.command_key
-    if not key:
+    secret = cfg.mqtt.command_key
+    if not secret:
         return None
+    key = secret.reveal()
     try:
         return bytes.fromhex(key)
     except ValueError:

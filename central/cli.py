@@ -1,4 +1,4 @@
-"""`meterlink central run | report | spool | command` — the central side's command line."""
+"""`meterlink central run | check | report | spool | command` — the central side's command line."""
 
 from __future__ import annotations
 
@@ -22,6 +22,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run_p = sub.add_parser("run", help="consume MQTT into InfluxDB and keep coverage current")
     run_p.add_argument("--config", type=Path, required=True, help="central TOML config")
     run_p.add_argument("--log-level", default="INFO")
+
+    chk = sub.add_parser(
+        "check",
+        help="validate the configuration (and its TLS files) and say where each secret comes from",
+    )
+    chk.add_argument("--config", type=Path, required=True, help="central TOML config")
+    chk.add_argument(
+        "--print-config",
+        action="store_true",
+        help="also print the effective configuration, defaults included (secrets masked)",
+    )
 
     rep = sub.add_parser("report", help="print the daily full-coverage success rate")
     rep.add_argument("--config", type=Path, required=True)
@@ -89,12 +100,28 @@ def run(args: argparse.Namespace) -> int:
             return _command(cfg, args)
         if args.action == "run":
             return _run(cfg, args.log_level)
+        if args.action == "check":
+            return _check(cfg, args.config, print_config=args.print_config)
         if args.action == "report":
             return _report(cfg, args)
         return _spool(cfg, args.show, replay_dead=args.replay_dead)
     except ConfigError as exc:
         print(f"meterlink central: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _check(cfg: CentralConfig, path: Path, *, print_config: bool) -> int:
+    from common.config import describe_secrets, dump
+    from common.mqtt import check_tls
+
+    ok, tls = check_tls(cfg.mqtt, "mqtt")
+    print(f"{path}: OK — group {cfg.mqtt.group}, instance {cfg.mqtt.client_id}")
+    print(f"  {tls}")
+    for line in describe_secrets(cfg):
+        print(f"  {line}")
+    if print_config:
+        print(dump(cfg))
+    return 0 if ok else 1
 
 
 def _run(cfg: CentralConfig, level: str) -> int:

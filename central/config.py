@@ -1,8 +1,8 @@
 """The central side's configuration: strict, typed TOML (see `common.config`).
 
-`deploy/central.example.toml` is the commented reference; a test loads it. Secrets may come from
-the environment: ``METERLINK_MQTT_PASSWORD``, ``METERLINK_INFLUX_PASSWORD``,
-``METERLINK_INFLUX_TOKEN``.
+`deploy/central.example.toml` is the commented reference; a test loads it. Secrets come only from
+the environment (the rule is in `common.config`): ``METERLINK_MQTT_PASSWORD``,
+``METERLINK_INFLUX_PASSWORD``, ``METERLINK_INFLUX_TOKEN``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from common.config import ConfigError, build, load_toml
+from common.config import ConfigError, Secret, build, load_toml
+from common.mqtt import MqttSettings
 
 __all__ = [
     "CentralConfig",
@@ -28,29 +29,31 @@ _GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 @dataclass(frozen=True)
-class MqttConfig:
-    host: str = "127.0.0.1"
-    port: int = 1883
+class MqttConfig(MqttSettings):
+    """The `[mqtt]` section: the connection settings the agent has too (`common.mqtt`, TLS with
+    a client certificate included), with the central side's defaults, plus the group."""
+
     #: stable per instance: the broker keeps this session (and its queued messages) while the
-    #: instance is down, for `session_expiry_s`
+    #: instance is down, for `session_expiry_s`; with the production broker it is the
+    #: instance's certificate name (meterlink-central-<n>)
     client_id: str = "meterlink-central-1"
     #: instances with the same group split the load ($share/<group>/...)
     group: str = "meterlink-central"
-    username: str | None = None
-    password: str | None = None
     session_expiry_s: int = 7 * 86400
     #: how many unacknowledged QoS 1 messages the broker may send us (MQTT v5 Receive Maximum)
     receive_maximum: int = 1000
     keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.client_id:
+            raise ValueError("client_id must not be empty (one per instance)")
         if not _GROUP.match(self.group):
             raise ValueError(f"group {self.group!r} must match {_GROUP.pattern}")
         if not 1 <= self.receive_maximum <= 65535:
             raise ValueError("receive_maximum must be 1..65535")
-        if not 0 < self.port < 65536:
-            raise ValueError("port must be 1..65535")
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,11 @@ class InfluxConfig:
     database: str = "meterlink"  # v1
     retention_policy: str = ""  # v1, empty = the database's default
     username: str | None = None  # v1
-    password: str | None = None  # v1
+    password: Secret | None = None  # v1: METERLINK_INFLUX_PASSWORD (a secret)
     create_database: bool = True  # v1: CREATE DATABASE at start (idempotent)
     org: str = "meterlink"  # v2
     bucket: str = "meterlink"  # v2 (InfluxDB 1.8: "database/retention")
-    token: str | None = None  # v2
+    token: Secret | None = None  # v2: METERLINK_INFLUX_TOKEN (a secret)
     timeout_s: float = 10.0
     #: lines per HTTP request
     max_lines_per_write: int = 10000

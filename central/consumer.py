@@ -30,8 +30,6 @@ import socket
 from dataclasses import dataclass, field
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from central.config import CentralConfig
@@ -41,6 +39,7 @@ from central.points import Converted, NotConvertible, convert
 from central.sink import Sink
 from central.spool import Spool
 from central.writers import WriteUnavailable, make_writer
+from common.mqtt import client_arguments
 from protocols.payloads import TOPIC_ROOT, PayloadInvalid, kind_of_topic, validate
 
 __all__ = ["Consumer", "ConsumerStats"]
@@ -132,29 +131,18 @@ class Consumer:
         self.ledger.close()
 
     # --- MQTT ----------------------------------------------------------------------------------
-    def _client_for(self) -> aiomqtt.Client:
+    async def _client_for(self) -> aiomqtt.Client:
+        # the same connection as the agent's (common.mqtt): v5, persistent session, TLS
         m = self.cfg.mqtt
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = m.session_expiry_s
-        props.ReceiveMaximum = m.receive_maximum
-        client = aiomqtt.Client(
-            m.host,
-            m.port,
-            identifier=m.client_id,
-            username=m.username,
-            password=m.password,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            properties=props,
-            keepalive=m.keepalive_s,
-        )
+        arguments = await client_arguments(m, m.client_id, ReceiveMaximum=m.receive_maximum)
+        client = aiomqtt.Client(**arguments)
         # aiomqtt has no switch for it; paho's own: PUBACK only when we say the data is safe
         client._client.manual_ack_set(True)
         return client
 
     async def _mqtt(self) -> None:
         m = self.cfg.mqtt
-        delay = 0.5
+        delay = m.reconnect_min_s
         shared = [
             (f"$share/{m.group}/{TOPIC_ROOT}/+/{kind}", SubscribeOptions(qos=1))
             for kind in SHARED_KINDS
@@ -162,17 +150,17 @@ class Consumer:
         archive = (f"{TOPIC_ROOT}/+/archive", SubscribeOptions(qos=1))
         while True:
             try:
-                async with self._client_for() as client:
+                async with await self._client_for() as client:
                     self._generation += 1
                     generation = self._generation
                     self._client = client
                     await client.subscribe([*shared, archive])
                     self.connected.set()
                     log.info("connected to %s:%d as %s", m.host, m.port, m.client_id)
-                    delay = 0.5
+                    delay = m.reconnect_min_s
                     async for message in client.messages:
                         await self._take(client, generation, message)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, OSError) as exc:  # OSError: TLS files, refused TLS
                 self.connected.clear()
                 self._client = None
                 log.warning("MQTT: %s; reconnecting in %.1fs", exc, delay)

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,6 +68,22 @@ def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
             proc.wait()
 
 
+def private_broker_config(text: str, port: int, paths: dict[str, str]) -> str:
+    """A production Mosquitto configuration (deploy/mosquitto/*.conf) made private: every
+    ``listener`` on 127.0.0.1:`port`, every path prefix in `paths` replaced (``{"/etc/mosquitto/
+    meterlink": "<tmp>/pki"}``), nothing else changed, so the rules under test are the ones
+    operators install."""
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] == "listener":
+            line = f"listener {port} 127.0.0.1"
+        for production, private in paths.items():
+            line = line.replace(production, private)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 @dataclass
 class Mosquitto:
     """A private broker. `stop()` / `start()` simulate an outage on the same port."""
@@ -80,6 +96,10 @@ class Mosquitto:
     extra: tuple[str, ...] = ()
     """more configuration lines (they apply to the listener: e.g. TLS files)"""
     log: Path | None = None
+    config: Path | None = None
+    """a production configuration to run instead of the open test listener (made private by
+    `private_broker_config`, with `paths`); `acl_file` and `extra` still apply"""
+    paths: dict[str, str] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -89,17 +109,23 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
-            "max_queued_messages 1000000",
-            "log_dest none",
+            "log_dest none" if self.log is None else "log_dest stderr",
         ]
+        if self.config is None:
+            lines += [
+                f"listener {self.port} 127.0.0.1",
+                "allow_anonymous true",
+                "max_queued_messages 1000000",
+            ]
         if os.geteuid() == 0:
             # as root, mosquitto drops to user "mosquitto", which can neither read an ACL file nor
             # write its database in pytest's 0700 temp dirs
             lines.append("user root")
+        if self.config is not None:
+            production = self.config.read_text(encoding="utf-8")
+            lines.append(private_broker_config(production, self.port, self.paths))
         if self.acl_file is not None:
             lines.append(f"acl_file {self.acl_file}")
         lines.extend(self.extra)

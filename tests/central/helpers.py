@@ -154,8 +154,11 @@ def config(
     api: str = "v1",
     client_id: str = "central-test-1",
     ledger: Path | None = None,
+    environ: dict[str, str] | None = None,
     **overrides: Any,
 ) -> CentralConfig:
+    """A consumer's config; secrets come from `environ` (METERLINK_INFLUX_PASSWORD, ...), as
+    they would from the process environment."""
     data: dict[str, Any] = {
         "mqtt": {
             "host": "127.0.0.1",
@@ -182,7 +185,7 @@ def config(
     }
     for section, values in overrides.items():
         data[section].update(values)
-    return build(CentralConfig, data)
+    return build(CentralConfig, data, env_prefix="METERLINK", environ=environ or {})
 
 
 @contextlib.asynccontextmanager

@@ -45,4 +45,6 @@ def test_secrets_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
     path = tmp_path / "central.toml"
     path.write_text("[influx]\napi = 'v2'\n")
     monkeypatch.setenv("METERLINK_INFLUX_TOKEN", "s3cret")
-    assert load(path).influx.token == "s3cret"
+    token = load(path).influx.token
+    assert token is not None
+    assert token.reveal() == "s3cret"

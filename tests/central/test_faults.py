@@ -243,7 +243,8 @@ async def test_401_403_404_keep_the_lines_in_the_spool_until_the_set_up_is_put_r
             tmp_path,
             mosquitto.port,
             db.url,
-            influx={"username": "central", "password": "c", "create_database": False},
+            influx={"username": "central", "create_database": False},
+            environ={"METERLINK_INFLUX_PASSWORD": "c"},
         )
         data = batches(3, 100)
         async with running_consumer(cfg) as consumer:
