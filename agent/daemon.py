@@ -39,6 +39,7 @@ from agent.plans.interval import IntervalPlanner
 from agent.poller import BusPoller, dlt645_poller
 from agent.state import PlanState
 from common.config import ConfigError
+from protocols.commands import key_bytes
 
 __all__ = ["STAGES", "Agent", "run_agent"]
 
@@ -66,11 +67,7 @@ def _command_key(cfg: AgentConfig) -> bytes | None:
     secret = cfg.mqtt.command_key
     if not secret:
         return None
-    key = secret.reveal()
-    try:
-        return bytes.fromhex(key)
-    except ValueError:
-        return key.encode()
+    return key_bytes(secret.reveal())
 
 
 class Agent:

@@ -78,7 +78,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     c_sync.add_argument("--time", help="ISO 8601 time to set (default: the agent's now)")
     c_relay = what.add_parser("relay", help="relay control (1CH) of --meter")
     c_relay.add_argument(
-        "action",
+        "relay_action",
+        metavar="ACTION",
         choices=["trip", "close_allowed", "direct_close", "alarm", "alarm_release", "keep_power",
                  "keep_power_release"],
     )  # fmt: skip
@@ -213,7 +214,7 @@ def _command_args(args: argparse.Namespace) -> dict[str, object] | None:
         case "time_sync":
             out = {"bus": args.bus, "time": args.time}
         case "relay":
-            out = {"action": args.action, "valid_until": args.valid_until}
+            out = {"action": args.relay_action, "valid_until": args.valid_until}
         case "raw":
             out = {"bus": args.bus, "hex": args.hex}
         case "archive_update":
@@ -236,13 +237,16 @@ def _command(cfg: CentralConfig, args: argparse.Namespace) -> int:
 
     import aiomqtt
 
-    from central.commands import CommandSender, CommandTimeout, command_key_from_env
+    from central.commands import CommandSender, CommandTimeout
+    from protocols.commands import key_bytes
 
-    try:
-        key = command_key_from_env()
-    except KeyError as exc:
-        print(f"meterlink central command: {exc.args[0]}", file=sys.stderr)
+    if cfg.mqtt.command_key is None:
+        print(
+            f"meterlink central command: no command key: set {KEY_ENV} (the agents' key)",
+            file=sys.stderr,
+        )
         return 2
+    key = key_bytes(cfg.mqtt.command_key.reveal())
     try:
         payload_args = _command_args(args)
     except _Usage as exc:

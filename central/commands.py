@@ -5,10 +5,16 @@
                                   args={"items": ["energy_import_total_kwh"]})
 
 One connection serves any number of commands (the top-up service and the panel keep one open);
-each command carries its own Correlation Data and the replies come back on this sender's own
-Response Topic, `meterlink-central/replies/<client id>` (outside `meterlink/v1/`, where agents
-refuse to answer). The payload is signed with `protocols.commands` — the code the agent verifies
-with. A reply is checked against the `meterlink.response/1` schema.
+each command carries its own Correlation Data and names the Response Topic
+`meterlink-replies/<concentrator>/<our client id>`: outside `meterlink/v1/` (agents refuse to
+answer onto a data topic), and under the concentrator's own reply tree, the only one the
+production broker's ACL lets it write (deploy/mosquitto/acl), so the topic proves who answered.
+The payload is signed with `protocols.commands`, the code the agent verifies with; a reply is
+checked against the `meterlink.response/1` schema and against the concentrator it came from.
+
+With the production broker the client id is the certificate's name and a second connection
+under one name takes over the first: give the sender an identity of its own
+(`make-pki --central meterlink-central-ops`), not a running consumer's.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Mapping
@@ -31,6 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from central.config import MqttConfig
+from common.mqtt import client_arguments
 from protocols.commands import new_command
 from protocols.payloads import TOPIC_ROOT, PayloadInvalid, validate
 
@@ -39,30 +45,18 @@ __all__ = [
     "CommandReply",
     "CommandSender",
     "CommandTimeout",
-    "command_key_from_env",
 ]
 
 log = logging.getLogger(__name__)
 
 KEY_ENV = "METERLINK_MQTT_COMMAND_KEY"
-"""the command key's environment variable: the same name the agent reads its key from"""
+"""the command key's environment variable (`[mqtt] command_key`): the agents' own"""
 
-REPLY_ROOT = "meterlink-central/replies"
+REPLY_ROOT = "meterlink-replies"
 
 
 class CommandTimeout(TimeoutError):
     """No reply within the wait: the agent is offline, busy past the wait, or not listening."""
-
-
-def command_key_from_env(name: str = KEY_ENV) -> bytes:
-    """The key as the agent reads it: hex digits are the key's bytes, anything else its UTF-8."""
-    text = os.environ.get(name, "")
-    if not text:
-        raise KeyError(f"no command key: set {name} (the key the agents verify commands with)")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        return text.encode()
 
 
 @dataclass(frozen=True)
@@ -96,28 +90,20 @@ class CommandSender:
     _status: dict[str, dict[str, Any]] = field(default_factory=dict)
     _status_seen: dict[str, asyncio.Event] = field(default_factory=dict)
 
-    @property
-    def reply_topic(self) -> str:
-        return f"{REPLY_ROOT}/{self.client_id}"
+    def reply_topic(self, concentrator: str) -> str:
+        return f"{REPLY_ROOT}/{concentrator}/{self.client_id}"
 
     async def __aenter__(self) -> Self:
         if not self.key:
             raise ValueError("empty command key")
         self.client_id = self.client_id or f"{self.mqtt.client_id}-cmd-{secrets.token_hex(4)}"
-        m = self.mqtt
-        self._client = aiomqtt.Client(
-            m.host,
-            m.port,
-            identifier=self.client_id,
-            username=m.username,
-            password=m.password,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=True,
-            keepalive=m.keepalive_s,
-        )
+        # a session of its own that ends with the connection: replies are awaited while it lasts
+        arguments = await client_arguments(self.mqtt, self.client_id, SessionExpiryInterval=0)
+        arguments["clean_start"] = True
+        self._client = aiomqtt.Client(**arguments)
         await self._client.__aenter__()
         try:
-            await self._client.subscribe(self.reply_topic, qos=1)
+            await self._client.subscribe(f"{REPLY_ROOT}/+/{self.client_id}", qos=1)
         except BaseException:
             await self._client.__aexit__(None, None, None)
             raise
@@ -160,7 +146,7 @@ class CommandSender:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[correlation] = future
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = self.reply_topic
+        props.ResponseTopic = self.reply_topic(concentrator)
         props.CorrelationData = correlation
         started = time.monotonic()
         try:
@@ -209,6 +195,10 @@ class CommandSender:
                 continue
             try:
                 validate("response", body)
+                if body["concentrator"] != topic.split("/")[1]:
+                    raise PayloadInvalid(
+                        "response", f"from {body['concentrator']!r} on {topic}", "/concentrator"
+                    )
             except PayloadInvalid as exc:
                 body = {
                     "schema": "meterlink.response/1",

@@ -45,6 +45,9 @@ class MqttConfig(MqttSettings):
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    #: the key commands to agents are signed with (`meterlink central command`); from
+    #: METERLINK_MQTT_COMMAND_KEY, the same variable and value as the agents'
+    command_key: Secret | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
