@@ -59,6 +59,20 @@ def set_keys(text: str, section: str, values: dict[str, str], *, bus: str | None
     return "\n".join(out) + "\n"
 
 
+def comment_keys(text: str, section: str, keys: set[str]) -> str:
+    """Comment out `key = …` lines of one table (what a user does to drop a setting)."""
+    out, current = [], ""
+    for line in text.splitlines():
+        header = re.match(r"^\[\[?([\w.]+)\]\]?", line)
+        if header:
+            current = header.group(1)
+        key = re.match(r"^(\w+)\s*=", line)
+        if current == section and key and key.group(1) in keys:
+            line = f"# {line}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def drop_tables(text: str, section: str) -> str:
     """Remove every `[[section]]` table (the example's inline archive meters)."""
     out, skipping = [], False
@@ -141,6 +155,7 @@ async def test_the_readme_path(tmp_path: Path) -> None:
             text = set_keys(
                 text, "mqtt", {"host": '"127.0.0.1"', "port": str(broker.port), "tls": "false"}
             )
+            text = comment_keys(text, "mqtt", {"ca_file", "cert_file", "key_file"})
             text = set_keys(text, "metrics", {"listen": '""'})
             rs485, modbus = on_pty.endpoints["rs485-1"], on_pty.endpoints["modbus-1"]
             dtu = on_tcp.endpoints["dtu-east"]
