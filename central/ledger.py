@@ -170,25 +170,24 @@ _INSERT_METER = """
 INSERT INTO archive_meter (concentrator, seq, meter, district, manufacturer, bus)
 VALUES (?, ?, ?, ?, ?, ?)
 """
-_UPSERT_READ = """
-INSERT INTO daily_read (concentrator, meter, day, day_start, read_at, complete, backfill)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+_READ = ("concentrator", "meter", "day", "day_start", "read_at", "complete", "backfill")
+_READ_TYPES = ("text", "text", "text", "bigint", "bigint", "smallint", "smallint")
+_READ_CONFLICT = """
 ON CONFLICT (concentrator, meter, day) DO UPDATE SET
     read_at = {earliest},
     complete = {complete},
     backfill = {backfill}
 """
-_UPSERT_FAILURE = """
-INSERT INTO daily_failure (concentrator, meter, day, reason, detail, reported_at)
-VALUES (?, ?, ?, ?, ?, ?)
+_FAILURE = ("concentrator", "meter", "day", "reason", "detail", "reported_at")
+_FAILURE_TYPES = ("text", "text", "text", "text", "text", "bigint")
+_FAILURE_CONFLICT = """
 ON CONFLICT (concentrator, meter, day) DO UPDATE SET
     reason = excluded.reason, detail = excluded.detail, reported_at = excluded.reported_at
 WHERE excluded.reported_at >= daily_failure.reported_at
 """
-_MARK_DIRTY = """
-INSERT INTO dirty_day (day, gen) VALUES (?, 1)
-ON CONFLICT (day) DO UPDATE SET gen = dirty_day.gen + 1
-"""
+_DIRTY_CONFLICT = "ON CONFLICT (day) DO UPDATE SET gen = dirty_day.gen + 1"
+_METER = ("concentrator", "seq", "meter", "district", "manufacturer", "bus")
+_METER_TYPES = ("text", "integer", "text", "text", "text", "text")
 #: every day with data from ? on (the days a new archive version can change)
 _MARK_DIRTY_FROM = """
 INSERT INTO dirty_day (day, gen)
@@ -213,7 +212,7 @@ class Ledger:
                 self.store.close()
             raise
         sql = self.store.sql
-        self._upsert_read = _UPSERT_READ.format(
+        self._read_conflict = _READ_CONFLICT.format(
             earliest=sql.least("daily_read.read_at", "excluded.read_at"),
             complete=sql.greatest("daily_read.complete", "excluded.complete"),
             backfill=sql.least("daily_read.backfill", "excluded.backfill"),
@@ -232,16 +231,23 @@ class Ledger:
         if not (facts.reads or facts.failures or facts.archives):
             return
         required = frozenset(required_values)
-        # rows in key order: two hosts writing overlapping batches lock them in one order
-        reads = sorted(
-            (r.concentrator, r.meter, r.day, r.day_start, r.read_at, int(required <= r.values),
-             int(r.backfill))
-            for r in facts.reads
-        )  # fmt: skip
-        failures = sorted(
-            (f.concentrator, f.meter, f.day, f.reason, f.detail, f.reported_at)
-            for f in facts.failures
-        )
+        # one row per key, as the upserts one after the other would leave it (a bulk upsert
+        # takes a key once); in key order, so two hosts lock overlapping rows in one order
+        reads: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        row: tuple[Any, ...]
+        for r in facts.reads:
+            row = (r.concentrator, r.meter, r.day, r.day_start, r.read_at,
+                   int(required <= r.values), int(r.backfill))  # fmt: skip
+            old = reads.get(row[:3])
+            reads[row[:3]] = row if old is None else (
+                *old[:4], min(old[4], row[4]), max(old[5], row[5]), min(old[6], row[6])
+            )  # fmt: skip
+        failures: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        for f in facts.failures:
+            row = (f.concentrator, f.meter, f.day, f.reason, f.detail, f.reported_at)
+            old = failures.get(row[:3])
+            if old is None or row[5] >= old[5]:  # the latest round's reason
+                failures[row[:3]] = row
         dirty = sorted({r.day for r in facts.reads} | {f.day for f in facts.failures})
         concentrators = sorted({a.concentrator for a in facts.archives})
 
@@ -249,9 +255,12 @@ class Ledger:
             for c in concentrators:  # one archive decision per concentrator at a time
                 tx.lock(f"ledger.archive:{c}")
             changed_from = [self._archive(tx, a) for a in facts.archives]
-            tx.executemany(self._upsert_read, reads)
-            tx.executemany(_UPSERT_FAILURE, failures)
-            tx.executemany(_MARK_DIRTY, [(d,) for d in dirty])
+            tx.upsert("daily_read", _READ, _READ_TYPES, [reads[k] for k in sorted(reads)],
+                      self._read_conflict)  # fmt: skip
+            tx.upsert("daily_failure", _FAILURE, _FAILURE_TYPES,
+                      [failures[k] for k in sorted(failures)], _FAILURE_CONFLICT)  # fmt: skip
+            tx.upsert("dirty_day", ("day", "gen"), ("text", "bigint"), [(d, 1) for d in dirty],
+                      _DIRTY_CONFLICT)  # fmt: skip
             for day_from in changed_from:
                 if day_from is not None:
                     tx.execute(_MARK_DIRTY_FROM, (day_from, day_from))
@@ -296,9 +305,8 @@ class Ledger:
             _INSERT_ARCHIVE,
             (a.concentrator, seq, a.version, a.updated_at, day_from, a.digest),
         )
-        tx.executemany(
-            _INSERT_METER,
-            [(a.concentrator, seq, *m) for m in a.meters],
+        tx.upsert(
+            "archive_meter", _METER, _METER_TYPES, [(a.concentrator, seq, *m) for m in a.meters]
         )
         # in force from its day on; a concentrator's first archive also stands for every day
         # before it

@@ -295,6 +295,8 @@ class PostgreSQL:
     user: str = "meterlink"
     database: str = "meterlink"
     log: Path | None = None
+    #: fsync and synchronous commit as in production (benchmarks); off for tests and the demo
+    durable: bool = False
     datadir: Path | None = None
     _base: Path | None = None
 
@@ -342,8 +344,10 @@ class PostgreSQL:
             self._run(
                 [str(bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(server_log), "-w",
                  "-t", "60", "-o",
-                 f"-p {self.port} -k {self._base} -c listen_addresses=127.0.0.1 -c fsync=off"
-                 " -c full_page_writes=off -c synchronous_commit=off", "start"]
+                 f"-p {self.port} -k {self._base} -c listen_addresses=127.0.0.1"
+                 + ("" if self.durable else
+                    " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"),
+                 "start"]
             )  # fmt: skip
         except RuntimeError as exc:
             tail = server_log.read_text(errors="replace")[-2000:] if server_log.exists() else ""
@@ -390,8 +394,8 @@ class PostgreSQL:
 
 
 @contextlib.contextmanager
-def running_postgresql(workdir: Path) -> Iterator[PostgreSQL]:
-    server = PostgreSQL(workdir, free_port())
+def running_postgresql(workdir: Path, *, durable: bool = False) -> Iterator[PostgreSQL]:
+    server = PostgreSQL(workdir, free_port(), durable=durable)
     server.start()
     try:
         yield server

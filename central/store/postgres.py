@@ -99,6 +99,26 @@ class PostgresStore(Store):
         with conn.cursor() as cur:
             cur.executemany(_placeholders(sql), rows)
 
+    def _upsert(
+        self,
+        conn: Any,
+        table: str,
+        columns: Sequence[str],
+        types: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str,
+    ) -> None:
+        """One statement: the columns as arrays (binary format), unnested into rows."""
+        if len(types) != len(columns):
+            raise ValueError(f"{table}: {len(columns)} columns but {len(types)} types")
+        arrays = ", ".join(f"%b::{t}[]" for t in types)
+        # table, columns, types and clause are the calling module's constants, never input
+        sql = (
+            f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608
+            f" {conflict.replace('%', '%%')}"
+        )
+        conn.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+
     def _lock_key(self, conn: Any, key: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(key),))
 

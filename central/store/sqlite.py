@@ -58,6 +58,20 @@ class SqliteStore(Store):
     def _executemany(self, conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         conn.executemany(sql, rows)
 
+    def _upsert(
+        self,
+        conn: Any,
+        table: str,
+        columns: Sequence[str],
+        types: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str,
+    ) -> None:
+        marks = ", ".join("?" * len(columns))
+        # table, columns and clause are the calling module's constants, never input
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {conflict}"  # noqa: S608
+        conn.executemany(sql, rows)
+
     def _lock_key(self, conn: Any, key: str) -> None:
         """The transaction already holds the file's write lock."""
 

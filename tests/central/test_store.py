@@ -323,6 +323,27 @@ async def test_a_nul_in_a_string_is_a_dead_letter_on_either_store(
     assert "U+0000" in dead.error
 
 
+async def test_an_archive_listing_a_meter_twice_is_a_dead_letter_not_a_crash_loop(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, store_url: str
+) -> None:
+    """The ledger keys an archive's meters by id: such an archive used to fail the batch's
+    transaction, stop the consumer, and stop it again each time the retained copy came back."""
+    cfg = config(tmp_path, mosquitto.port, influxdb.url, store=store_url)
+    twice = archive("c-001", 1, [(M[1], "east", "acme"), (M[1], "west", "acme")], stamp(DAY))
+    good = archive("c-002", 1, scenario.C2, stamp(DAY))
+    async with running_consumer(cfg) as consumer:
+        await publish(mosquitto.port, [("c-001", "archive", twice), ("c-002", "archive", good)])
+        await wait_for(lambda: consumer.stats.acked == 2, what="both acknowledged")
+        assert consumer.stats.invalid == 1
+        assert consumer.ledger.rows("SELECT concentrator FROM archive_version") == [("c-002",)]
+    spool = Spool(cfg.consumer.spool)
+    try:
+        (dead,) = spool.dead_letters()
+    finally:
+        spool.close()
+    assert f"archive lists meter '{M[1]}' more than once" in dead.error
+
+
 # --- the command line against either store -------------------------------------------------------
 def test_report_says_when_postgresql_cannot_be_reached(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
