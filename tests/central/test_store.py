@@ -359,6 +359,22 @@ def test_report_says_when_postgresql_cannot_be_reached(
     assert "cannot connect" in err
 
 
+def test_central_run_exits_69_while_the_store_cannot_be_reached(tmp_path: Path) -> None:
+    """EX_UNAVAILABLE: systemd starts it again later (a bad config would be 78, no restart)."""
+    path = tmp_path / "central.toml"
+    path.write_text(
+        f'[store]\nurl = "postgresql://meterlink@127.0.0.1:{free_port()}/meterlink"\n'
+        f'[consumer]\nspool = "{tmp_path}/spool.sqlite3"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "meterlink", "central", "run", "--config", str(path)],
+        cwd=REPO, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 69, done.stderr.decode()[-2000:]
+    assert b"cannot connect" in done.stderr
+    assert b"Traceback" not in done.stderr
+
+
 def test_a_store_migrated_by_a_newer_meterlink_is_refused(
     store: Store, store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
