@@ -3,11 +3,13 @@ nothing to set up). One writer at a time per file (``BEGIN IMMEDIATE``); readers
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from central.store.base import SQLITE, Kind, Store
+from central.store.base import SQLITE, Kind, Store, StoreError, StoreUnavailable
 from central.store.url import StoreURL
 
 __all__ = ["SqliteStore"]
@@ -26,17 +28,36 @@ class SqliteStore(Store):
         self.path = url.path
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S
-        )
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"store {self}: cannot open: {exc}") from exc
+        try:
+            self._wal(db)
             db.execute("PRAGMA synchronous=FULL")
-        except BaseException:
+        except sqlite3.Error as exc:
             db.close()
-            raise
+            cls = StoreUnavailable if self._kind(exc) == "unavailable" else StoreError
+            raise cls(f"store {self}: cannot open: {exc}") from exc
         return db
+
+    def _wal(self, db: sqlite3.Connection) -> None:
+        """WAL mode (once per file). Instances opening a new file together can be refused at
+        once, busy timeout or not (SQLite does not wait there): try again, as long as it would
+        have waited."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if self._kind(exc) != "unavailable" or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05))
 
     def _begin(self, conn: Any) -> None:
         conn.execute("BEGIN IMMEDIATE")
