@@ -34,7 +34,7 @@ from central.config import CoverageConfig
 from central.coverage import compute_day
 from central.ledger import Ledger
 from central.report import render
-from central.store import Store, open_store, parse_url
+from central.store import Store, StoreError, open_store, parse_url
 from meterlink.services import InfluxDB1, Mosquitto, free_port
 
 __all__ = ["configure", "run"]
@@ -271,7 +271,15 @@ def run(args: argparse.Namespace) -> int:
             f.unlink()
     workdir.mkdir(parents=True, exist_ok=True)
     meterlink = [sys.executable, "-m", "meterlink"]
+    store_url = args.store or f"sqlite://{workdir}/coverage.sqlite3"
+    try:  # first: a store that cannot be reached stops the demo before anything starts
+        store = _open_store(store_url)
+        ledger = Ledger(store)
+    except StoreError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 69
     with _running(workdir) as stack:
+        stack.cleanups.append(store.close)
         if args.mqtt:
             host, _, port_text = args.mqtt.rpartition(":")
             port = int(port_text)
@@ -283,10 +291,6 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"demo: simulator {args.fleet.name}: " + ", ".join(f"{b} at {w}" for b, _, w in buses)
         )
-        store_url = args.store or f"sqlite://{workdir}/coverage.sqlite3"
-        store = _open_store(store_url)
-        stack.cleanups.append(store.close)
-        ledger = Ledger(store)
         if _earlier_demo_data(store):
             print(
                 f"demo: note: the store already holds {CONCENTRATOR}'s data from an earlier"
