@@ -1,5 +1,6 @@
-"""Private local services: Mosquitto, InfluxDB 1.x (`influxd`) and VictoriaMetrics, each on a
-free loopback port with its data in a directory of its own, stopped by PID.
+"""Private local services: Mosquitto, InfluxDB 1.x (`influxd`), VictoriaMetrics and PostgreSQL, each
+on a free loopback port with its data in a directory of its own, stopped by PID (PostgreSQL by
+`pg_ctl`, then by the postmaster's PID).
 
 `meterlink demo` starts what it needs with these; the tests use the same launchers (through
 tests/fixtures/services.py). Never a fixed port, never the machine's own Mosquitto on 1883.
@@ -11,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -285,3 +288,142 @@ def running_victoria_metrics(workdir: Path) -> Iterator[VictoriaMetrics]:
         yield server
     finally:
         server.stop()
+
+
+# --- PostgreSQL (Debian `postgresql`): the shared store of several central hosts ---------------
+def postgres_bin_dir() -> Path:
+    """Debian keeps the server binaries off PATH, in /usr/lib/postgresql/<major>/bin."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise RuntimeError("PostgreSQL is not installed (Debian package postgresql): run scripts/setup")
+
+
+@dataclass
+class PostgreSQL:
+    """A private PostgreSQL cluster: `initdb` on first start, `pg_ctl` on a free loopback port.
+
+    `initdb` and `postgres` refuse to run as root; as root they run as the `postgres` system
+    user (via `runuser`) in a directory of their own under the system temp dir (pytest's temp
+    dirs are 0700 root: `postgres` could not enter them), removed by `remove()`. `stop()` /
+    `start()` keep the data and the port (an outage). Trust authentication on loopback: for
+    tests and the demo only.
+    """
+
+    workdir: Path
+    port: int
+    user: str = "meterlink"
+    database: str = "meterlink"
+    log: Path | None = None
+    #: fsync and synchronous commit as in production (benchmarks); off for tests and the demo
+    durable: bool = False
+    datadir: Path | None = None
+    _base: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return self.url_of(self.database)
+
+    def url_of(self, database: str) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *argv]
+        return argv
+
+    def _run(self, argv: list[str]) -> None:
+        done = subprocess.run(self._as_owner(argv), capture_output=True, check=False)
+        if done.returncode != 0:
+            out = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{' '.join(argv[:2])} failed ({done.returncode}):\n{out}")
+
+    def start(self) -> None:
+        bindir = postgres_bin_dir()
+        fresh = self._base is None
+        if fresh:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                self._base = Path(tempfile.mkdtemp(prefix="meterlink-pg-"))
+                shutil.chown(self._base, "postgres")
+            else:
+                self._base = Path(tempfile.mkdtemp(prefix="pg-", dir=self.workdir))
+            self.datadir = self._base / "data"
+            self._run(
+                [str(bindir / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U", self.user,
+                 "--no-sync", "-E", "UTF8", "--locale=C"]
+            )  # fmt: skip
+        assert self.datadir is not None
+        assert self._base is not None
+        server_log = self._base / "server.log"
+        try:
+            self._run(
+                [str(bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(server_log), "-w",
+                 "-t", "60", "-o",
+                 f"-p {self.port} -k {self._base} -c listen_addresses=127.0.0.1"
+                 + ("" if self.durable else
+                    " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"),
+                 "start"]
+            )  # fmt: skip
+        except RuntimeError as exc:
+            tail = server_log.read_text(errors="replace")[-2000:] if server_log.exists() else ""
+            raise RuntimeError(f"{exc}\n{tail}") from None
+        wait_port(self.port)
+        if fresh:
+            self.create_database(self.database)
+
+    def create_database(self, name: str) -> str:
+        """A new empty database (owned by `user`); returns its URL."""
+        subprocess.run(
+            [str(postgres_bin_dir() / "createdb"), "-h", self.host, "-p", str(self.port),
+             "-U", self.user, name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return self.url_of(name)
+
+    def pid(self) -> int | None:
+        """The postmaster's PID, from its pid file (None when not running)."""
+        if self.datadir is None:
+            return None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+        return None
+
+    def stop(self) -> None:
+        if self.datadir is None or self.pid() is None:
+            return
+        pid = self.pid()
+        try:
+            self._run([str(postgres_bin_dir() / "pg_ctl"), "-D", str(self.datadir), "-m", "fast",
+                       "-w", "-t", "30", "stop"])  # fmt: skip
+        except RuntimeError:
+            if pid is not None:  # pg_ctl could not: the postmaster by its PID
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGQUIT)
+
+    def remove(self) -> None:
+        """Stop, and delete the cluster's directory."""
+        self.stop()
+        if self._base is not None:
+            shutil.rmtree(self._base, ignore_errors=True)
+            self._base = self.datadir = None
+
+
+@contextlib.contextmanager
+def running_postgresql(workdir: Path, *, durable: bool = False) -> Iterator[PostgreSQL]:
+    server = PostgreSQL(workdir, free_port(), durable=durable)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()

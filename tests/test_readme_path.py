@@ -202,11 +202,8 @@ async def test_the_readme_path(tmp_path: Path) -> None:
             central = set_keys(central, "mqtt", {"host": '"127.0.0.1"', "port": str(broker.port)})
             central = set_keys(central, "influx", {"url": f'"{influx.url}"'})
             central = set_keys(central, "consumer", {"spool": f'"{work / "spool.sqlite3"}"'})
-            central = set_keys(
-                central,
-                "coverage",
-                {"ledger": f'"{work / "coverage.sqlite3"}"', "interval_s": "1.0"},
-            )
+            central = set_keys(central, "coverage", {"interval_s": "1.0"})
+            central = set_keys(central, "store", {"url": f'"sqlite://{work / "coverage.sqlite3"}"'})
             (work / "central.toml").write_text(central, encoding="utf-8")
 
             async with (
