@@ -32,31 +32,31 @@ ENERGY_DIS = ("0506", "901F", "9010")
 
 def set_keys(text: str, section: str, values: dict[str, str], *, bus: str | None = None) -> str:
     """Set `key = value` lines of one TOML table (`[[buses]]` picked by its name) in the
-    example's text, keeping its comments; a key the table lacks is added at its end."""
-    out: list[str] = []
-    current, current_bus, pending = "", None, dict(values)
-
-    def flush() -> None:
-        if current == section and (bus is None or current_bus == bus):
-            out.extend(f"{k} = {v}" for k, v in pending.items())
-            pending.clear()
-
-    for line in text.splitlines():
+    example's text, keeping its comments: the key's line if the table has one, else its
+    commented-out example line, else a new line at the table's end."""
+    lines = text.splitlines()
+    table: list[int] = []  # line numbers inside the table
+    current, current_bus = "", None
+    for n, line in enumerate(lines):
         header = re.match(r"^\[\[?([\w.]+)\]\]?", line)
         if header:
-            flush()
             current, current_bus = header.group(1), None
+            continue
         name = re.match(r'^name = "([^"]+)"', line)
         if name and current == "buses":
             current_bus = name.group(1)
-        key = re.match(r"^#?\s*(\w+)\s*=", line)
-        here = current == section and (bus is None or current_bus == bus)
-        if header is None and key and here and key.group(1) in pending:
-            line = f"{key.group(1)} = {pending.pop(key.group(1))}"
-        out.append(line)
-    flush()
-    assert not pending, f"[{section}] {bus or ''}: could not place {pending}"
-    return "\n".join(out) + "\n"
+        if current == section and (bus is None or current_bus == bus):
+            table.append(n)
+    assert table, f"no table [{section}] {bus or ''}"
+    for key, value in values.items():
+        plain = [n for n in table if re.match(rf"^{key}\s*=", lines[n])]
+        commented = [n for n in table if re.match(rf"^#\s*{key}\s*=", lines[n])]
+        if plain or commented:
+            lines[(plain or commented)[0]] = f"{key} = {value}"
+        else:
+            lines.insert(table[-1] + 1, f"{key} = {value}")
+            table.append(table[-1] + 1)
+    return "\n".join(lines) + "\n"
 
 
 def comment_keys(text: str, section: str, keys: set[str]) -> str:
