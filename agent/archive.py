@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, MeterConfig
-from meterlink.config import ConfigError, build, load_toml
+from common.config import ConfigError, build, load_toml
 
 __all__ = ["Archive", "ArchiveStore", "ArchiveUpdateError", "load_meter_list"]
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from agent.mqtt.settings import MqttSettings
+from agent.mqtt.settings import LinkSettings
 from agent.transports import BusUrl, BusUrlError
-from meterlink.config import ConfigError, build, load_toml
+from common.config import ConfigError, Secret, build, load_toml
 from protocols.payloads import CONCENTRATOR_ID
 
 __all__ = [
@@ -65,12 +65,12 @@ class Identity:
 
 
 @dataclass(frozen=True)
-class MqttConfig(MqttSettings):
+class MqttConfig(LinkSettings):
     """The `[mqtt]` section: every setting of the MQTT link (documented in
-    agent/mqtt/settings.py) plus the key that authenticates commands."""
+    common/mqtt.py and agent/mqtt/settings.py) plus the key that authenticates commands."""
 
-    command_key: str | None = None
-    """HMAC key (hex or text) for signed commands; prefer METERLINK_MQTT_COMMAND_KEY"""
+    command_key: Secret | None = None
+    """HMAC key (hex or text) for signed commands: METERLINK_MQTT_COMMAND_KEY (a secret)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()

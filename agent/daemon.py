@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ from agent.plans.daily import DailyPlanner
 from agent.plans.interval import IntervalPlanner
 from agent.poller import BusPoller, dlt645_poller
 from agent.state import PlanState
+from common.config import ConfigError
+from protocols.commands import key_bytes
 
 __all__ = ["STAGES", "Agent", "run_agent"]
 
@@ -61,13 +64,10 @@ def _pollers(cfg: AgentConfig) -> dict[str, BusPoller[Any]]:
 
 
 def _command_key(cfg: AgentConfig) -> bytes | None:
-    key = cfg.mqtt.command_key
-    if not key:
+    secret = cfg.mqtt.command_key
+    if not secret:
         return None
-    try:
-        return bytes.fromhex(key)
-    except ValueError:
-        return key.encode()
+    return key_bytes(secret.reveal())
 
 
 class Agent:
@@ -77,7 +77,16 @@ class Agent:
         self.cfg = cfg
         self.config_path = config_path
         state_dir = cfg.agent.state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            probe = state_dir / ".writable"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(
+                f"agent.state_dir = {str(state_dir)!r} cannot be used: {exc.strerror}"
+                " (create it, writable by the agent's user, or point state_dir elsewhere)"
+            ) from None
         self.archive = ArchiveStore(cfg)
         self.state = PlanState(state_dir / "state.sqlite")
         self.metrics = AgentMetrics()
@@ -327,19 +336,18 @@ class Agent:
 
 
 def run_agent(config_path: Path) -> int:
-    from meterlink.config import ConfigError
-    from meterlink.logs import setup_logging
+    from common.logs import setup_logging
 
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
-        print(f"meterlink agent: configuration error: {exc}", flush=True)
+        print(f"meterlink agent: configuration error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     setup_logging(cfg.agent.log_level, cfg.agent.log_format)
     try:
         agent = Agent(cfg, config_path)
     except ConfigError as exc:
-        log.error("configuration error: %s", exc)
+        print(f"meterlink agent: configuration error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     asyncio.run(agent.run())
     return 0

@@ -32,29 +32,41 @@ class ModbusRejection(MeterRejection):
 
 
 class ModbusBus:
-    """One Modbus line or gateway connection."""
+    """One Modbus line or gateway connection.
+
+    The pymodbus client is made on first use, inside the running event loop: pymodbus binds
+    its client to the running loop when it is built, and the agent builds its buses before the
+    loop runs (`Agent.__init__`)."""
 
     def __init__(self, url: BusUrl) -> None:
         self.url = url
-        timeout = url.timeout_ms / 1000
-        self.client: AsyncModbusSerialClient | AsyncModbusTcpClient
-        if url.scheme == "modbus+rtu":
-            self.client = AsyncModbusSerialClient(
-                url.path,
-                baudrate=url.baud,
-                parity=url.parity,
-                bytesize=url.bytesize,
-                stopbits=url.stopbits,
-                timeout=timeout,
-                retries=0,
-            )
-        else:
-            self.client = AsyncModbusTcpClient(url.host, port=url.port, timeout=timeout, retries=0)
+        self._client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
         self.busy_seconds = 0.0
         self.exchanges = 0
 
+    @property
+    def client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
+        if self._client is None:
+            url, timeout = self.url, self.url.timeout_ms / 1000
+            if url.scheme == "modbus+rtu":
+                self._client = AsyncModbusSerialClient(
+                    url.path,
+                    baudrate=url.baud,
+                    parity=url.parity,
+                    bytesize=url.bytesize,
+                    stopbits=url.stopbits,
+                    timeout=timeout,
+                    retries=0,
+                )
+            else:
+                self._client = AsyncModbusTcpClient(
+                    url.host, port=url.port, timeout=timeout, retries=0
+                )
+        return self._client
+
     async def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
     async def read_words(self, unit: int, function: int, address: int, count: int) -> list[int]:
         if not self.client.connected and not await self.client.connect():

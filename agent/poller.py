@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from agent.transports import ByteTransport, TraceHook, open_byte_transport
+from agent.transports import BusError, ByteTransport, TraceHook, open_byte_transport
 from agent.transports.url import BusUrl
 
 __all__ = ["PRIORITY_COMMAND", "PRIORITY_DAILY", "PRIORITY_INTERVAL", "BusClosed", "BusPoller"]
@@ -50,6 +50,8 @@ class BusPoller(Generic[C]):
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.bus_down = False
+        """the last exchange failed on the bus itself (BusError), not on a meter"""
 
     @property
     def busy_seconds(self) -> float:
@@ -89,15 +91,34 @@ class BusPoller(Generic[C]):
                 future.cancel()
                 raise
             except Exception as exc:
+                self._bus_health(exc)
                 if not future.done():  # the submitter may be gone (plan reloaded or stopped)
                     future.set_exception(exc)
             else:
+                self._bus_health(None)
                 if not future.done():
                     future.set_result(result)
             finally:
                 self._active -= 1
                 if self._active == 0:
                     self._idle.set()
+
+    def _bus_health(self, exc: Exception | None) -> None:
+        """One log line when the bus itself starts failing (cannot open, connection lost) and
+        one when it works again — not one per exchange. A meter that does not answer is not
+        the bus failing."""
+        if isinstance(exc, BusError):
+            if not self.bus_down:
+                log.warning(
+                    "bus %s: %s (every exchange on this bus fails until it is fixed; retrying)",
+                    self.name,
+                    exc,
+                    extra={"bus": self.name},
+                )
+            self.bus_down = True
+        elif self.bus_down:
+            log.info("bus %s: working again", self.name, extra={"bus": self.name})
+            self.bus_down = False
 
     async def drain(self, within: float) -> bool:
         """Stop taking work, refuse what is queued, let the running job finish (bounded)."""

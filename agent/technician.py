@@ -1,6 +1,7 @@
 """Technician commands on the same transports as the agent: `meterlink read` and `meterlink scan`.
 
 meterlink read --bus serial:///dev/ttyUSB0 --meter 123456789012 00010000 voltage_a_v --trace
+meterlink read --bus modbus+tcp://10.0.0.8:502 --meter 1 --model chint_dtsu666 [voltage_a_v …]
 meterlink scan --bus tcp://10.0.0.7:4001 --config /etc/meterlink/agent.toml
 """
 
@@ -10,14 +11,16 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.config import MeterConfig
 from agent.dlt645 import Dlt645Client, FrameSink, reason_of
 from agent.transports import BusUrl, BusUrlError, TransportError, open_byte_transport
-from meterlink.config import ConfigError
+from common.config import ConfigError
 from protocols.dlt645 import (
     WILDCARD,
     Address,
@@ -30,6 +33,7 @@ from protocols.dlt645 import (
     to_frame,
 )
 from protocols.errors import LocalProtocolError
+from protocols.modbus import MAPS, load_map
 
 __all__ = ["READ", "SCAN", "scan_bus"]
 
@@ -38,11 +42,12 @@ def _trace(direction: str, data: bytes) -> None:
     print(f"{direction} {hex_spaced(data)}", file=sys.stderr, flush=True)
 
 
-def _bus(text: str) -> BusUrl:
+def _bus(text: str, command: str) -> BusUrl:
     try:
         return BusUrl.parse(text)
     except BusUrlError as exc:
-        raise SystemExit(f"meterlink: {exc}") from None
+        print(f"meterlink {command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class _Read:
@@ -50,14 +55,29 @@ class _Read:
         parser.add_argument(
             "--bus", required=True, help="bus URL, e.g. serial:///dev/ttyUSB0?baud=2400"
         )
-        parser.add_argument("--meter", required=True, help="meter address (nameplate order)")
+        parser.add_argument(
+            "--meter", required=True, help="meter address (nameplate order); Modbus: unit id"
+        )
         parser.add_argument("--edition", choices=["2007", "1997"], default="2007")
+        parser.add_argument(
+            "--model",
+            help=f"Modbus buses: the register map ({', '.join(sorted(MAPS))} or the model name)",
+        )
         parser.add_argument("--trace", action="store_true", help="print every frame on stderr")
         parser.add_argument("--json", action="store_true", help="one JSON object per item")
-        parser.add_argument("items", nargs="+", help="DIs (hex) or measurement names")
+        parser.add_argument(
+            "items",
+            nargs="*",
+            help="DIs (hex) or measurement names; Modbus: measurement names (default: all mapped)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
-        url = _bus(args.bus)
+        url = _bus(args.bus, "read")
+        if url.is_modbus:
+            return _read_modbus(url, args)
+        if not args.items:
+            print("meterlink read: name at least one item (a DI or a measurement)", file=sys.stderr)
+            return 2
         edition = Edition(args.edition)
         try:
             address = Address.parse(args.meter)
@@ -118,6 +138,54 @@ class _Read:
             print(f"meterlink read: {exc}", file=sys.stderr)
             return 1
         return 1 if failed else 0
+
+
+def _read_modbus(url: BusUrl, args: argparse.Namespace) -> int:
+    from agent.modbus import ModbusBus, ModbusClient
+
+    if not args.model:
+        known = ", ".join(sorted(MAPS))
+        print(f"meterlink read: a Modbus meter needs --model ({known})", file=sys.stderr)
+        return 2
+    if not args.meter.isdigit() or not 1 <= int(args.meter) <= 247:
+        print(f"meterlink read: --meter {args.meter}: a Modbus unit id is 1..247", file=sys.stderr)
+        return 2
+    try:
+        meter = MeterConfig(bus="cli", protocol="modbus", unit=int(args.meter), model=args.model)
+        regmap = load_map(meter.model)
+    except ValueError as exc:  # unit not 1..247; no such register map (LocalProtocolError)
+        print(f"meterlink read: {exc}", file=sys.stderr)
+        return 2
+    unknown = sorted(set(args.items) - set(regmap.measurements))
+    if unknown:
+        print(
+            f"meterlink read: {regmap.model} maps no {', '.join(unknown)}"
+            f" (it maps {', '.join(sorted(regmap.measurements))})",
+            file=sys.stderr,
+        )
+        return 2
+
+    # the failure is reported below, once, with its reason; pymodbus would log it again
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+    async def read() -> int:
+        bus = ModbusBus(url)
+        try:
+            values = await ModbusClient(bus).read(meter, set(args.items) or None)
+        except Exception as exc:
+            reason, detail = reason_of(exc)
+            print(f"unit {meter.unit}  FAILED {reason.value}: {detail}")
+            return 1
+        finally:
+            await bus.close()
+        for m in values:
+            if args.json:
+                print(json.dumps({m.name: m.as_json()}, ensure_ascii=False))
+            else:
+                print(f"unit {meter.unit}  {m.name} = {m.value}{f' {m.unit}' if m.unit else ''}")
+        return 0
+
+    return asyncio.run(read())
 
 
 @dataclass
@@ -211,7 +279,14 @@ class _Scan:
         parser.add_argument("--trace", action="store_true")
 
     def run(self, args: argparse.Namespace) -> int:
-        url = _bus(args.bus)
+        url = _bus(args.bus, "scan")
+        if url.is_modbus:
+            print(
+                "meterlink scan: searches DL/T 645 buses by address; on a Modbus bus read each"
+                " unit id with `meterlink read --bus URL --meter UNIT --model MAP`",
+                file=sys.stderr,
+            )
+            return 2
         archived: set[str] | None = None
         if args.config:
             from agent.archive import ArchiveStore
@@ -235,7 +310,11 @@ class _Scan:
         import dataclasses
 
         url = dataclasses.replace(url, reply_timeout_ms=args.reply_timeout_ms)
-        result = asyncio.run(self._scan(url, args.trace))
+        try:
+            result = asyncio.run(self._scan(url, args.trace))
+        except TransportError as exc:
+            print(f"meterlink scan: {exc}", file=sys.stderr)
+            return 1
         print(
             f"{len(result.found)} meters found "
             f"({result.probes} probes, {result.collisions} collisions)"

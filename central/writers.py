@@ -89,7 +89,8 @@ class V1Writer:
         self._headers = {}
         if cfg.username:  # HTTP basic, by hand: aiohttp's BasicAuth is deprecated, and the
             # replacement is too new for the aiohttp versions we accept
-            pair = f"{cfg.username}:{cfg.password or ''}".encode()
+            secret = cfg.password.reveal() if cfg.password else ""
+            pair = f"{cfg.username}:{secret}".encode()
             self._headers["Authorization"] = f"Basic {base64.b64encode(pair).decode()}"
 
     def _http(self) -> aiohttp.ClientSession:
@@ -153,7 +154,7 @@ class V2Writer:
         if self._client is None:
             self._client = InfluxDBClientAsync(
                 url=self.cfg.url,
-                token=self.cfg.token or "",
+                token=self.cfg.token.reveal() if self.cfg.token else "",
                 org=self.cfg.org,
                 timeout=int(self.cfg.timeout_s * 1000),
             )

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Protocol, cast
+
+EX_SOFTWARE = 70
+"""sysexits: an internal error (a bug), as opposed to bad input (2), bad configuration (78)"""
 
 #: name -> ("module" or "module:object", one-line help); the target has configure() and run()
 COMMANDS: dict[str, tuple[str, str]] = {
     "frame": ("meterlink.frame_cmd", "decode or build DL/T 645 and Q/GDW 1376.2 frames"),
     "sim": ("simulators.cli", "meter simulator: serve a fleet on ptys / TCP / serial, fleet files"),
     "central": ("central.cli", "MQTT to InfluxDB consumer and the daily coverage report"),
-    "demo": ("central.demo", "the whole chain on this machine: simulator, agent, central"),
+    "demo": ("meterlink.demo", "the whole chain on this machine: simulator, agent, central"),
     "agent": ("agent.cli", "run the concentrator agent, or check its configuration"),
     "read": ("agent.technician:READ", "read items of one meter on a bus (values with units)"),
     "scan": (
@@ -63,6 +69,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return module.run(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # The subcommands turn every user error into one line that says what to change; what
+        # reaches here is unforeseen. Still one line (no traceback wall for an operator), the
+        # details in the log for daemons and on request for everyone.
+        if logging.getLogger().handlers:  # a daemon's log (journald) keeps the whole story
+            logging.getLogger("meterlink").critical("%s failed", name, exc_info=exc)
+        if os.environ.get("METERLINK_TRACEBACK"):
+            traceback.print_exception(exc)
+        print(
+            f"meterlink {name}: {type(exc).__name__}: {exc}"
+            " (unexpected; METERLINK_TRACEBACK=1 shows where — please report it)",
+            file=sys.stderr,
+        )
+        return EX_SOFTWARE
 
 
 if __name__ == "__main__":

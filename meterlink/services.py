@@ -1,5 +1,6 @@
-"""Private local services: Mosquitto, InfluxDB 1.x (`influxd`) and VictoriaMetrics, each on a
-free loopback port with its data in a directory of its own, stopped by PID.
+"""Private local services: Mosquitto, InfluxDB 1.x (`influxd`), VictoriaMetrics and PostgreSQL, each
+on a free loopback port with its data in a directory of its own, stopped by PID (PostgreSQL by
+`pg_ctl`, then by the postmaster's PID).
 
 `meterlink demo` starts what it needs with these; the tests use the same launchers (through
 tests/fixtures/services.py). Never a fixed port, never the machine's own Mosquitto on 1883.
@@ -11,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,6 +71,22 @@ def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
             proc.wait()
 
 
+def private_broker_config(text: str, port: int, paths: dict[str, str]) -> str:
+    """A production Mosquitto configuration (deploy/mosquitto/*.conf) made private: every
+    ``listener`` on 127.0.0.1:`port`, every path prefix in `paths` replaced (``{"/etc/mosquitto/
+    meterlink": "<tmp>/pki"}``), nothing else changed, so the rules under test are the ones
+    operators install."""
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] == "listener":
+            line = f"listener {port} 127.0.0.1"
+        for production, private in paths.items():
+            line = line.replace(production, private)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 @dataclass
 class Mosquitto:
     """A private broker. `stop()` / `start()` simulate an outage on the same port."""
@@ -80,6 +99,10 @@ class Mosquitto:
     extra: tuple[str, ...] = ()
     """more configuration lines (they apply to the listener: e.g. TLS files)"""
     log: Path | None = None
+    config: Path | None = None
+    """a production configuration to run instead of the open test listener (made private by
+    `private_broker_config`, with `paths`); `acl_file` and `extra` still apply"""
+    paths: dict[str, str] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -89,17 +112,23 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
-            "max_queued_messages 1000000",
-            "log_dest none",
+            "log_dest none" if self.log is None else "log_dest stderr",
         ]
+        if self.config is None:
+            lines += [
+                f"listener {self.port} 127.0.0.1",
+                "allow_anonymous true",
+                "max_queued_messages 1000000",
+            ]
         if os.geteuid() == 0:
             # as root, mosquitto drops to user "mosquitto", which can neither read an ACL file nor
             # write its database in pytest's 0700 temp dirs
             lines.append("user root")
+        if self.config is not None:
+            production = self.config.read_text(encoding="utf-8")
+            lines.append(private_broker_config(production, self.port, self.paths))
         if self.acl_file is not None:
             lines.append(f"acl_file {self.acl_file}")
         lines.extend(self.extra)
@@ -259,3 +288,142 @@ def running_victoria_metrics(workdir: Path) -> Iterator[VictoriaMetrics]:
         yield server
     finally:
         server.stop()
+
+
+# --- PostgreSQL (Debian `postgresql`): the shared store of several central hosts ---------------
+def postgres_bin_dir() -> Path:
+    """Debian keeps the server binaries off PATH, in /usr/lib/postgresql/<major>/bin."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise RuntimeError("PostgreSQL is not installed (Debian package postgresql): run scripts/setup")
+
+
+@dataclass
+class PostgreSQL:
+    """A private PostgreSQL cluster: `initdb` on first start, `pg_ctl` on a free loopback port.
+
+    `initdb` and `postgres` refuse to run as root; as root they run as the `postgres` system
+    user (via `runuser`) in a directory of their own under the system temp dir (pytest's temp
+    dirs are 0700 root: `postgres` could not enter them), removed by `remove()`. `stop()` /
+    `start()` keep the data and the port (an outage). Trust authentication on loopback: for
+    tests and the demo only.
+    """
+
+    workdir: Path
+    port: int
+    user: str = "meterlink"
+    database: str = "meterlink"
+    log: Path | None = None
+    #: fsync and synchronous commit as in production (benchmarks); off for tests and the demo
+    durable: bool = False
+    datadir: Path | None = None
+    _base: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return self.url_of(self.database)
+
+    def url_of(self, database: str) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *argv]
+        return argv
+
+    def _run(self, argv: list[str]) -> None:
+        done = subprocess.run(self._as_owner(argv), capture_output=True, check=False)
+        if done.returncode != 0:
+            out = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{' '.join(argv[:2])} failed ({done.returncode}):\n{out}")
+
+    def start(self) -> None:
+        bindir = postgres_bin_dir()
+        fresh = self._base is None
+        if fresh:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                self._base = Path(tempfile.mkdtemp(prefix="meterlink-pg-"))
+                shutil.chown(self._base, "postgres")
+            else:
+                self._base = Path(tempfile.mkdtemp(prefix="pg-", dir=self.workdir))
+            self.datadir = self._base / "data"
+            self._run(
+                [str(bindir / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U", self.user,
+                 "--no-sync", "-E", "UTF8", "--locale=C"]
+            )  # fmt: skip
+        assert self.datadir is not None
+        assert self._base is not None
+        server_log = self._base / "server.log"
+        try:
+            self._run(
+                [str(bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(server_log), "-w",
+                 "-t", "60", "-o",
+                 f"-p {self.port} -k {self._base} -c listen_addresses=127.0.0.1"
+                 + ("" if self.durable else
+                    " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"),
+                 "start"]
+            )  # fmt: skip
+        except RuntimeError as exc:
+            tail = server_log.read_text(errors="replace")[-2000:] if server_log.exists() else ""
+            raise RuntimeError(f"{exc}\n{tail}") from None
+        wait_port(self.port)
+        if fresh:
+            self.create_database(self.database)
+
+    def create_database(self, name: str) -> str:
+        """A new empty database (owned by `user`); returns its URL."""
+        subprocess.run(
+            [str(postgres_bin_dir() / "createdb"), "-h", self.host, "-p", str(self.port),
+             "-U", self.user, name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return self.url_of(name)
+
+    def pid(self) -> int | None:
+        """The postmaster's PID, from its pid file (None when not running)."""
+        if self.datadir is None:
+            return None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+        return None
+
+    def stop(self) -> None:
+        if self.datadir is None or self.pid() is None:
+            return
+        pid = self.pid()
+        try:
+            self._run([str(postgres_bin_dir() / "pg_ctl"), "-D", str(self.datadir), "-m", "fast",
+                       "-w", "-t", "30", "stop"])  # fmt: skip
+        except RuntimeError:
+            if pid is not None:  # pg_ctl could not: the postmaster by its PID
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGQUIT)
+
+    def remove(self) -> None:
+        """Stop, and delete the cluster's directory."""
+        self.stop()
+        if self._base is not None:
+            shutil.rmtree(self._base, ignore_errors=True)
+            self._base = self.datadir = None
+
+
+@contextlib.contextmanager
+def running_postgresql(workdir: Path, *, durable: bool = False) -> Iterator[PostgreSQL]:
+    server = PostgreSQL(workdir, free_port(), durable=durable)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()

@@ -31,6 +31,7 @@ __all__ = [
     "NonceCache",
     "canonical_json",
     "check_fresh",
+    "key_bytes",
     "new_command",
     "sign_command",
     "verify_command",
@@ -51,6 +52,15 @@ def canonical_json(payload: Mapping[str, Any]) -> bytes:
     body = {k: v for k, v in payload.items() if k != "signature"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text.encode("utf-8")
+
+
+def key_bytes(text: str) -> bytes:
+    """A command key as configured (an environment variable on both sides): hex digits are the
+    key's bytes, anything else its UTF-8 encoding."""
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return text.encode()
 
 
 def _mac(payload: Mapping[str, Any], key: bytes) -> str:

@@ -32,7 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--pty", nargs="?", const="", metavar="PATH",
         help="serve on pseudo-terminals (default); PATH = a symlink to the first bus's pty",
     )  # fmt: skip
-    where.add_argument("--tcp", metavar="HOST:PORT", help="TCP transparent serial server(s)")
+    where.add_argument(
+        "--tcp", metavar="HOST:PORT", type=_host_port,
+        help="TCP transparent serial server(s): one port per bus from PORT (0: any free ports)",
+    )  # fmt: skip
     where.add_argument("--serial", metavar="DEV", help="a real serial device (one-bus fleet)")
     serve.add_argument(
         "--timing", action="store_true",
@@ -46,6 +49,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--example", action="store_true", help="print a commented fleet file")
     what.add_argument("--archive", action="store_true", help="print the meter archive (JSON)")
     fleet.add_argument("--fleet", type=Path, help="fleet file for --archive")
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:4001")
+    return host or "127.0.0.1", int(port)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,16 +84,21 @@ def _fleet(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     from simulators.server import serve_fleet
 
-    recorder = Recorder(args.record)
+    try:
+        recorder = Recorder(args.record)
+    except OSError as exc:
+        print(f"meterlink sim: --record {args.record}: {exc.strerror}", file=sys.stderr)
+        return 2
     try:
         fleet = load_fleet(args.fleet, recorder=recorder)
     except FleetError as exc:
+        recorder.close()
         print(f"meterlink sim: {exc}", file=sys.stderr)
         return EX_CONFIG
     kwargs: dict[str, object] = {}
     if args.tcp:
-        host, _, port = args.tcp.rpartition(":")
-        kwargs.update(transport="tcp", host=host or "127.0.0.1", port=int(port))
+        host, port = args.tcp
+        kwargs.update(transport="tcp", host=host, port=port)
     elif args.serial:
         kwargs.update(transport="serial", serial=args.serial)
     else:

@@ -1,7 +1,9 @@
 """Time for simulated meters: one world clock, and each meter's own clock on top of it.
 
-The world clock runs in real time from an anchor, or stands still (`freeze()`), and can be set
-or advanced by tests without sleeping. A meter's clock is the world's time seen through the
+The world clock is the local time of the fleet's time zone (default Asia/Shanghai: real meters
+keep Beijing time whatever the concentrator's or the simulator's machine says). It runs in real
+time from an anchor, or stands still (`freeze()`), and can be set or advanced by tests without
+sleeping. A meter's clock is the world's time seen through the
 meter's offset and drift (ppm): ``meter = anchor_meter + (world - anchor_world) * (1 + ppm/1e6)``.
 """
 
@@ -9,19 +11,30 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import zoneinfo
 
-__all__ = ["MeterClock", "WorldClock"]
+__all__ = ["DEFAULT_TIMEZONE", "MeterClock", "WorldClock", "local_now"]
+
+DEFAULT_TIMEZONE = "Asia/Shanghai"
 
 
-def _local_now() -> dt.datetime:
-    return dt.datetime.now().replace(microsecond=0)
+def local_now(tz: dt.tzinfo) -> dt.datetime:
+    """Now in `tz`, as the naive local time a meter's clock shows."""
+    return dt.datetime.now(tz).replace(tzinfo=None, microsecond=0)
 
 
 class WorldClock:
-    """The simulation's "true" local time (naive datetimes, the meters' time zone)."""
+    """The simulation's "true" local time: naive datetimes in the fleet's time zone `tz`."""
 
-    def __init__(self, start: dt.datetime | None = None, *, frozen: bool = False) -> None:
-        self._anchor = start if start is not None else _local_now()
+    def __init__(
+        self,
+        start: dt.datetime | None = None,
+        *,
+        frozen: bool = False,
+        tz: dt.tzinfo | None = None,
+    ) -> None:
+        self.tz = tz if tz is not None else zoneinfo.ZoneInfo(DEFAULT_TIMEZONE)
+        self._anchor = start if start is not None else local_now(self.tz)
         self._mono = time.monotonic()
         self._frozen = frozen
 

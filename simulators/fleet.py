@@ -14,13 +14,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from simulators.bus import Bus
-from simulators.clock import WorldClock
+from simulators.clock import DEFAULT_TIMEZONE, WorldClock
 from simulators.esam import EncryptionMachine, Esam
 from simulators.faults import BusFaults, MeterFaults, NoiseWindow, rng_for
 from simulators.meter import DEFAULT_PRICES, Identity, Meter
@@ -30,7 +31,7 @@ from simulators.wallet import Limits, PurchaseRecord, Wallet
 
 __all__ = ["Fleet", "FleetError", "archive_entries", "load_fleet", "parse_fleet"]
 
-_TOP_KEYS = {"seed", "start", "frozen", "master_key", "district"}
+_TOP_KEYS = {"seed", "start", "timezone", "frozen", "master_key", "district"}
 _DISTRICT_KEYS = {"name", "bus"}
 _BUS_KEYS = {"name", "protocol", "baud", "noise", "loss", "corrupt", "meters", "timing"}
 _RULE_DEFAULTS: dict[str, Any] = {
@@ -144,7 +145,12 @@ def parse_fleet(
             start = dt.datetime.fromisoformat(start)
         if start is not None and not isinstance(start, dt.datetime):
             raise FleetError("start: expected a local date-time like 2026-03-01T10:00:00")
-        world = WorldClock(start, frozen=bool(doc.get("frozen", False)))
+        if isinstance(start, dt.datetime) and start.tzinfo is not None:
+            raise FleetError(
+                "start: a local date-time without an offset (the meters' clocks show local"
+                " time; their zone is `timezone`)"
+            )
+        world = WorldClock(start, frozen=bool(doc.get("frozen", False)), tz=_zone(doc))
     key_hex = doc.get("master_key")
     master_key = (
         bytes.fromhex(key_hex)
@@ -167,6 +173,16 @@ def parse_fleet(
     if len(set(names)) != len(names):
         raise FleetError("bus names must be unique across the fleet")
     return Fleet(seed, world, buses, master_key, recorder)
+
+
+def _zone(doc: Mapping[str, Any]) -> zoneinfo.ZoneInfo:
+    name = doc.get("timezone", DEFAULT_TIMEZONE)
+    try:
+        return zoneinfo.ZoneInfo(str(name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise FleetError(
+            f"timezone: {name!r} is not a known IANA zone (e.g. Asia/Shanghai, UTC)"
+        ) from None
 
 
 def _known(doc: Mapping[str, Any], keys: set[str], path: str) -> None:

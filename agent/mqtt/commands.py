@@ -25,7 +25,7 @@ from agent.mqtt.client import (
     _header,
     _publish_properties,
 )
-from agent.mqtt.settings import MAX_COMMANDS_IN_FLIGHT, MqttSettings
+from agent.mqtt.settings import MAX_COMMANDS_IN_FLIGHT, LinkSettings
 from protocols.commands import CommandRejected, NonceCache, verify_command
 from protocols.payloads import TOPIC_ROOT, PayloadInvalid, validate
 
@@ -46,7 +46,7 @@ class CommandChannel:
 
     def __init__(
         self,
-        settings: MqttSettings,
+        settings: LinkSettings,
         concentrator: str,
         cmd_topic: str,
         *,
@@ -166,7 +166,7 @@ class CommandChannel:
 
     async def _reply(self, target: str, reply: dict[str, Any], correlation: bytes | None) -> None:
         """Publish a reply on the current connection, waiting for one (or the next one after a
-        failure) until `MqttSettings.response_wait_s` has passed or the link stops."""
+        failure) until `LinkSettings.response_wait_s` has passed or the link stops."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.response_wait_s
         props = _publish_properties(correlation)

@@ -9,12 +9,10 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.mqtt.client import (
@@ -23,13 +21,13 @@ from agent.mqtt.client import (
     PublishRefused,
     Sender,
     _Client,
-    _properties,
 )
 from agent.mqtt.commands import CommandChannel
 from agent.mqtt.publisher import OutboxPublisher
 from agent.mqtt.retained import RetainedMessages
-from agent.mqtt.settings import MAX_QUEUED_COMMANDS, MqttSettings, backoff_delay
+from agent.mqtt.settings import MAX_QUEUED_COMMANDS, LinkSettings, backoff_delay
 from agent.outbox import Outbox
+from common.mqtt import client_arguments
 from protocols.payloads import topic
 
 log = logging.getLogger(__package__)  # "agent.mqtt", as before the split into modules
@@ -44,7 +42,7 @@ class MqttLink:
 
     def __init__(
         self,
-        settings: MqttSettings,
+        settings: LinkSettings,
         outbox: Outbox,
         concentrator: str,
         *,
@@ -216,31 +214,17 @@ class MqttLink:
                 log.warning("archive publish failed (%s); the publisher retries it", exc)
 
     # --- one connection -----------------------------------------------------------------------
-    def _new_client(self, tls: ssl.SSLContext | None) -> _Client:
-        s = self.settings
-        connect = _properties(PacketTypes.CONNECT)
-        connect.SessionExpiryInterval = s.session_expiry_s
-        will = self._retained.last_will()
+    async def _new_client(self) -> _Client:
+        arguments = await client_arguments(self.settings, self.client_id)
         return _Client(
-            s.host,
-            s.port,
-            identifier=self.client_id,
-            username=s.username,
-            password=s.resolved_password(),
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            properties=connect,
-            will=will,
-            keepalive=s.keepalive,
-            timeout=s.connect_timeout_s,
-            tls_context=tls,
+            **arguments,
+            will=self._retained.last_will(),
             max_queued_incoming_messages=MAX_QUEUED_COMMANDS,
             logger=logging.getLogger(f"{__package__}.paho"),
         )
 
     async def _connect_once(self) -> None:
-        tls = await asyncio.to_thread(self.settings.ssl_context) if self.settings.tls else None
-        client = self._new_client(tls)
+        client = await self._new_client()
         async with client:
             self._went_up(client)
             self._publisher.new_connection()

@@ -20,7 +20,7 @@ from agent.mqtt.settings import (
     PUBLISH_OVERHEAD,
     PUMPED_KINDS,
     TRANSIENT_REFUSALS,
-    MqttSettings,
+    LinkSettings,
     backoff_delay,
 )
 from agent.outbox import Outbox, OutboxRow
@@ -60,7 +60,7 @@ class OutboxPublisher:
 
     def __init__(
         self,
-        settings: MqttSettings,
+        settings: LinkSettings,
         outbox: Outbox,
         concentrator: str,
         topics: Mapping[str, str],

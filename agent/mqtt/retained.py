@@ -20,7 +20,7 @@ from agent.mqtt.client import (
     _now_iso,
     _properties,
 )
-from agent.mqtt.settings import MqttSettings
+from agent.mqtt.settings import LinkSettings
 from agent.outbox import Outbox
 from protocols.payloads import PayloadInvalid, validate
 
@@ -33,7 +33,7 @@ class RetainedMessages:
 
     def __init__(
         self,
-        settings: MqttSettings,
+        settings: LinkSettings,
         outbox: Outbox,
         concentrator: str,
         *,

@@ -1,15 +1,14 @@
-"""The MQTT link's settings and limits, and the jittered backoff of reconnects and retries."""
+"""The MQTT link's settings (the shared connection settings plus the link's limits), and the
+jittered backoff of reconnects and retries."""
 
 from __future__ import annotations
 
-import os
 import random
-import ssl
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
-PASSWORD_ENV: Final = "METERLINK_MQTT_PASSWORD"  # noqa: S105 - a variable name, not a secret
+from common.mqtt import MqttSettings
+
 MAX_COMMANDS_IN_FLIGHT: Final = 4
 MAX_QUEUED_COMMANDS: Final = 100
 PUMPED_KINDS: Final = ("events", "rounds", "readings")
@@ -34,25 +33,12 @@ def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) 
 
 
 @dataclass(frozen=True)
-class MqttSettings:
-    host: str = "127.0.0.1"
-    port: int = 1883
+class LinkSettings(MqttSettings):
+    """The agent's `[mqtt]` settings: the connection (`common.mqtt.MqttSettings`, shared with
+    the central side) plus the limits of the outbox publisher and the command channel."""
+
     client_id: str = ""
     """stable across restarts so the broker keeps the session; "" = meterlink-agent-<c>"""
-    username: str | None = None
-    password: str | None = None
-    """None: taken from the environment variable named by `password_env`, if set"""
-    password_env: str = PASSWORD_ENV
-    tls: bool = False
-    ca_file: str | Path | None = None
-    """None: the system trust store"""
-    cert_file: str | Path | None = None
-    key_file: str | Path | None = None
-    tls_insecure: bool = False
-    """skip the host name check (the chain is still verified); for brokers addressed by IP"""
-    keepalive: int = 60
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
     stable_after_s: float = 60.0
     """a connection that lasted this long resets the backoff to `reconnect_min_s`"""
     batch_size: int = 500
@@ -63,9 +49,6 @@ class MqttSettings:
     dead_letter_after: int = 5
     """refusals of one message (see `OutboxPublisher._strike`) before the next message of its
     kind is tried: if the broker takes that one, the refused rows go to the dead-letter table"""
-    session_expiry_s: int = 86400
-    """the broker keeps our subscription and queued commands this long while we are away"""
-    connect_timeout_s: float = 10.0
     publish_timeout_s: float = 30.0
     """a publish without PUBACK in this time drops the connection (its rows are sent again)"""
     idle_poll_s: float = 5.0
@@ -74,32 +57,10 @@ class MqttSettings:
     """how long a command's reply waits for a connection before it is dropped (and counted)"""
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port {self.port} out of range")
+        super().__post_init__()
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if self.max_payload_bytes < MIN_PAYLOAD_BYTES:
             raise ValueError(f"max_payload_bytes must be at least {MIN_PAYLOAD_BYTES}")
         if self.dead_letter_after < 1:
             raise ValueError("dead_letter_after must be at least 1")
-        if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_min_s must be > 0 and <= reconnect_max_s")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-
-    def resolved_password(self) -> str | None:
-        if self.password is not None:
-            return self.password
-        return os.environ.get(self.password_env) or None
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The TLS context (None without TLS). Reads the files: call it off the event loop."""
-        if not self.tls:
-            return None
-        context = ssl.create_default_context(
-            cafile=str(self.ca_file) if self.ca_file is not None else None
-        )
-        if self.cert_file is not None and self.key_file is not None:
-            context.load_cert_chain(str(self.cert_file), str(self.key_file))
-        context.check_hostname = not self.tls_insecure
-        return context

@@ -189,6 +189,8 @@ class ClockPlanner:
 
             try:
                 await ctx.poller_for(bus).submit(broadcast, priority=PRIORITY_CLOCK)
+            except BusClosed:
+                return  # the agent is stopping
             except Exception as exc:
                 reason, detail = reason_of(exc)
                 ctx.events(

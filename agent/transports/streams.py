@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import termios
 
 import serial
 import serial_asyncio_fast
 
 from agent.transports.base import ByteTransport
 from agent.transports.errors import BusError
+from agent.transports.url import BusUrl
 
 __all__ = ["SerialTransport", "TcpTransport"]
 
@@ -66,8 +69,24 @@ class SerialTransport(_StreamTransport):
                 bytesize=u.bytesize,
                 stopbits=u.stopbits,
             )
+        except termios.error as exc:
+            # the driver refused the line settings (tcsetattr EINVAL): say which and what to do
+            raise BusError(f"{u}: cannot open {u.path}: {_refused_settings(u.path, u)}") from exc
         except (OSError, serial.SerialException, ValueError) as exc:
             raise BusError(f"{u}: cannot open {u.path}: {exc}") from exc
+
+
+def _refused_settings(path: str, u: BusUrl) -> str:
+    framing = f"{u.baud} baud {u.bytesize}{u.parity}{u.stopbits}"
+    if os.path.realpath(path).startswith("/dev/pts/") and u.parity != "N":
+        return (
+            f"cannot set {_PARITY_NAMES.get(u.parity, u.parity)} parity on this device;"
+            " pseudo-terminals accept only parity=N (add &parity=N to the bus URL)"
+        )
+    return f"the device refuses {framing}; check baud, parity, bytesize and stopbits in the URL"
+
+
+_PARITY_NAMES = {"E": "even", "O": "odd", "M": "mark", "S": "space"}
 
 
 class TcpTransport(_StreamTransport):

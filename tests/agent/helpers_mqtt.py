@@ -19,7 +19,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.mqtt import MqttLink, MqttSettings
+from agent.mqtt import LinkSettings, MqttLink
 from agent.outbox import Outbox
 from protocols.payloads import PayloadInvalid, kind_of_topic, validate
 from tests.fixtures.services import Mosquitto, free_port
@@ -248,8 +248,8 @@ async def echo_handler(command: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "result": {"echo": command.get("args", {})}}
 
 
-def settings_for(broker: Mosquitto, **overrides: Any) -> MqttSettings:
-    base = MqttSettings(
+def settings_for(broker: Mosquitto, **overrides: Any) -> LinkSettings:
+    base = LinkSettings(
         host=broker.host,
         port=broker.port,
         reconnect_min_s=0.05,
@@ -419,7 +419,7 @@ async def _serve_link(port: int, db: Path) -> None:
     """Run a link until killed; print "up" once the online status is acknowledged."""
     outbox = await Outbox.open(db)
     broker = Mosquitto(db.parent, port)
-    link = make_link(broker, outbox, key=None, keepalive=5)
+    link = make_link(broker, outbox, key=None, keepalive_s=5)
     task = asyncio.create_task(link.run())
     await eventually(lambda: link.stats.published.get("status", 0) > 0)
     sys.stdout.write("up\n")

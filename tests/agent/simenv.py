@@ -23,7 +23,7 @@ from agent.plans.context import Clock, PlanContext
 from agent.poller import BusPoller, dlt645_poller
 from agent.state import PlanState
 from agent.transports import BusUrl
-from meterlink.config import build
+from common.config import build
 from protocols.payloads import validate
 from simulators import Fleet, Serving, parse_fleet, serve_fleet
 

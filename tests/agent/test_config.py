@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,9 @@ from agent.archive import ArchiveStore, ArchiveUpdateError
 from agent.budget import daily_budget
 from agent.config import load_config
 from agent.daemon import STAGES
-from meterlink.config import EX_CONFIG, ConfigError
+from common.config import EX_CONFIG, ConfigError
 from tests.conftest import REPO
+from tests.fixtures.pki import make_pki
 
 EXAMPLE = REPO / "deploy" / "agent.example.toml"
 UNIT = REPO / "deploy" / "systemd" / "meterlink-agent.service"
@@ -82,8 +84,13 @@ def test_mistakes_are_named(tmp_path: Path, patch: tuple[str, str], message: str
 
 def test_secrets_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METERLINK_MQTT_PASSWORD", "s3cret")
+    monkeypatch.setenv("METERLINK_MQTT_COMMAND_KEY", "00ff")
     cfg = load_config(_write(tmp_path, MINIMAL.format(state=tmp_path)))
-    assert cfg.mqtt.password == "s3cret"
+    assert cfg.mqtt.password is not None
+    assert cfg.mqtt.password.reveal() == "s3cret"
+    assert cfg.mqtt.command_key is not None
+    assert cfg.mqtt.command_key.reveal() == "00ff"
+    assert "s3cret" not in repr(cfg)
 
 
 def test_bad_config_exits_78_with_a_readable_message(tmp_path: Path) -> None:
@@ -99,16 +106,40 @@ def test_bad_config_exits_78_with_a_readable_message(tmp_path: Path) -> None:
     assert "agent.bogus: unknown key" in proc.stdout + proc.stderr
 
 
-def test_check_command_prints_the_budget(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "meterlink", "agent", "check", "--config", str(EXAMPLE)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+def test_check_command_checks_tls_files_and_secrets_and_prints_the_budget(
+    tmp_path: Path,
+) -> None:
+    pki = make_pki(tmp_path / "pki", "c-0001")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        EXAMPLE.read_text(encoding="utf-8")
+        .replace("/etc/meterlink/tls/ca.pem", str(pki.ca))
+        .replace("/etc/meterlink/tls/c-0001.pem", str(pki.cert("c-0001")))
+        .replace("/etc/meterlink/tls/c-0001.key", str(pki.key("c-0001")))
     )
+
+    def check(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "meterlink", "agent", "check", "--config", str(path), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "METERLINK_MQTT_COMMAND_KEY": "key-7f3a9c"},
+        )
+
+    proc = check(config, "--print-config")
     assert proc.returncode == 0, proc.stderr
     assert "bus rs485-1: 1 meters" in proc.stdout
+    assert f"mqtt: TLS to mqtt.example.net:8883, broker checked against {pki.ca}" in proc.stdout
+    assert "secret mqtt.command_key: set from METERLINK_MQTT_COMMAND_KEY" in proc.stdout
+    assert "secret mqtt.password: not set" in proc.stdout
+    assert '"command_key": "********"' in proc.stdout
+    assert "key-7f3a9c" not in proc.stdout + proc.stderr
+    # the example's own paths do not exist here: said, and the exit code is not 0
+    proc = check(EXAMPLE)
+    assert proc.returncode == 1
+    assert "mqtt: PROBLEM: TLS files: ca_file /etc/meterlink/tls/ca.pem" in proc.stdout
 
 
 def test_budget_warns_when_a_bus_cannot_finish(tmp_path: Path) -> None:
@@ -168,13 +199,3 @@ def test_unit_file_stops_within_timeout_and_does_not_loop_on_bad_config() -> Non
     assert load_config(EXAMPLE).stop_timeout_s < float(service["TimeoutStopSec"])
     assert sum(STAGES.values()) == pytest.approx(1.0)
     assert service["NoNewPrivileges"] == "yes"
-
-
-def test_the_example_documents_every_mqtt_setting() -> None:
-    import dataclasses
-
-    from agent.config import MqttConfig
-
-    text = EXAMPLE.read_text(encoding="utf-8")
-    missing = [f.name for f in dataclasses.fields(MqttConfig) if f"{f.name} =" not in text]
-    assert missing == []

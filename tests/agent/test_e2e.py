@@ -8,12 +8,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import signal
 import sqlite3
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,10 @@ async def _no_agent_left_behind() -> AsyncIterator[None]:
 class AgentProcess:
     config: Path
     proc: asyncio.subprocess.Process | None = None
+    secrets: dict[str, str] = field(
+        default_factory=lambda: {"METERLINK_MQTT_COMMAND_KEY": KEY.hex()}
+    )
+    """the agent's secrets, from its environment as in production"""
 
     async def start(self) -> None:
         _STARTED.append(self)
@@ -92,6 +97,7 @@ class AgentProcess:
             "run",
             "--config",
             str(self.config),
+            env={**os.environ, **self.secrets},
             stdout=asyncio.subprocess.DEVNULL,
             stderr=open(self.config.with_suffix(".log"), "ab"),  # noqa: SIM115, ASYNC230
         )
@@ -122,7 +128,6 @@ port = {broker.port}
 reconnect_min_s = 0.2
 reconnect_max_s = 1.0
 batch_size = 7
-command_key = "{KEY.hex()}"
 [metrics]
 listen = "{f"127.0.0.1:{metrics}" if metrics else ""}"
 [[buses]]

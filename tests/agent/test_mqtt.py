@@ -11,6 +11,7 @@ import os
 import random
 import re
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -23,8 +24,8 @@ import pytest
 
 from agent.mqtt import (
     MIN_PAYLOAD_BYTES,
+    LinkSettings,
     MqttLink,
-    MqttSettings,
     PublishRefused,
     _Client,
     _report_parts,
@@ -32,6 +33,7 @@ from agent.mqtt import (
 )
 from agent.outbox import Outbox, OutboxRow
 from central.points import Converted, convert
+from common.mqtt import tls_context
 from protocols.commands import (
     CommandRejected,
     NonceCache,
@@ -895,20 +897,21 @@ def test_backoff_grows_to_its_cap_with_jitter() -> None:
     assert len({round(d, 6) for d in delays[8:]}) == 4  # capped, but still jittered
 
 
-def test_settings_read_the_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("METERLINK_MQTT_PASSWORD", "from-env")
-    assert MqttSettings().resolved_password() == "from-env"
-    assert MqttSettings(password="given").resolved_password() == "given"
-    assert MqttSettings().ssl_context() is None
-    ctx = MqttSettings(tls=True, tls_insecure=True).ssl_context()
+def test_settings_check_their_tls_keys_and_make_the_context() -> None:
+    assert tls_context(LinkSettings()) is None
+    ctx = tls_context(LinkSettings(tls=True, tls_insecure=True))
     assert ctx is not None
     assert ctx.check_hostname is False
+    assert ctx.verify_mode == ssl.CERT_REQUIRED  # the chain is still checked
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
     with pytest.raises(ValueError, match="go together"):
-        MqttSettings(cert_file="c.pem")
+        LinkSettings(tls=True, cert_file=Path("c.pem"))
+    with pytest.raises(ValueError, match="need tls = true"):
+        LinkSettings(ca_file=Path("ca.pem"))
     with pytest.raises(ValueError, match="max_payload_bytes"):
-        MqttSettings(max_payload_bytes=MIN_PAYLOAD_BYTES - 1)
+        LinkSettings(max_payload_bytes=MIN_PAYLOAD_BYTES - 1)
     with pytest.raises(ValueError, match="dead_letter_after"):
-        MqttSettings(dead_letter_after=0)
+        LinkSettings(dead_letter_after=0)
 
 
 # --- documentation ----------------------------------------------------------------------------
