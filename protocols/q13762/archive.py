@@ -351,6 +351,10 @@ class StartSearch(Message):
         c = _wire.parse(_wire.START_SEARCH, data)
         return cls(clock_of(bytes(c.start)), c.duration_min, c.retries, c.random_slots)
 
+    def json_extras(self) -> dict[str, Any]:
+        # the start time also as sent (BCD, seconds first), under the reference's name
+        return {"start_time_bcd_ssmmhhDDMMYY": clock_bytes(self.start).hex(" ").upper()}
+
 
 @register
 @dataclass(frozen=True, slots=True)

@@ -493,6 +493,23 @@ class ModuleInfo(Message):
             mode4_reserved=c.mode4.mode4_reserved,
         )
 
+    def json_extras(self) -> dict[str, Any]:
+        # the reference's raw views beside the typed fields: the six mode bytes, the dates and
+        # vendor block as sent, and the rate words as sent (typed under `rate_list`)
+        raw = self.payload()
+        return {
+            "mode_bytes": _spaced(raw[0:6]),
+            "protocol_release_date_DDMMYY": _spaced(self.protocol_release_date),
+            "protocol_record_date_DDMMYY": _spaced(self.protocol_record_date),
+            "vendor_info": _spaced(raw[30:39]),
+            "rate_list": [{"value": r.value, "kbps": r.kbps} for r in self.rates],
+            "rates": _spaced(raw[39:]),
+        }
+
+
+def _spaced(data: bytes) -> str:
+    return data.hex(" ").upper()
+
 
 #: F10's communication-type numbers → the C byte's communication modes
 _F10_COMM: dict[int, CommMode] = {

@@ -495,6 +495,10 @@ class ConcurrentRead(_CarriesFrame):
         c = _wire.parse(_wire.CONCURRENT_DOWN, data)
         return cls(c.protocol, bytes(c.frame), c.reserved)
 
+    def json_extras(self) -> dict[str, Any]:
+        # the reference's name for byte 2, which says what is unsure about it
+        return {**_CarriesFrame.json_extras(self), "reserved_or_n_affiliated": self.reserved}
+
 
 @register
 @dataclass(frozen=True, slots=True)
