@@ -25,11 +25,15 @@ __all__ = [
 REGISTRY = {
     "serial": "agent.transports.streams:SerialTransport",
     "tcp": "agent.transports.streams:TcpTransport",
+    # a carrier module's line is a plain byte stream; agent.carrier speaks 1376.2 over it
+    "carrier": "agent.transports.streams:SerialTransport",
+    "carrier+tcp": "agent.transports.streams:TcpTransport",
 }
 
 
 def open_byte_transport(url: BusUrl | str, *, trace: TraceHook | None = None) -> ByteTransport:
-    """A (not yet opened) transport for a DL/T 645 bus URL."""
+    """A (not yet opened) transport for a DL/T 645 bus URL (for carrier:// URLs: the byte
+    stream to the module, which `agent.carrier` drives)."""
     if isinstance(url, str):
         url = BusUrl.parse(url)
     target = REGISTRY.get(url.scheme)

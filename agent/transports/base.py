@@ -90,6 +90,35 @@ class ByteTransport(ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    # --- raw stream access --------------------------------------------------------------------
+    # For a medium that pairs replies with requests itself (a carrier module: 1376.2 SEQ), the
+    # protocol layer owns the stream: one reader task reads everything, writers send whole
+    # frames. No bus lock, reply window or stale-input discarding here: none of them apply.
+    async def write_raw(self, data: bytes) -> None:
+        """Write `data` (opening the line if needed). BusError on failure (the line is reset)."""
+        if not self._opened:
+            await self.open()
+        try:
+            await self._write(data)
+        except BusError:
+            await self._reset()
+            raise
+        if self.trace:
+            self.trace("->", data)
+
+    async def read_raw(self, wait: float) -> bytes:
+        """Whatever arrives within `wait` seconds (b"" if nothing). BusError on failure."""
+        if not self._opened:
+            await self.open()
+        try:
+            data = await self._read(wait)
+        except BusError:
+            await self._reset()
+            raise
+        if data and self.trace:
+            self.trace("<-", data)
+        return data
+
     # --- the exchange -------------------------------------------------------------------------
     async def send(self, request: bytes) -> None:
         """Send without expecting a reply (broadcast); waits until it has left the wire."""

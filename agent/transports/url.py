@@ -4,20 +4,36 @@
     tcp://10.0.0.7:4001?baud=2400                transparent serial server (baud = its line speed)
     modbus+rtu:///dev/ttyUSB0?baud=9600&parity=N Modbus RTU
     modbus+tcp://10.0.0.8:502                    Modbus TCP
+    carrier:///dev/ttyS4?mode=hplc               a carrier module (CCO, Q/GDW 1376.2), 9600 8E1
+    carrier+tcp://10.0.0.9:4002?mode=point       a carrier module behind a serial server
 
 Timing options (any scheme): reply_timeout_ms (default 500, the standard's Td max),
 byte_gap_ms (500, the standard's Tb max), frame_gap_ms (20, quiet time between exchanges),
 wakeup (4 FE bytes), echo (0/1: discard our own bytes echoed by the adapter), in_flight (1).
+
+Only a medium that pairs replies with requests may have more than one exchange in flight: a
+carrier module (1376.2 SEQ). RS-485 and a transparent serial server carry one half-duplex line.
+
+Carrier options (see docs/carrier.md): mode (hplc | point | router), in_flight (the window of
+concurrent AFN F1 F1 requests, default 5, learnt down from deny 109), frames_per_request (645
+frames packed in one request, default 6, learnt down from deny 110), main_node (the address to
+set with AFN05 F1; default: keep the module's), command_timeout_ms (10000, commands to the
+module itself), read_timeout_ms (0: the module's own monitor timeout from AFN03 F10),
+busy_wait_s (300: how long a read waits for a busy / forming network), idle_resume_s (30:
+routing is resumed after this long without a concentrator-led read), router_wait_s (7200: how
+long a router-led request waits for the module to ask for its meter).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["SCHEMES", "BusUrl", "BusUrlError"]
+__all__ = ["MODES", "SCHEMES", "BusUrl", "BusUrlError"]
 
-SCHEMES = ("serial", "tcp", "modbus+rtu", "modbus+tcp")
+SCHEMES = ("serial", "tcp", "modbus+rtu", "modbus+tcp", "carrier", "carrier+tcp")
+MODES = ("hplc", "point", "router")
 _PARITIES = {"N", "E", "O", "M", "S"}
 _BAUDS = {300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200}
 _INT_OPTIONS = {
@@ -31,8 +47,24 @@ _INT_OPTIONS = {
     "echo",
     "in_flight",
     "timeout_ms",
+    "frames_per_request",
+    "command_timeout_ms",
+    "read_timeout_ms",
+    "busy_wait_s",
+    "idle_resume_s",
+    "router_wait_s",
 }
-_STR_OPTIONS = {"parity"}
+_STR_OPTIONS = {"parity", "mode", "main_node"}
+_CARRIER_OPTIONS = {
+    "mode",
+    "main_node",
+    "frames_per_request",
+    "command_timeout_ms",
+    "read_timeout_ms",
+    "busy_wait_s",
+    "idle_resume_s",
+    "router_wait_s",
+}
 
 
 class BusUrlError(ValueError):
@@ -58,6 +90,16 @@ class BusUrl:
     in_flight: int = 1
     timeout_ms: int = 1000
     """Modbus request timeout"""
+    mode: str = ""
+    """carrier: hplc (AFN F1 F1, concurrent), point (AFN13 F1, one at a time), router (AFN14)"""
+    main_node: str = ""
+    """carrier: the main-node address to set (12 hex digits); "" keeps the module's"""
+    frames_per_request: int = 6
+    command_timeout_ms: int = 10_000
+    read_timeout_ms: int = 0
+    busy_wait_s: int = 300
+    idle_resume_s: int = 30
+    router_wait_s: int = 7200
     text: str = field(default="", compare=False)
 
     @classmethod
@@ -76,7 +118,7 @@ class BusUrl:
                         f"bus URL {text!r}: {key}={value!r} is not a number"
                     ) from None
             elif key in _STR_OPTIONS:
-                options[key] = value.upper()
+                options[key] = value.lower() if key == "mode" else value.upper()
             else:
                 known = ", ".join(sorted(_INT_OPTIONS | _STR_OPTIONS))
                 raise BusUrlError(f"bus URL {text!r}: unknown option {key!r} (known: {known})")
@@ -88,9 +130,22 @@ class BusUrl:
             options.setdefault("wakeup", 0)
         if scheme == "modbus+tcp":
             options.setdefault("wakeup", 0)
-        if scheme in ("serial", "modbus+rtu"):
+        carrier_only = sorted(_CARRIER_OPTIONS & options.keys())
+        if scheme.startswith("carrier"):
+            # a CCO's serial line: 9600 8E1; 645 frames inside carry no FE preamble (the module
+            # sends its own on the power line); the concurrent window starts at 5 (§10 of the
+            # reference: the concentrator default) and is learnt down from deny 109
+            options.setdefault("baud", 9600)
+            options.setdefault("wakeup", 0)
+            options.setdefault("mode", "hplc")
+            options.setdefault("in_flight", 5 if options["mode"] == "hplc" else 1)
+        elif carrier_only:
+            raise BusUrlError(
+                f"bus URL {text!r}: {', '.join(carrier_only)} only for carrier:// buses"
+            )
+        if scheme in ("serial", "modbus+rtu", "carrier"):
             if parts.netloc or not parts.path:
-                raise BusUrlError(f"bus URL {text!r}: write serial:///dev/ttyS2 (three slashes)")
+                raise BusUrlError(f"bus URL {text!r}: write {scheme}:///dev/ttyS2 (three slashes)")
             url = cls(scheme, path=parts.path, text=text, **options)  # type: ignore[arg-type]
         else:
             if not parts.hostname or parts.port is None:
@@ -106,11 +161,44 @@ class BusUrl:
             raise BusUrlError(f"bus URL {self.text!r}: baud {self.baud} is not a standard rate")
         if self.bytesize not in (7, 8) or self.stopbits not in (1, 2):
             raise BusUrlError(f"bus URL {self.text!r}: bytesize 7/8 and stopbits 1/2 only")
-        if self.in_flight < 1 or (self.scheme == "serial" and self.in_flight != 1):
-            raise BusUrlError(f"bus URL {self.text!r}: RS-485 is half-duplex: in_flight=1")
-        for name in ("reply_timeout_ms", "byte_gap_ms", "frame_gap_ms", "wakeup", "timeout_ms"):
+        if self.in_flight < 1:
+            raise BusUrlError(f"bus URL {self.text!r}: in_flight must be at least 1")
+        if self.in_flight != 1 and not (self.is_carrier and self.mode == "hplc"):
+            if self.is_carrier:
+                raise BusUrlError(
+                    f"bus URL {self.text!r}: mode={self.mode} reads one meter at a time:"
+                    " in_flight=1 (only mode=hplc has concurrent requests)"
+                )
+            medium = {"serial": "RS-485 is half-duplex", "tcp": "a serial server carries one"
+                      " half-duplex RS-485 line"}.get(self.scheme, "this bus")  # fmt: skip
+            raise BusUrlError(
+                f"bus URL {self.text!r}: {medium}: in_flight=1 (only a carrier module pairs"
+                " replies with their requests, so only carrier:// buses take in_flight > 1)"
+            )
+        if self.is_carrier:
+            self._check_carrier()
+        names = (
+            "reply_timeout_ms", "byte_gap_ms", "frame_gap_ms", "wakeup", "timeout_ms",
+            "command_timeout_ms", "read_timeout_ms", "busy_wait_s", "idle_resume_s",
+            "router_wait_s",
+        )  # fmt: skip
+        for name in names:
             if getattr(self, name) < 0:
                 raise BusUrlError(f"bus URL {self.text!r}: {name} cannot be negative")
+
+    def _check_carrier(self) -> None:
+        if self.mode not in MODES:
+            raise BusUrlError(f"bus URL {self.text!r}: mode must be one of {', '.join(MODES)}")
+        if self.main_node and not re.fullmatch(r"[0-9A-F]{1,12}", self.main_node):
+            raise BusUrlError(
+                f"bus URL {self.text!r}: main_node={self.main_node!r}: up to 12 hex digits"
+            )
+        if not 1 <= self.frames_per_request <= 32:
+            raise BusUrlError(f"bus URL {self.text!r}: frames_per_request must be 1..32")
+        if self.in_flight > 255:
+            raise BusUrlError(f"bus URL {self.text!r}: in_flight above 255 (SEQ is one byte)")
+        if self.command_timeout_ms < 100:
+            raise BusUrlError(f"bus URL {self.text!r}: command_timeout_ms below 100")
 
     @property
     def bits_per_byte(self) -> int:
@@ -120,6 +208,10 @@ class BusUrl:
     def wire_time(self, nbytes: int) -> float:
         """Seconds the line needs to carry `nbytes` at this bus's baud and framing."""
         return nbytes * self.bits_per_byte / self.baud
+
+    @property
+    def is_carrier(self) -> bool:
+        return self.scheme.startswith("carrier")
 
     @property
     def is_modbus(self) -> bool:

@@ -62,6 +62,17 @@ def test_example_config_loads_with_every_section() -> None:
             "not a standard rate",
         ),
         (('bus = "b1"', 'bus = "b2"'), "archive.meters[0].bus: no bus 'b2'"),
+        (
+            # two workers would share one half-duplex line: one could take the other's reply
+            ('url = "serial:///dev/ttyS1"', 'url = "tcp://10.0.0.7:4001?in_flight=2"'),
+            "buses[0]: bus URL 'tcp://10.0.0.7:4001?in_flight=2': a serial server carries one"
+            " half-duplex RS-485 line: in_flight=1 (only a carrier module pairs replies with"
+            " their requests, so only carrier:// buses take in_flight > 1)",
+        ),
+        (
+            ('url = "serial:///dev/ttyS1"', 'url = "carrier:///dev/ttyS4?mode=point&in_flight=4"'),
+            "mode=point reads one meter at a time: in_flight=1",
+        ),
         (('address = "1"', 'address = "12ab"'), "address must be 1-12 digits"),
         (
             ("[agent]", "[plans.daily]\nretry_spacing = 5\n[agent]"),

@@ -250,6 +250,13 @@ async def test_missing_serial_port_is_a_bus_error() -> None:
         ("serial://dev/ttyS1", "three slashes"),
         ("serial:///dev/ttyS1?baud=2401", "not a standard rate"),
         ("serial:///dev/ttyS1?in_flight=2", "half-duplex"),
+        ("tcp://h:1?in_flight=3", "only carrier:// buses take in_flight > 1"),
+        ("modbus+tcp://h:502?in_flight=2", "only carrier:// buses take in_flight > 1"),
+        ("carrier+tcp://h:1?mode=router&in_flight=2", "mode=router reads one meter at a time"),
+        ("carrier+tcp://h:1?mode=fast", "mode must be one of hplc, point, router"),
+        ("carrier:///dev/ttyS4?main_node=XYZ", "up to 12 hex digits"),
+        ("tcp://h:1?mode=hplc", "mode only for carrier:// buses"),
+        ("carrier://dev/ttyS4", "write carrier:///dev/ttyS2"),
         ("serial:///dev/ttyS1?bogus=1", "unknown option 'bogus'"),
         ("tcp://host", "needs host:port"),
     ],
@@ -265,3 +272,16 @@ def test_bus_url_defaults_and_wire_time() -> None:
     assert url.wire_time(20) == pytest.approx(20 * 11 / 2400)
     assert BusUrl.parse("serial:///dev/ttyS2?parity=N").bits_per_byte == 10
     assert BusUrl.parse("modbus+rtu:///dev/ttyUSB0").baud == 9600
+
+
+def test_carrier_urls_default_to_a_ccos_line() -> None:
+    url = BusUrl.parse("carrier:///dev/ttyS4")
+    # 9600 8E1, no FE before the 645 frames carried inside, HPLC with a window of 5
+    assert (url.baud, url.parity, url.wakeup, url.mode, url.in_flight) == (9600, "E", 0, "hplc", 5)
+    assert url.is_carrier
+    assert url.path == "/dev/ttyS4"
+    point = BusUrl.parse("carrier+tcp://10.0.0.9:4002?mode=point&main_node=bebebebebe01")
+    assert (point.host, point.port, point.in_flight, point.main_node) == (
+        "10.0.0.9", 4002, 1, "BEBEBEBEBE01",
+    )  # fmt: skip
+    assert BusUrl.parse("carrier+tcp://h:1?in_flight=16").in_flight == 16
