@@ -7,8 +7,16 @@ replies), with every failure mapped onto exactly one `FailureReason`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from agent.carrier.errors import (
+    ModuleDown,
+    ModuleReset,
+    ModuleStillBusy,
+    ModuleTimeout,
+    RouteFailure,
+)
 from agent.transports import BusError, ByteTransport, NoReply, TransportError, TruncatedReply
 from protocols.dlt645 import (
     Address,
@@ -31,6 +39,10 @@ from protocols.errors import (
     FrameError,
     LocalProtocolError,
     MeterRejection,
+    ModuleBusy,
+    ModuleRejection,
+    NodeNoAnswer,
+    NodeNotFound,
     RemoteProtocolError,
     ValueFormatError,
 )
@@ -96,6 +108,10 @@ class ReadResult:
 
 
 class Dlt645Client:
+    packs_reads = False
+    """whether `read_many` packs several items into one exchange (a carrier module does; on
+    RS-485 it is one read after the other, so plans keep their own sequence there)"""
+
     def __init__(self, transport: ByteTransport) -> None:
         self.transport = transport
 
@@ -142,6 +158,37 @@ class Dlt645Client:
         frames: list[tuple[str, bytes]] = []
         answer = await self.call(address, ReadRequest(di), edition, frames=frames)
         assert answer is not None
+        return await self._complete_read(address, di, edition, answer, frames)
+
+    async def read_many(
+        self, address: Address, dis: Sequence[int], edition: Edition = Edition.V2007
+    ) -> list[ReadResult | Exception]:
+        """Several items of one meter: each item's result, or the error that item failed with.
+        Here one `read` after the other; a medium that can (`packs_reads`) overrides it."""
+        out: list[ReadResult | Exception] = []
+        for di in dis:
+            try:
+                out.append(await self.read(address, di, edition))
+            except (TransportError, RemoteProtocolError) as exc:
+                out.append(exc)
+        return out
+
+    async def raw_exchange(self, raw: bytes) -> tuple[bytes, FrameSink]:
+        """A technician's raw frame on the line: the bytes that came back, and the decoder that
+        read them (its frames and errors)."""
+        sink = FrameSink(None)
+        received = await self.transport.exchange(raw, sink)
+        return received, sink
+
+    async def _complete_read(
+        self,
+        address: Address,
+        di: int,
+        edition: Edition,
+        answer: tuple[Frame, Message],
+        frames: list[tuple[str, bytes]],
+    ) -> ReadResult:
+        """A read's first reply → the value: DI checked, follow-up frames fetched and joined."""
         reply, message = answer
         if not isinstance(message, ReadReply) or message.di != di:
             raise AddressMismatch(
@@ -170,6 +217,22 @@ def reason_of(exc: BaseException) -> tuple[FailureReason, str]:
     match exc:
         case LocalProtocolError():
             raise exc  # our own bad request is a bug or bad input, never a meter's failure
+        # a carrier module (agent.carrier): the module down is the bus down for every meter;
+        # a meter behind a working module that could not be reached is a route failure
+        case ModuleDown():
+            return FailureReason.BUS_ERROR, detail
+        case ModuleTimeout():
+            return FailureReason.MODULE_TIMEOUT, detail
+        case RouteFailure():
+            return FailureReason.ROUTE_FAILURE, detail
+        case ModuleStillBusy() | ModuleBusy():
+            return FailureReason.MODULE_BUSY, detail
+        case ModuleReset():
+            return FailureReason.MODULE_TIMEOUT, detail
+        case NodeNoAnswer() | NodeNotFound():
+            return FailureReason.ROUTE_FAILURE, f"deny {exc.code}: {exc.meaning}"
+        case ModuleRejection():
+            return FailureReason.MODULE_DENY, f"deny {exc.code}: {exc.meaning}"
         case NoReply():
             return FailureReason.NO_REPLY, detail
         case TruncatedReply():

@@ -58,6 +58,9 @@ class FailureReason(StrEnum):
     BUS_ERROR = "bus_error"  # the line or serial server failed (port gone, connection refused)
     BUS_BUSY = "bus_busy"  # the bus could not be had within the plan window
     ROUTE_FAILURE = "route_failure"  # a carrier module could not reach the meter
+    MODULE_BUSY = "module_busy"  # the carrier module refused reads as busy (network forming)
+    MODULE_DENY = "module_deny"  # the carrier module denied the request (detail: code, meaning)
+    MODULE_TIMEOUT = "module_timeout"  # the carrier module did not answer within its timeout
     METER_OFFLINE = "meter_offline"  # skipped: marked offline and not due for a re-probe yet
     NOT_ATTEMPTED = "not_attempted"  # the plan's deadline came before this meter's turn
 
