@@ -1,8 +1,10 @@
 """One poller per bus: it owns the bus's transport and runs jobs in priority order.
 
 Commands from the centre (priority 0) overtake plan work; within a priority, first come first
-served. RS-485 runs one job at a time; a transport that allows several requests in flight gets
-as many workers. A job is an async function of the bus's protocol client.
+served. RS-485 runs one job at a time; a client that pairs replies with requests (a carrier
+module) says how many jobs it takes at once (`client.workers`) and may run an upkeep task of
+its own beside them (`client.service()`: the module's start-up and archive sync). A job is an
+async function of the bus's protocol client.
 """
 
 from __future__ import annotations
@@ -69,11 +71,18 @@ class BusPoller(Generic[C]):
         self._queue.put_nowait((priority, next(self._seq), job, future))
         return await future
 
+    @property
+    def workers(self) -> int:
+        return int(getattr(self.client, "workers", self.url.in_flight))
+
     async def run(self) -> None:
         """The poller's long-lived task: as many workers as the bus allows in flight."""
         try:
             async with asyncio.TaskGroup() as group:
-                for i in range(self.url.in_flight):
+                service = getattr(self.client, "service", None)
+                if service is not None:
+                    group.create_task(service(), name=f"bus:{self.name}:service")
+                for i in range(self.workers):
                     group.create_task(self._worker(), name=f"bus:{self.name}:worker{i}")
         finally:
             await self._close_transport()
@@ -144,5 +153,10 @@ class BusPoller(Generic[C]):
 def dlt645_poller(name: str, url: BusUrl, *, trace: TraceHook | None = None) -> BusPoller[Any]:
     from agent.dlt645 import Dlt645Client
 
+    if url.is_carrier:
+        from agent.carrier.client import carrier_poller
+
+        poller: BusPoller[Any] = carrier_poller(name, url, trace=trace)
+        return poller
     transport: ByteTransport = open_byte_transport(url, trace=trace)
     return BusPoller(name, url, Dlt645Client(transport), transport)
