@@ -12,7 +12,7 @@ from typing import Any
 
 from agent.archive import ArchiveStore, ArchiveUpdateError
 from agent.config import MeterConfig
-from agent.dlt645 import Dlt645Client, FrameSink, reason_of
+from agent.dlt645 import Dlt645Client, reason_of
 from agent.plans.clock import read_meter_clock
 from agent.plans.context import PlanContext, edition_of
 from agent.poller import PRIORITY_COMMAND
@@ -221,8 +221,8 @@ class CommandExecutor:
 
         async def job(client: Dlt645Client) -> dict[str, Any]:
             frames.append(("tx", raw))
-            sink = FrameSink(None)
-            received = await client.transport.exchange(raw, sink)
+            # RS-485: the bytes on the line; a carrier bus carries one 645 request to its meter
+            received, sink = await client.raw_exchange(raw)
             frames.append(("rx", received))
             return {
                 "replies": [describe(f) for f in sink.frames],

@@ -21,8 +21,9 @@ import datetime as dt
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.archive import ArchiveStore
 from agent.budget import daily_budget
@@ -41,6 +42,11 @@ from agent.state import PlanState
 from common.config import ConfigError
 from protocols.commands import key_bytes
 
+if TYPE_CHECKING:
+    from agent.carrier.client import ArchivedNode
+
+EventHook = Callable[[str, str | None, dict[str, Any]], None]
+
 __all__ = ["STAGES", "Agent", "run_agent"]
 
 log = logging.getLogger(__name__)
@@ -50,7 +56,9 @@ STAGES = {"pollers": 0.4, "plans": 0.1, "publish": 0.4, "close": 0.1}
 VERSION = "0.1.0"
 
 
-def _pollers(cfg: AgentConfig) -> dict[str, BusPoller[Any]]:
+def _pollers(
+    cfg: AgentConfig, archive: ArchiveStore, events: EventHook
+) -> dict[str, BusPoller[Any]]:
     out: dict[str, BusPoller[Any]] = {}
     for bus in cfg.buses:
         url = bus.bus_url
@@ -58,9 +66,29 @@ def _pollers(cfg: AgentConfig) -> dict[str, BusPoller[Any]]:
             from agent.modbus import modbus_poller
 
             out[bus.name] = modbus_poller(bus.name, url)
+        elif url.is_carrier:
+            from agent.carrier.client import carrier_poller
+
+            out[bus.name] = carrier_poller(
+                bus.name, url, events=events, archive=_carrier_archive(archive, bus.name)
+            )
         else:
             out[bus.name] = dlt645_poller(bus.name, url)
     return out
+
+
+def _carrier_archive(archive: ArchiveStore, bus: str) -> Callable[[], list[ArchivedNode]]:
+    """The meters a carrier module on `bus` must know: the archive's DL/T 645 meters there."""
+    from agent.carrier.client import ArchivedNode
+
+    def nodes() -> list[ArchivedNode]:
+        return [
+            ArchivedNode.of(m.address, m.protocol, m.meter_id)
+            for m in archive.current.meters
+            if m.bus == bus and m.address is not None and m.protocol != "modbus"
+        ]
+
+    return nodes
 
 
 def _command_key(cfg: AgentConfig) -> bytes | None:
@@ -90,7 +118,7 @@ class Agent:
         self.archive = ArchiveStore(cfg)
         self.state = PlanState(state_dir / "state.sqlite")
         self.metrics = AgentMetrics()
-        self.pollers = _pollers(cfg)
+        self.pollers = _pollers(cfg, self.archive, self._event)
         self.outbox: Outbox | None = None
         self.link: MqttLink | None = None
         self._pending_events: list[dict[str, Any]] = []
@@ -167,6 +195,10 @@ class Agent:
         }
 
     async def _archive_changed(self) -> None:
+        for poller in self.pollers.values():
+            changed = getattr(poller.client, "archive_changed", None)
+            if changed is not None:  # a carrier module re-syncs its node list
+                changed()
         if self.link is not None:
             await self.link.publish_archive()
 

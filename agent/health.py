@@ -23,6 +23,7 @@ CONTACT_FAILURES = frozenset(
         FailureReason.TIMEOUT,
         FailureReason.CHECKSUM,
         FailureReason.FRAME_ERROR,
+        FailureReason.ROUTE_FAILURE,  # behind a working carrier module, the meter unreachable
     }
 )
 

@@ -26,6 +26,11 @@ _SCHEMA = [
     """
     CREATE TABLE energy (meter TEXT PRIMARY KEY, data_time TEXT NOT NULL, total REAL NOT NULL);
     """,
+    # version 3: a rejection that can never pass (e.g. "no such data" from a meter without
+    # daily freezes) settles the meter's day: it is not tried again that day
+    """
+    ALTER TABLE daily ADD COLUMN settled INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -37,6 +42,8 @@ class DayStatus:
     detail: str | None
     attempts: int
     last_attempt: dt.datetime | None
+    settled: bool = False
+    """failed with a rejection that cannot pass: not tried again this day"""
 
 
 class PlanState:
@@ -54,12 +61,19 @@ class PlanState:
 
     def day(self, day: dt.date) -> dict[str, DayStatus]:
         rows = self._db.execute(
-            "SELECT meter, status, reason, detail, attempts, last_attempt FROM daily WHERE day=?",
+            "SELECT meter, status, reason, detail, attempts, last_attempt, settled FROM daily"
+            " WHERE day=?",
             (day.isoformat(),),
         )
         return {
             r[0]: DayStatus(
-                r[0], r[1], r[2], r[3], r[4], dt.datetime.fromisoformat(r[5]) if r[5] else None
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                dt.datetime.fromisoformat(r[5]) if r[5] else None,
+                bool(r[6]),
             )
             for r in rows
         }
@@ -85,14 +99,17 @@ class PlanState:
         reason: str | None = None,
         detail: str | None = None,
         attempted: bool = True,
+        settled: bool = False,
     ) -> None:
         self._db.execute(
-            """INSERT INTO daily (day, meter, status, reason, detail, attempts, last_attempt)
-               VALUES (?, ?, ?, ?, ?, ?, ?)
+            """INSERT INTO daily (day, meter, status, reason, detail, attempts, last_attempt,
+                                  settled)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (day, meter) DO UPDATE SET status=excluded.status,
                  reason=excluded.reason, detail=excluded.detail,
                  attempts=daily.attempts + excluded.attempts,
-                 last_attempt=COALESCE(excluded.last_attempt, daily.last_attempt)
+                 last_attempt=COALESCE(excluded.last_attempt, daily.last_attempt),
+                 settled=excluded.settled
                WHERE daily.status != 'read'""",
             (
                 day.isoformat(),
@@ -102,6 +119,7 @@ class PlanState:
                 detail,
                 int(attempted),
                 at.isoformat() if attempted else None,
+                int(settled),
             ),
         )
 
@@ -125,7 +143,7 @@ class PlanState:
         the day eligible for backfill again."""
         self._db.execute(
             "UPDATE daily SET status='failed', reason='not_attempted',"
-            " detail='evicted from the outbox' WHERE day=? AND meter=?",
+            " detail='evicted from the outbox', settled=0 WHERE day=? AND meter=?",
             (day.isoformat(), meter),
         )
 

@@ -94,6 +94,8 @@ MAX_RESENDS = 16
 WINDOW_GROWTH = 64
 #: nodes asked per AFN10 F2 page (a real CCO answered 25; fewer is fine: we go on from there)
 NODE_PAGE = 32
+#: a read denied "not in the module" re-syncs the archive, but not more often than this
+RESYNC_MIN_S = 60.0
 #: router mode: workers (requests waiting for the module's turn) per bus
 ROUTER_WORKERS = 4096
 
@@ -508,8 +510,11 @@ class CarrierClient(Dlt645Client):
                         )
                     carried = reply.carried()
                     if carried is not None and not carried.frame:
-                        raise RouteFailure(
-                            f"the module got no answer from meter {dst} (empty"
+                        # "read failed": the module asked and the meter said nothing (or the
+                        # module's own monitor timeout passed) — the meter's silence, as on
+                        # RS-485; a route the module could not use is a deny (11, 12)
+                        raise NoReply(
+                            f"meter {dst} did not answer behind the module (empty"
                             f" AFN{answer.frame.afn:02X} F{answer.frame.fn} reply)"
                         )
                     return reply
@@ -741,6 +746,17 @@ class CarrierClient(Dlt645Client):
             log.info("bus %s: main node address %s set (was %s)", self.name, wanted, main)
             main = wanted
         self.main_node = main
+        if info.comm_type == 1 and self.mode == "hplc":  # narrowband: no AFN F1 F1 (deny 10)
+            log.warning(
+                "bus %s: the module is narrowband (AFN03 F10): reading with AFN13 F1,"
+                " one at a time, instead of mode=hplc",
+                self.name,
+            )
+            self.mode, self.packs_reads = "point", False
+        try:  # meter events (06F5) reach us only once allowed
+            await self._command(q.SetEventReporting(True), q.Confirm)
+        except (NotSupported, RequestRejected) as exc:
+            log.info("bus %s: the module refuses event reports: %s", self.name, exc)
         if first:
             self.window.reset()
             self.frames_per_request = self.url.frames_per_request
@@ -842,13 +858,22 @@ class CarrierClient(Dlt645Client):
 
         extra = [a for a, p in present.items() if a not in wanted or differs(a, p)]
         missing = [(a, p) for a, p in wanted.items() if a not in present or a in extra]
+        nodes = {a: p for a, p in present.items() if a not in extra}
+        nodes.update(dict(missing))
         if extra or missing:
             if self.mode != "router":
                 await self._ensure_paused()
-            await self._delete_nodes(extra)
-            await self._add_nodes(missing)
-        nodes = {a: p for a, p in present.items() if a not in extra}
-        nodes.update(dict(missing))
+            try:
+                await self._delete_nodes(extra)
+                await self._add_nodes(missing)
+            except ModuleRejection as exc:
+                # e.g. deny 1 past its capacity: take what it has; the meters it lacks fail
+                # as not in the module until the next sync (archive change, reset)
+                log.warning("bus %s: archive sync refused: %s", self.name, exc)
+                self.events("carrier_sync_failed", None, {"bus": self.name, "detail": str(exc)})
+                nodes = {n.addr.digits: n.protocol for n in await self.node_list()}
+                extra = [a for a in extra if a not in nodes]
+                missing = [(a, p) for a, p in missing if a in nodes]
         self.nodes = nodes
         self._last_sync_end = time.monotonic()
         result = SyncResult(len(wanted), len(present), [a for a, _ in missing], extra)
@@ -921,6 +946,9 @@ class CarrierClient(Dlt645Client):
         async with self._sync_lock:
             if self._last_sync_end > since:
                 return True  # synced since this read began: just try again
+            known = self.nodes is not None and dst.digits in self.nodes
+            if not known and time.monotonic() - self._last_sync_end < RESYNC_MIN_S:
+                return False  # the last sync could not add it (capacity?): not again so soon
             log.info(
                 "bus %s: meter %s not in the module (deny %d): re-syncing", self.name, dst, code
             )

@@ -30,7 +30,7 @@ from agent.health import CONTACT_FAILURES
 from agent.plans.context import PlanContext, edition_of, make_reading
 from agent.poller import PRIORITY_BACKFILL, PRIORITY_DAILY, BusClosed
 from protocols.dlt645 import Address, ErrorFlags, MeterError
-from protocols.errors import ValueFormatError
+from protocols.errors import ProtocolError, ValueFormatError
 from protocols.measurements import Measurement
 from protocols.payloads import FailureReason
 
@@ -51,7 +51,10 @@ ENERGY_SLACK_KWH = 0.005  # BCD rounding: totals never move back by more than th
 
 class NotFrozenYet(ValueFormatError):
     """The meter has no freeze for the day asked: its newest is older (clock behind, or it was
-    off at midnight). Reported as an implausible value with this detail."""
+    off at midnight). Reported as an implausible value with this detail. Retryable: a clock
+    behind midnight reaches it later."""
+
+    retryable = True
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class Outcome:
     reason: FailureReason | None = None
     detail: str = ""
     attempted: bool = True
+    settled: bool = False
+    """the rejection can never pass (the error tree's `retryable` is false): no retry today"""
 
 
 def _freeze_time(measurements: list[Measurement]) -> dt.datetime:
@@ -111,8 +116,8 @@ class DailyPlanner:
         due = []
         for m in self.ctx.archive().meters:
             s = status.get(m.meter_id)
-            if s is not None and s.status == "read":
-                continue
+            if s is not None and (s.status == "read" or s.settled):
+                continue  # read, or refused for good today (reported with its reason)
             if s is not None and s.last_attempt is not None and now - s.last_attempt < spacing:
                 continue
             due.append((0 if s is None or s.attempts == 0 else 1, s.attempts if s else 0, m))
@@ -154,6 +159,7 @@ class DailyPlanner:
                 reason=o.reason.value if o.reason else None,
                 detail=o.detail or None,
                 attempted=o.attempted,
+                settled=o.settled,
             )
 
     def _report(
@@ -247,6 +253,11 @@ class DailyPlanner:
         except Exception as exc:
             reason, detail = reason_of(exc)
             ctx.health.failure(mid, reason, ctx.clock.monotonic())
+            if isinstance(exc, ProtocolError) and not exc.retryable:
+                # e.g. "no such data" from a meter without daily freezes: asking again today
+                # costs bus time and cannot pass
+                detail = f"{detail} (not retried today: this rejection cannot pass)"
+                return Outcome(mid, False, reason, detail, settled=True)
             return Outcome(mid, False, reason, detail)
         ctx.health.success(mid, ctx.clock.monotonic())
         problem = self._implausible(mid, reading)
@@ -304,23 +315,63 @@ class DailyPlanner:
             address = Address.parse(meter.address)
             result = await client.read(address, DI_IMPORT_1997, edition_of(meter.protocol))
             return self._reading(meter, self.ctx.clock.now(), result.measurements)
-        reading = await self._read_frozen(client, meter, day)
-        if self.cfg.prepaid_balance and meter.prepaid and day == self.ctx.clock.now().date():
-            balance = await client.read(Address.parse(meter.address), DI_BALANCE)
-            reading["values"].update({m.name: m.as_json() for m in balance.measurements})
-        return reading
+        balance = self.cfg.prepaid_balance and meter.prepaid and day == self.ctx.clock.now().date()
+        return await self._read_frozen(client, meter, day, balance=balance)
 
     async def _read_frozen(
-        self, client: Dlt645Client, meter: MeterConfig, day: dt.date, quality: str | None = None
+        self,
+        client: Dlt645Client,
+        meter: MeterConfig,
+        day: dt.date,
+        quality: str | None = None,
+        *,
+        balance: bool = False,
     ) -> dict[str, Any]:
-        """The daily freeze of `day` from a 2007 meter: its record number, then its energy."""
+        """The daily freeze of `day` from a 2007 meter: its record number, then its energy
+        (and the remaining amount of a prepaid meter). On a medium that packs items (a carrier
+        module) today's record is asked for in one exchange with everything else, its stamp
+        checked after; on RS-485 one read at a time, the record found first."""
         assert meter.address is not None
         address = Address.parse(meter.address)
-        nn, freeze = await self._find_freeze(client, address, day)
-        values = list((await client.read(address, DI_FREEZE_IMPORT | nn)).measurements)
-        if self.cfg.reverse_energy:
-            values += (await client.read(address, DI_FREEZE_EXPORT | nn)).measurements
+        packed = (
+            await self._read_packed(client, address, day, balance) if client.packs_reads else None
+        )
+        if packed is not None:
+            freeze, values = packed
+        else:
+            nn, freeze = await self._find_freeze(client, address, day)
+            values = list((await client.read(address, DI_FREEZE_IMPORT | nn)).measurements)
+            if self.cfg.reverse_energy:
+                values += (await client.read(address, DI_FREEZE_EXPORT | nn)).measurements
+            if balance:
+                values += (await client.read(address, DI_BALANCE)).measurements
         return self._reading(meter, freeze.replace(tzinfo=self.ctx.clock.tz), values, quality)
+
+    async def _read_packed(
+        self, client: Dlt645Client, address: Address, day: dt.date, balance: bool
+    ) -> tuple[dt.datetime, list[Measurement]] | None:
+        """Record 1 (stamp, energy …) in one exchange; None when record 1 is not `day`'s (the
+        meter's clock is off around midnight: the record search takes over)."""
+        dis = [DI_FREEZE_TIME | 1, DI_FREEZE_IMPORT | 1]
+        if self.cfg.reverse_energy:
+            dis.append(DI_FREEZE_EXPORT | 1)
+        if balance:
+            dis.append(DI_BALANCE)
+        results = await client.read_many(address, dis)
+        stamp = results[0]
+        if isinstance(stamp, Exception):
+            raise stamp
+        newest = _freeze_time(stamp.measurements)
+        if newest.date() < day:
+            raise NotFrozenYet(f"newest daily freeze is {newest:%Y-%m-%d %H:%M}, wanted {day}")
+        if newest.date() != day:
+            return None
+        values: list[Measurement] = []
+        for result in results[1:]:
+            if isinstance(result, Exception):
+                raise result
+            values += result.measurements
+        return newest, values
 
     async def _find_freeze(
         self, client: Dlt645Client, address: Address, day: dt.date
@@ -386,8 +437,10 @@ class DailyPlanner:
             s = statuses[day].get(meter)
             if s is None:
                 return True
-            return s.status != "read" and (
-                s.last_attempt is None or now - s.last_attempt >= spacing
+            return (
+                s.status != "read"
+                and not s.settled
+                and (s.last_attempt is None or now - s.last_attempt >= spacing)
             )
 
         plan = {

@@ -79,6 +79,7 @@ class FakeCco:
     max_seen_in_flight: int = 0
     meter_overlaps: int = 0
     confirms: list[int] = field(default_factory=list)
+    events_allowed: bool = False
 
     def __post_init__(self) -> None:
         self._writer: asyncio.StreamWriter | None = None
@@ -166,6 +167,7 @@ class FakeCco:
 
     async def report_event(self, address: str) -> None:
         """An AFN06 F5 meter event (the meter's 645 reply to 04000503, a status word)."""
+        assert self.events_allowed, "the concentrator never allowed event reports (05F2)"
         meter = self.meters[address]
         frame = dlt645.to_frame(
             dlt645.Address.parse(address), dlt645.ReadRequest(0x04000503), dlt645.Edition.V2007
@@ -230,6 +232,9 @@ class FakeCco:
                 for a in message.addresses:
                     self.archive.pop(a.digits, None)
                 self.forming = self.forming or self.form_on_change
+                return q.Confirm()
+            case q.SetEventReporting():
+                self.events_allowed = message.enabled
                 return q.Confirm()
             case q.RouterPause() | q.RouterResume():
                 return q.Confirm()

@@ -3,7 +3,9 @@ values, dead meters explained and backed off, history backfilled, clocks measure
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -369,3 +371,31 @@ async def test_a_reading_evicted_before_delivery_is_backfilled_again(tmp_path: P
             if r["meter"] == "000000000007" and r["data_time"].startswith(yesterday.isoformat())
         ]
         assert len(again) == 2
+
+
+async def test_a_rejection_that_cannot_pass_is_tried_once_a_day(tmp_path: Path) -> None:
+    """A meter without daily freezes answers 05060001 with "no such data": asking again every
+    round cannot pass, so the meter is tried once that day and reported with its reason;
+    a silent meter (retryable) is still retried after the spacing."""
+    async with sim_agent(FLEET.format(dead=0.0, offset=0), tmp_path) as sa:
+        meters = sa.fleet.meters()
+        no_freezes, silent = meters[2], meters[5]
+        no_freezes.freezes.clear()
+        silent.faults = dataclasses.replace(silent.faults, dead=True)
+        planner = DailyPlanner(_daily(backfill_days=0), sa.ctx)
+        first = await planner.run_round(DAY, final=False)
+        failed = {f["meter"]: f for f in first["failed"]}
+        assert failed[no_freezes.identity.meter_id]["reason"] == "abnormal_reply"
+        assert "not retried today" in failed[no_freezes.identity.meter_id]["detail"]
+        assert failed[silent.identity.meter_id]["reason"] == "no_reply"
+
+        sa.fleet.world.set(sa.fleet.world.now() + dt.timedelta(minutes=31))  # spacing over
+        asked = Counter(r.meter for r in sa.fleet.recorder.records)
+        second = await planner.run_round(DAY, final=False)
+        now_asked = Counter(r.meter for r in sa.fleet.recorder.records)
+        assert now_asked[no_freezes.identity.meter_id] == asked[no_freezes.identity.meter_id]
+        assert now_asked[silent.identity.meter_id] > asked[silent.identity.meter_id]
+        again = {f["meter"]: f for f in second["failed"]}
+        assert again[no_freezes.identity.meter_id]["attempts"] == 1  # reported, not retried
+        assert again[no_freezes.identity.meter_id]["reason"] == "abnormal_reply"
+        assert again[silent.identity.meter_id]["attempts"] == 2
