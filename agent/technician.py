@@ -35,7 +35,7 @@ from protocols.dlt645 import (
 from protocols.errors import LocalProtocolError
 from protocols.modbus import MAPS, load_map
 
-__all__ = ["READ", "SCAN", "scan_bus"]
+__all__ = ["READ", "SCAN", "print_reads", "scan_bus"]
 
 
 def _trace(direction: str, data: bytes) -> None:
@@ -95,49 +95,57 @@ class _Read:
         dis: list[int],
         args: argparse.Namespace,
     ) -> int:
-        failed = 0
+        trace = _trace if args.trace else None
         try:
-            async with open_byte_transport(url, trace=_trace if args.trace else None) as bus:
-                client = Dlt645Client(bus)
-                for di in dis:
-                    try:
-                        result = await client.read(address, di, edition)
-                    except Exception as exc:
-                        reason, detail = reason_of(exc)
-                        failed += 1
-                        if args.json:
-                            print(
-                                json.dumps(
-                                    {
-                                        "di": f"{format_di(di, edition)}",
-                                        "error": reason.value,
-                                        "detail": detail,
-                                    }
-                                )
-                            )
-                        else:
-                            print(f"{format_di(di, edition)}  FAILED {reason.value}: {detail}")
-                        continue
-                    if args.json:
-                        values = {m.name: m.as_json() for m in result.measurements}
-                        print(
-                            json.dumps(
-                                {"di": f"{format_di(di, edition)}", "values": values},
-                                ensure_ascii=False,
-                            )
-                        )
-                    elif not result.measurements:
-                        print(
-                            f"{format_di(di, edition)}  (not catalogued) {hex_spaced(result.value)}"
-                        )
-                    for m in result.measurements if not args.json else []:
-                        unit = f" {m.unit}" if m.unit else ""
-                        flags = f"  [{', '.join(m.flags)}]" if m.flags else ""
-                        print(f"{format_di(di, edition)}  {m.name} = {m.value}{unit}{flags}")
+            if url.is_carrier:
+                from agent.carrier.client import technician_client
+
+                async with technician_client(url, trace=trace) as carrier:
+                    return await print_reads(carrier, address, edition, dis, json_out=args.json)
+            async with open_byte_transport(url, trace=trace) as bus:
+                return await print_reads(
+                    Dlt645Client(bus), address, edition, dis, json_out=args.json
+                )
         except TransportError as exc:
             print(f"meterlink read: {exc}", file=sys.stderr)
             return 1
-        return 1 if failed else 0
+
+
+async def print_reads(
+    client: Dlt645Client, address: Address, edition: Edition, dis: list[int], *, json_out: bool
+) -> int:
+    """Read each item and print its values (one line per value, or one JSON object per item);
+    1 when an item failed (its reason printed in its place), 0 otherwise."""
+    failed = 0
+    for di in dis:
+        try:
+            result = await client.read(address, di, edition)
+        except Exception as exc:
+            reason, detail = reason_of(exc)
+            failed += 1
+            if json_out:
+                print(
+                    json.dumps(
+                        {"di": f"{format_di(di, edition)}", "error": reason.value, "detail": detail}
+                    )
+                )
+            else:
+                print(f"{format_di(di, edition)}  FAILED {reason.value}: {detail}")
+            continue
+        if json_out:
+            values = {m.name: m.as_json() for m in result.measurements}
+            print(
+                json.dumps(
+                    {"di": f"{format_di(di, edition)}", "values": values}, ensure_ascii=False
+                )
+            )
+        elif not result.measurements:
+            print(f"{format_di(di, edition)}  (not catalogued) {hex_spaced(result.value)}")
+        for m in result.measurements if not json_out else []:
+            unit = f" {m.unit}" if m.unit else ""
+            flags = f"  [{', '.join(m.flags)}]" if m.flags else ""
+            print(f"{format_di(di, edition)}  {m.name} = {m.value}{unit}{flags}")
+    return 1 if failed else 0
 
 
 def _read_modbus(url: BusUrl, args: argparse.Namespace) -> int:
@@ -307,6 +315,13 @@ class _Scan:
             except ConfigError as exc:
                 print(f"meterlink scan: configuration error: {exc}", file=sys.stderr)
                 return exc.exit_code
+        if url.is_carrier:
+            # a module knows its network: its node list is the scan (AFN10, no probing)
+            from agent.carrier.cli import print_nodes
+            from agent.carrier.client import ArchivedNode
+
+            nodes = None if archived is None else [ArchivedNode(a) for a in sorted(archived)]
+            return print_nodes(url, nodes, trace=args.trace, command="scan")
         import dataclasses
 
         url = dataclasses.replace(url, reply_timeout_ms=args.reply_timeout_ms)

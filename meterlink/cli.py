@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "agent.technician:SCAN",
         "find the meters on a multi-drop bus, compare with the archive",
     ),
+    "carrier": (
+        "agent.carrier.cli",
+        "a carrier module (CCO): its info, its node list beside the archive, sync, a read",
+    ),
 }
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -75,7 +76,15 @@ from protocols.errors import (
     TooManyMeterFrames,
 )
 
-__all__ = ["ArchivedNode", "CarrierClient", "SyncResult", "Window", "carrier_poller"]
+__all__ = [
+    "ArchivedNode",
+    "CarrierClient",
+    "SyncResult",
+    "Window",
+    "carrier_poller",
+    "match_replies",
+    "technician_client",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +105,8 @@ WINDOW_GROWTH = 64
 NODE_PAGE = 32
 #: a read denied "not in the module" re-syncs the archive, but not more often than this
 RESYNC_MIN_S = 60.0
+#: at most this long to resume the module's routing when the client stops
+CLOSE_RESUME_S = 2.0
 #: router mode: workers (requests waiting for the module's turn) per bus
 ROUTER_WORKERS = 4096
 
@@ -270,6 +281,13 @@ class CarrierClient(Dlt645Client):
         return self.link.busy_seconds + extra
 
     async def close(self) -> None:
+        """Stop: routing resumed if we paused it (the module goes on with its own work), the
+        line closed."""
+        if self._paused and self._state == "ready" and self.mode != "router":
+            with contextlib.suppress(TransportError, ModuleRejection, PayloadError, TimeoutError):
+                async with asyncio.timeout(CLOSE_RESUME_S):
+                    await self._command(q.RouterResume(), q.Confirm)
+            self._paused = False
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -1110,6 +1128,22 @@ def match_replies(
         o if o is not None else NoReply("the module's reply carried no answer to this request")
         for o in out
     ]
+
+
+@contextlib.asynccontextmanager
+async def technician_client(
+    url: BusUrl, *, trace: TraceHook | None = None
+) -> AsyncIterator[CarrierClient]:
+    """A client for a technician's one-off command (`meterlink read`, `meterlink carrier`): no
+    archive (the module's is left alone; a meter it does not know is added before it is read),
+    and a router-led module is read by point reads (routing paused, resumed after)."""
+    if url.mode == "router":
+        url = dataclasses.replace(url, mode="point", in_flight=1)
+    client = CarrierClient(url, trace=trace)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 def carrier_poller(

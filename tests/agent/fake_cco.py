@@ -219,7 +219,12 @@ class FakeCco:
                 ]
                 return q.NodeList(
                     len(self.archive),
-                    tuple(q.NodeInfo(q.NodeAddress.parse(a), p) for a, p in nodes),
+                    tuple(
+                        q.NodeInfo(q.NodeAddress.parse(a), p, phase=1, signal_quality=12)
+                        if self.in_network(a)
+                        else q.NodeInfo(q.NodeAddress.parse(a), p)  # never heard from
+                        for a, p in nodes
+                    ),
                 )
             case q.AddNodes():
                 if all(n.addr.digits in self.archive for n in message.nodes):
