@@ -201,7 +201,9 @@ def parse_fleet(
     names = [b.name for b in buses]
     if len(set(names)) != len(names):
         raise FleetError("bus names must be unique across the fleet")
-    fleet = Fleet(seed, world, buses, master_key, recorder, credits or CreditLog())
+    fleet = Fleet(
+        seed, world, buses, master_key, recorder, credits if credits is not None else CreditLog()
+    )
     for i, entry in enumerate(_list(doc, "inject", "")):
         try:
             rule = InjectedFault.from_dict(entry)
