@@ -146,9 +146,14 @@ async def _serve(args: argparse.Namespace) -> int:
 
     try:
         recorder = Recorder(args.record)
+    except OSError as exc:
+        print(f"meterlink sim: --record {args.record}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
         credits = CreditLog(args.credits)
     except OSError as exc:
-        print(f"meterlink sim: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        recorder.close()
+        print(f"meterlink sim: --credits {args.credits}: {exc.strerror}", file=sys.stderr)
         return 2
     try:
         fleet = load_fleet(args.fleet, recorder=recorder, credits=credits)
