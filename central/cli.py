@@ -12,9 +12,12 @@ from pathlib import Path
 
 from central.commands import KEY_ENV
 from central.config import CentralConfig, load
-from common.config import ConfigError
+from common.config import EX_CONFIG, ConfigError
 
 __all__ = ["configure", "run"]
+
+#: sysexits.h: a service this one needs is not available (the store)
+EX_UNAVAILABLE = 69
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +98,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from central.store import StoreError, StoreTooNew, StoreUnavailable
+
     try:
         cfg = load(args.config)
         if args.action == "command":
@@ -109,6 +114,13 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"meterlink central: {exc}", file=sys.stderr)
         return exc.exit_code
+    except StoreError as exc:
+        # unreachable: systemd tries again later; migrated by a newer meterlink, or refused:
+        # a technician must act, so no restart loop (78, as a bad config)
+        print(f"meterlink central: {exc}", file=sys.stderr)
+        if isinstance(exc, StoreUnavailable):
+            return EX_UNAVAILABLE
+        return EX_CONFIG if isinstance(exc, StoreTooNew) else 1
 
 
 def _check(cfg: CentralConfig, path: Path, *, print_config: bool) -> int:
@@ -150,12 +162,20 @@ def _report(cfg: CentralConfig, args: argparse.Namespace) -> int:
     from central.coverage import compute_day
     from central.ledger import Ledger
     from central.report import render
+    from central.store import open_store, parse_url
 
-    if not cfg.coverage.ledger.exists():
-        print(f"meterlink central: no ledger at {cfg.coverage.ledger} yet", file=sys.stderr)
+    where = parse_url(cfg.store.url)
+    if where.path is not None and not where.path.exists():
+        print(f"meterlink central: no ledger at {where.path} yet", file=sys.stderr)
         return 1
-    ledger = Ledger(cfg.coverage.ledger)
+    store = open_store(
+        cfg.store.url,
+        password=cfg.store.password,
+        connect_timeout_s=cfg.store.connect_timeout_s,
+        name="meterlink central report",
+    )
     try:
+        ledger = Ledger(store)
         day = args.day
         if day is None:
             known = ledger.known_days()
@@ -170,7 +190,7 @@ def _report(cfg: CentralConfig, args: argparse.Namespace) -> int:
             return 2
         cov = compute_day(ledger, day, cfg.coverage, concentrator=args.concentrator)
     finally:
-        ledger.close()
+        store.close()
     min_days = args.min_days if args.min_days is not None else cfg.coverage.streak_min_days
     sys.stdout.write(render(cov, args.format, min_days=min_days))
     return 0

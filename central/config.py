@@ -2,17 +2,20 @@
 
 `deploy/central.example.toml` is the commented reference; a test loads it. Secrets come only from
 the environment (the rule is in `common.config`): ``METERLINK_MQTT_PASSWORD``,
-``METERLINK_INFLUX_PASSWORD``, ``METERLINK_INFLUX_TOKEN``.
+``METERLINK_MQTT_COMMAND_KEY``, ``METERLINK_INFLUX_PASSWORD``, ``METERLINK_INFLUX_TOKEN``,
+``METERLINK_STORE_PASSWORD``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from central.store.url import parse_url
 from common.config import ConfigError, Secret, build, load_toml
 from common.mqtt import MqttSettings
 
@@ -22,8 +25,11 @@ __all__ = [
     "CoverageConfig",
     "InfluxConfig",
     "MqttConfig",
+    "StoreConfig",
     "load",
 ]
+
+log = logging.getLogger(__name__)
 
 _GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -102,9 +108,25 @@ class ConsumerConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Where the central state (the coverage ledger, and what later modules keep) lives."""
+
+    #: "sqlite:///path" (one host: its instances share the file) or
+    #: "postgresql://user@host:port/db" (several hosts); see central/store/url.py
+    url: str = "sqlite:///var/lib/meterlink/coverage.sqlite3"
+    #: PostgreSQL's password: only from the environment, METERLINK_STORE_PASSWORD (or ~/.pgpass)
+    password: Secret | None = None
+    #: how long to wait for PostgreSQL to answer a connection
+    connect_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        parse_url(self.url)
+        if self.connect_timeout_s <= 0:
+            raise ValueError("connect_timeout_s must be > 0")
+
+
+@dataclass(frozen=True)
 class CoverageConfig:
-    #: shared by every instance (and `meterlink central report`): SQLite in WAL mode
-    ledger: Path = Path("/var/lib/meterlink/coverage.sqlite3")
     #: how often an instance recomputes the days that changed (one instance at a time)
     interval_s: float = 60.0
     #: values a daily freeze must carry to count as complete (完整率)
@@ -134,6 +156,7 @@ class CentralConfig:
     influx: InfluxConfig = field(default_factory=InfluxConfig)
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
     coverage: CoverageConfig = field(default_factory=CoverageConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 def parse_hhmm(text: str) -> dt.time:
@@ -145,8 +168,30 @@ def parse_hhmm(text: str) -> dt.time:
 
 def load(path: Path) -> CentralConfig:
     """Read and check a config file; raises `ConfigError` (exit code 78) naming the key."""
-    data = load_toml(path)
+    data = _moved_ledger_key(load_toml(path), path)
     try:
         return build(CentralConfig, data, env_prefix="METERLINK")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _moved_ledger_key(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``[coverage] ledger = PATH`` (before the store) still works: it is ``[store] url``."""
+    coverage = data.get("coverage")
+    if not isinstance(coverage, dict) or "ledger" not in coverage:
+        return data
+    store = data.get("store", {})
+    if not isinstance(store, dict):
+        return data  # build() names the mistake
+    if "url" in store:
+        raise ConfigError(
+            f"{path}: coverage.ledger and store.url both set: keep store.url (the ledger is in"
+            " the store now)"
+        )
+    ledger = coverage["ledger"]
+    if not isinstance(ledger, str):
+        raise ConfigError(f"{path}: coverage.ledger: expected a path, got {ledger!r}")
+    url = f"sqlite://{ledger}" if ledger.startswith("/") else f"sqlite:{ledger}"
+    log.warning("%s: [coverage] ledger is deprecated; write [store] url = %r instead", path, url)
+    rest = {k: v for k, v in coverage.items() if k != "ledger"}
+    return {**data, "coverage": rest, "store": {**store, "url": url}}

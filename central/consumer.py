@@ -9,12 +9,13 @@ One `asyncio.TaskGroup` of named tasks:
   to record it idempotently). Messages are parsed, checked against the payload schema and
   converted as they arrive; acknowledgement is manual.
 - ``flush``: every `batch_readings` readings or `flush_interval_s`, writes the batch's
-  coverage facts to the ledger, its points to InfluxDB or the spool, and only then sends the
-  PUBACKs, in arrival order. A message the broker redelivers after a crash or reconnect is
-  written again and lands on the same points.
+  coverage facts to the ledger (in the store: SQLite or PostgreSQL; while the store is
+  unreachable the batch waits, unacknowledged), its points to InfluxDB or the spool, and only
+  then sends the PUBACKs, in arrival order. A message the broker redelivers after a crash or
+  reconnect is written again and lands on the same points.
 - ``drain``: replays the spool once InfluxDB is back.
-- ``coverage``: recomputes the days whose facts changed, under a lease in the ledger so one
-  instance at a time does it, and writes the results to InfluxDB.
+- ``coverage``: recomputes the days whose facts changed, under a lease in the store so one
+  instance at a time (of every host) does it, and writes the results to InfluxDB.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from central.ledger import Ledger
 from central.points import Converted, NotConvertible, convert
 from central.sink import Sink
 from central.spool import Spool
+from central.store import StoreUnavailable, open_store
 from central.writers import WriteUnavailable, make_writer
 from common.mqtt import client_arguments
 from protocols.payloads import TOPIC_ROOT, PayloadInvalid, kind_of_topic, validate
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 SHARED_KINDS = ("readings", "rounds", "events", "status")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 COVERAGE_LEASE = "coverage"
+#: longest wait between two tries of a batch while the store is unreachable
+STORE_RETRY_MAX_S = 10.0
 
 
 @dataclass
@@ -78,7 +82,13 @@ class Consumer:
         self.instance = f"{cfg.mqtt.client_id}@{socket.gethostname()}"
         self.stats = ConsumerStats()
         self.spool = Spool(cfg.consumer.spool)
-        self.ledger = Ledger(cfg.coverage.ledger)
+        self.store = open_store(
+            cfg.store.url,
+            password=cfg.store.password,
+            connect_timeout_s=cfg.store.connect_timeout_s,
+            name=self.instance,
+        )
+        self.ledger = Ledger(self.store)
         self.writer = make_writer(cfg.influx)
         self.sink = Sink(self.writer, self.spool, cfg.influx)
         self.connected = asyncio.Event()
@@ -125,10 +135,10 @@ class Consumer:
         # redelivered by the broker, landing on the same points
         batch, self._batch = self._batch, _Batch()
         with contextlib.suppress(Exception):
-            await self._make_durable(batch)
+            await self._make_durable(batch, patient=False)
         await self.writer.close()
         self.spool.close()
-        self.ledger.close()
+        self.store.close()
 
     # --- MQTT ----------------------------------------------------------------------------------
     async def _client_for(self) -> aiomqtt.Client:
@@ -194,6 +204,8 @@ class Consumer:
                 # a lone surrogate ("\ud800") is valid JSON but no UTF-8: neither InfluxDB's
                 # body nor SQLite could take it
                 json.dumps(payload, ensure_ascii=False).encode()
+            if b"\\u0000" in body and _has_nul(payload):
+                raise NotConvertible("a string holds U+0000 (NUL), which no database text holds")
             convert(kind, payload, batch.converted)  # all of the message's facts, or none
         except Exception as exc:  # one message must never stop the consumer
             # refused, kept as a dead letter, acknowledged: whatever it is (the schema's
@@ -229,14 +241,35 @@ class Consumer:
                 self.stats.acked += 1
         self.stats.batches += 1
 
-    async def _make_durable(self, batch: _Batch) -> None:
+    async def _make_durable(self, batch: _Batch, *, patient: bool = True) -> None:
         for topic_name, error, body in batch.rejects:
             self.stats.invalid += 1
             log.warning("rejected payload on %s: %s", topic_name, error)
             await asyncio.to_thread(self.spool.dead, "schema", topic_name, error, body)
         facts = batch.converted
-        await asyncio.to_thread(self.ledger.apply, facts, self.cfg.coverage.required_values)
+        await self._apply(facts, patient=patient)
         await self.sink.write(facts.lines)
+
+    async def _apply(self, facts: Converted, *, patient: bool) -> None:
+        """The batch's facts into the ledger. While the store is unreachable the batch waits
+        (its messages unacknowledged; the broker's Receive Maximum bounds what piles up) and
+        is tried again with backoff; one error is logged per episode."""
+        delay, down = 0.2, False
+        while True:
+            try:
+                await asyncio.to_thread(self.ledger.apply, facts, self.cfg.coverage.required_values)
+            except StoreUnavailable as exc:
+                if not patient:
+                    raise
+                if not down:
+                    log.error("store unavailable, holding the batch unacknowledged: %s", exc)
+                    down = True
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, STORE_RETRY_MAX_S)
+                continue
+            if down:
+                log.warning("store %s takes the facts again", self.store)
+            return
 
     # --- coverage ------------------------------------------------------------------------------
     async def _coverage_forever(self) -> None:
@@ -247,6 +280,8 @@ class Consumer:
                 await self.publish_coverage()
             except WriteUnavailable as exc:
                 log.info("coverage not written, InfluxDB unavailable (%s); will retry", exc)
+            except StoreUnavailable as exc:
+                log.info("coverage not computed, store unavailable (%s); will retry", exc)
             except Exception:
                 # derived data: the days stay dirty and are tried again; ingest goes on
                 log.exception("coverage job failed; will retry")
@@ -310,6 +345,16 @@ class Consumer:
                 k.replayed_lines,
                 k.dead_lines,
             )
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _rejection(kind: str, exc: Exception) -> str:

@@ -130,7 +130,7 @@ def commissioned(ledger: Ledger, versions: Mapping[str, list[tuple[int, str]]]) 
         str(c): str(d)
         for c, d in ledger.rows(
             "SELECT concentrator, min(day) FROM (SELECT concentrator, day FROM daily_read"
-            " UNION ALL SELECT concentrator, day FROM daily_failure) GROUP BY concentrator"
+            " UNION ALL SELECT concentrator, day FROM daily_failure) AS facts GROUP BY concentrator"
         )
     }
     out = {}

@@ -1,31 +1,30 @@
 """The coverage ledger: the durable facts coverage is computed from, shared by every instance.
 
-One SQLite file in WAL mode that all consumer instances on a host (and `meterlink central
-report`) open. Each consumer applies the facts of a batch in one transaction *before* it
-acknowledges the batch's MQTT messages, so the ledger never misses a fact the broker forgot.
-Every write is an idempotent upsert keyed by what the fact is about, so duplicates, replays and
-two instances seeing the same archive change nothing. See docs/coverage.md for why a ledger and
-not one process's memory.
+Kept in the central store (`central.store`): a SQLite file the instances of one host share, or
+one PostgreSQL database for several hosts. Each consumer applies the facts of a batch in one
+transaction *before* it acknowledges the batch's MQTT messages, so the ledger never misses a
+fact the broker forgot. Every write is an idempotent upsert keyed by what the fact is about, so
+duplicates, replays and two instances seeing the same archive change nothing. See
+docs/coverage.md for why a ledger and not one process's memory.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import sqlite3
-import threading
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from central.points import FIRST_DAY, LAST_DAY, ArchiveFact, Converted, archive_digest
+from central.store import Migration, Schema, Store, Tx, open_store
 
-__all__ = ["Ledger", "day_offset"]
+__all__ = ["SCHEMA", "Ledger", "day_offset"]
 
 log = logging.getLogger(__name__)
 
-_ARCHIVE_SCHEMA = """
+# --- tables --------------------------------------------------------------------------------------
+_V1_SQLITE = """
 CREATE TABLE IF NOT EXISTS archive_version (
     concentrator TEXT NOT NULL,
     seq INTEGER NOT NULL,         -- 1, 2, ... in the order the centre first saw them: the newest
@@ -40,10 +39,6 @@ CREATE TABLE IF NOT EXISTS archive_meter (
     district TEXT NOT NULL, manufacturer TEXT NOT NULL, bus TEXT NOT NULL,
     PRIMARY KEY (concentrator, seq, meter)
 ) WITHOUT ROWID;
-"""
-_SCHEMA = (
-    _ARCHIVE_SCHEMA
-    + """
 CREATE TABLE IF NOT EXISTS daily_read (
     concentrator TEXT NOT NULL, meter TEXT NOT NULL, day TEXT NOT NULL,
     day_start INTEGER NOT NULL,   -- unix seconds of the data day's local midnight
@@ -65,109 +60,170 @@ CREATE TABLE IF NOT EXISTS published (
     day TEXT NOT NULL, measurement TEXT NOT NULL, series TEXT NOT NULL,
     PRIMARY KEY (day, measurement, series)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL);
 """
+#: the same tables; text compares bytewise (COLLATE "C") as in SQLite, whatever the locale
+_V1_POSTGRESQL = """
+CREATE TABLE IF NOT EXISTS archive_version (
+    concentrator TEXT COLLATE "C" NOT NULL, seq INTEGER NOT NULL,
+    version BIGINT NOT NULL, updated_at BIGINT NOT NULL,
+    day_from TEXT COLLATE "C" NOT NULL, digest TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (concentrator, seq)
+);
+CREATE TABLE IF NOT EXISTS archive_meter (
+    concentrator TEXT COLLATE "C" NOT NULL, seq INTEGER NOT NULL, meter TEXT COLLATE "C" NOT NULL,
+    district TEXT COLLATE "C" NOT NULL, manufacturer TEXT COLLATE "C" NOT NULL,
+    bus TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (concentrator, seq, meter)
+);
+CREATE TABLE IF NOT EXISTS daily_read (
+    concentrator TEXT COLLATE "C" NOT NULL, meter TEXT COLLATE "C" NOT NULL,
+    day TEXT COLLATE "C" NOT NULL, day_start BIGINT NOT NULL, read_at BIGINT NOT NULL,
+    complete SMALLINT NOT NULL, backfill SMALLINT NOT NULL,
+    PRIMARY KEY (concentrator, meter, day)
+);
+CREATE INDEX IF NOT EXISTS daily_read_day ON daily_read (day);
+CREATE TABLE IF NOT EXISTS daily_failure (
+    concentrator TEXT COLLATE "C" NOT NULL, meter TEXT COLLATE "C" NOT NULL,
+    day TEXT COLLATE "C" NOT NULL, reason TEXT COLLATE "C" NOT NULL,
+    detail TEXT COLLATE "C" NOT NULL, reported_at BIGINT NOT NULL,
+    PRIMARY KEY (concentrator, meter, day)
+);
+CREATE INDEX IF NOT EXISTS daily_failure_day ON daily_failure (day);
+CREATE TABLE IF NOT EXISTS dirty_day (day TEXT COLLATE "C" PRIMARY KEY, gen BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS published (
+    day TEXT COLLATE "C" NOT NULL, measurement TEXT COLLATE "C" NOT NULL,
+    series TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (day, measurement, series)
+);
+"""
+
+
+def _v1(tx: Tx) -> None:
+    """The ledger as 0.1 kept it. A SQLite ledger from before the store (no version table)
+    already has these tables and keeps them with its data (``IF NOT EXISTS``); one from before
+    archives were kept in the order seen has its archives numbered first; the ledger's own
+    lease table goes (leases are the store's now)."""
+    if tx.dialect == "sqlite":
+        _number_archives_in_order_seen(tx)
+        tx.script(_V1_SQLITE)
+        tx.execute("DROP TABLE IF EXISTS lease")
+    else:
+        tx.script(_V1_POSTGRESQL)
+
+
+def _number_archives_in_order_seen(tx: Tx) -> None:
+    """Ledgers written before archives were kept in the order seen (they were keyed by their
+    version, so a concentrator restarting at version 1 went unnoticed): number them in version
+    order, which leaves every day the version it had."""
+    columns = {r[1] for r in tx.rows("PRAGMA table_info(archive_version)")}
+    if not columns or "seq" in columns:
+        return
+    tx.execute("ALTER TABLE archive_version RENAME TO archive_version_0")
+    tx.execute("ALTER TABLE archive_meter RENAME TO archive_meter_0")
+    tx.script(_V1_SQLITE.split("CREATE TABLE IF NOT EXISTS daily_read")[0])
+    versions = tx.rows(
+        "SELECT concentrator, version, updated_at, day_from FROM archive_version_0"
+        " ORDER BY concentrator, version"
+    )
+    seqs: dict[str, int] = {}
+    for c, version, updated_at, day_from in versions:
+        seq = seqs[c] = seqs.get(c, 0) + 1
+        meters = tuple(
+            (str(m), str(d), str(f), str(b))
+            for m, d, f, b in tx.rows(
+                "SELECT meter, district, manufacturer, bus FROM archive_meter_0"
+                " WHERE concentrator = ? AND version = ?",
+                (c, version),
+            )
+        )
+        tx.execute(
+            _INSERT_ARCHIVE,
+            (c, seq, version, updated_at, day_from, archive_digest(meters)),
+        )
+        tx.executemany(
+            _INSERT_METER,
+            [(c, seq, *m) for m in meters],
+        )
+    tx.execute("DROP TABLE archive_meter_0")
+    tx.execute("DROP TABLE archive_version_0")
+    log.info("ledger: %d archive versions numbered in the order seen", len(versions))
+
+
+#: the coverage ledger's tables in the store; a change is a new migration, for both engines
+SCHEMA = Schema(
+    "coverage",
+    (
+        Migration(
+            1,
+            "coverage ledger: archives in the order seen, daily reads and failures, dirty days,"
+            " published series",
+            _v1,
+        ),
+    ),
 )
 
-_UPSERT_READ = """
-INSERT INTO daily_read (concentrator, meter, day, day_start, read_at, complete, backfill)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (concentrator, meter, day) DO UPDATE SET
-    read_at = min(read_at, excluded.read_at),
-    complete = max(complete, excluded.complete),
-    backfill = min(backfill, excluded.backfill)
-"""
-_UPSERT_FAILURE = """
-INSERT INTO daily_failure (concentrator, meter, day, reason, detail, reported_at)
+_INSERT_ARCHIVE = """
+INSERT INTO archive_version (concentrator, seq, version, updated_at, day_from, digest)
 VALUES (?, ?, ?, ?, ?, ?)
+"""
+_INSERT_METER = """
+INSERT INTO archive_meter (concentrator, seq, meter, district, manufacturer, bus)
+VALUES (?, ?, ?, ?, ?, ?)
+"""
+_READ = ("concentrator", "meter", "day", "day_start", "read_at", "complete", "backfill")
+_READ_TYPES = ("text", "text", "text", "bigint", "bigint", "smallint", "smallint")
+_READ_CONFLICT = """
+ON CONFLICT (concentrator, meter, day) DO UPDATE SET
+    read_at = {earliest},
+    complete = {complete},
+    backfill = {backfill}
+"""
+_FAILURE = ("concentrator", "meter", "day", "reason", "detail", "reported_at")
+_FAILURE_TYPES = ("text", "text", "text", "text", "text", "bigint")
+_FAILURE_CONFLICT = """
 ON CONFLICT (concentrator, meter, day) DO UPDATE SET
     reason = excluded.reason, detail = excluded.detail, reported_at = excluded.reported_at
 WHERE excluded.reported_at >= daily_failure.reported_at
 """
-_MARK_DIRTY = """
-INSERT INTO dirty_day (day, gen) VALUES (?, 1)
-ON CONFLICT (day) DO UPDATE SET gen = gen + 1
-"""
+_DIRTY_CONFLICT = "ON CONFLICT (day) DO UPDATE SET gen = dirty_day.gen + 1"
+_METER = ("concentrator", "seq", "meter", "district", "manufacturer", "bus")
+_METER_TYPES = ("text", "integer", "text", "text", "text", "text")
 #: every day with data from ? on (the days a new archive version can change)
 _MARK_DIRTY_FROM = """
 INSERT INTO dirty_day (day, gen)
 SELECT day, 1 FROM (
-    SELECT day FROM daily_read WHERE day >= ?1 UNION SELECT day FROM daily_failure WHERE day >= ?1
-) WHERE true
-ON CONFLICT (day) DO UPDATE SET gen = gen + 1
+    SELECT day FROM daily_read WHERE day >= ? UNION SELECT day FROM daily_failure WHERE day >= ?
+) AS changed WHERE true
+ON CONFLICT (day) DO UPDATE SET gen = dirty_day.gen + 1
 """
 
 
 class Ledger:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._migrate()
-            self._db.executescript(_SCHEMA)
+    """The coverage facts in a `Store`. Given a `Path`, it opens (and on `close` closes) a
+    SQLite store of its own there."""
 
-    def _migrate(self) -> None:
-        """Ledgers written before archives were kept in the order seen (they were keyed by their
-        version, so a concentrator restarting at version 1 went unnoticed): number them in
-        version order, which leaves every day the version it had."""
-
-        def old() -> bool:
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(archive_version)")}
-            return bool(columns) and "seq" not in columns
-
-        if not old():
-            return
-        self._db.execute("BEGIN IMMEDIATE")
+    def __init__(self, store: Store | Path) -> None:
+        self._owned = isinstance(store, Path)
+        self.store = open_store(store) if isinstance(store, Path) else store
         try:
-            if old():  # still: another instance may have migrated it meanwhile
-                self._db.execute("ALTER TABLE archive_version RENAME TO archive_version_0")
-                self._db.execute("ALTER TABLE archive_meter RENAME TO archive_meter_0")
-                for statement in _ARCHIVE_SCHEMA.split(";")[:2]:
-                    self._db.execute(statement)
-                versions = self._db.execute(
-                    "SELECT concentrator, version, updated_at, day_from FROM archive_version_0"
-                    " ORDER BY concentrator, version"
-                ).fetchall()
-                seqs: dict[str, int] = {}
-                for c, version, updated_at, day_from in versions:
-                    seq = seqs[c] = seqs.get(c, 0) + 1
-                    meters = tuple(
-                        (str(m), str(d), str(f), str(b))
-                        for m, d, f, b in self._db.execute(
-                            "SELECT meter, district, manufacturer, bus FROM archive_meter_0"
-                            " WHERE concentrator = ? AND version = ?",
-                            (c, version),
-                        )
-                    )
-                    self._db.execute(
-                        "INSERT INTO archive_version VALUES (?, ?, ?, ?, ?, ?)",
-                        (c, seq, version, updated_at, day_from, archive_digest(meters)),
-                    )
-                    self._db.executemany(
-                        "INSERT INTO archive_meter VALUES (?, ?, ?, ?, ?, ?)",
-                        [(c, seq, *m) for m in meters],
-                    )
-                self._db.execute("DROP TABLE archive_meter_0")
-                self._db.execute("DROP TABLE archive_version_0")
-                log.info(
-                    "%s: %d archive versions numbered in the order seen", self.path, len(versions)
-                )
-            self._db.execute("COMMIT")
+            self.store.migrate(SCHEMA)
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._owned:
+                self.store.close()
             raise
+        sql = self.store.sql
+        self._read_conflict = _READ_CONFLICT.format(
+            earliest=sql.least("daily_read.read_at", "excluded.read_at"),
+            complete=sql.greatest("daily_read.complete", "excluded.complete"),
+            backfill=sql.least("daily_read.backfill", "excluded.backfill"),
+        )
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owned:
+            self.store.close()
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        return self.store.rows(sql, params)
 
     # --- facts in ------------------------------------------------------------------------------
     def apply(self, facts: Converted, required_values: Iterable[str]) -> None:
@@ -175,57 +231,60 @@ class Ledger:
         if not (facts.reads or facts.failures or facts.archives):
             return
         required = frozenset(required_values)
-        dirty = {r.day for r in facts.reads} | {f.day for f in facts.failures}
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for a in facts.archives:
-                    self._archive(a)
-                self._db.executemany(
-                    _UPSERT_READ,
-                    [
-                        (
-                            r.concentrator,
-                            r.meter,
-                            r.day,
-                            r.day_start,
-                            r.read_at,
-                            int(required <= r.values),
-                            int(r.backfill),
-                        )
-                        for r in facts.reads
-                    ],
-                )
-                self._db.executemany(
-                    _UPSERT_FAILURE,
-                    [
-                        (f.concentrator, f.meter, f.day, f.reason, f.detail, f.reported_at)
-                        for f in facts.failures
-                    ],
-                )
-                self._db.executemany(_MARK_DIRTY, [(d,) for d in dirty])
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        # one row per key, as the upserts one after the other would leave it (a bulk upsert
+        # takes a key once); in key order, so two hosts lock overlapping rows in one order
+        reads: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        row: tuple[Any, ...]
+        for r in facts.reads:
+            row = (r.concentrator, r.meter, r.day, r.day_start, r.read_at,
+                   int(required <= r.values), int(r.backfill))  # fmt: skip
+            old = reads.get(row[:3])
+            reads[row[:3]] = row if old is None else (
+                *old[:4], min(old[4], row[4]), max(old[5], row[5]), min(old[6], row[6])
+            )  # fmt: skip
+        failures: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        for f in facts.failures:
+            row = (f.concentrator, f.meter, f.day, f.reason, f.detail, f.reported_at)
+            old = failures.get(row[:3])
+            if old is None or row[5] >= old[5]:  # the latest round's reason
+                failures[row[:3]] = row
+        dirty = sorted({r.day for r in facts.reads} | {f.day for f in facts.failures})
+        concentrators = sorted({a.concentrator for a in facts.archives})
 
-    def _archive(self, a: ArchiveFact) -> None:
+        def write(tx: Tx) -> None:
+            for c in concentrators:  # one archive decision per concentrator at a time
+                tx.lock(f"ledger.archive:{c}")
+            changed_from = [self._archive(tx, a) for a in facts.archives]
+            tx.upsert("daily_read", _READ, _READ_TYPES, [reads[k] for k in sorted(reads)],
+                      self._read_conflict)  # fmt: skip
+            tx.upsert("daily_failure", _FAILURE, _FAILURE_TYPES,
+                      [failures[k] for k in sorted(failures)], _FAILURE_CONFLICT)  # fmt: skip
+            tx.upsert("dirty_day", ("day", "gen"), ("text", "bigint"), [(d, 1) for d in dirty],
+                      _DIRTY_CONFLICT)  # fmt: skip
+            for day_from in changed_from:
+                if day_from is not None:
+                    tx.execute(_MARK_DIRTY_FROM, (day_from, day_from))
+
+        self.store.write(write)
+
+    def _archive(self, tx: Tx, a: ArchiveFact) -> str | None:
         """Record an archive unless it is one already seen (same version, stamp and meters: a
         retained or redelivered copy). Anything else is the concentrator's newest archive —
         also a version number that went back or came again with other meters (its state was
-        wiped, or restored): that is logged, and the new content is in force from its day."""
-        seen = self._db.execute(
+        wiped, or restored): that is logged, and the new content is in force from its day.
+        Returns the first day whose coverage it can change (None: nothing recorded)."""
+        seen = tx.one(
             "SELECT 1 FROM archive_version"
             " WHERE concentrator = ? AND version = ? AND updated_at = ? AND digest = ?",
             (a.concentrator, a.version, a.updated_at, a.digest),
-        ).fetchone()
+        )
         if seen:
-            return
-        newest = self._db.execute(
+            return None
+        newest = tx.one(
             "SELECT seq, version, day_from, digest FROM archive_version WHERE concentrator = ?"
             " ORDER BY seq DESC LIMIT 1",
             (a.concentrator,),
-        ).fetchone()
+        )
         seq, day_from = 1, a.day_from
         if newest is not None:
             seq = newest[0] + 1
@@ -242,17 +301,16 @@ class Ledger:
                     "same" if a.digest == newest[3] else "other",
                     day_from,
                 )
-        self._db.execute(
-            "INSERT INTO archive_version VALUES (?, ?, ?, ?, ?, ?)",
+        tx.execute(
+            _INSERT_ARCHIVE,
             (a.concentrator, seq, a.version, a.updated_at, day_from, a.digest),
         )
-        self._db.executemany(
-            "INSERT INTO archive_meter VALUES (?, ?, ?, ?, ?, ?)",
-            [(a.concentrator, seq, *m) for m in a.meters],
+        tx.upsert(
+            "archive_meter", _METER, _METER_TYPES, [(a.concentrator, seq, *m) for m in a.meters]
         )
         # in force from its day on; a concentrator's first archive also stands for every day
         # before it
-        self._db.execute(_MARK_DIRTY_FROM, ("" if seq == 1 else day_from,))
+        return "" if seq == 1 else day_from
 
     # --- days to recompute ---------------------------------------------------------------------
     def dirty_days(self) -> dict[str, int]:
@@ -260,8 +318,7 @@ class Ledger:
 
     def clean(self, day: str, gen: int) -> None:
         """Forget a dirty mark unless the day changed again since `gen` was read."""
-        with self._lock:
-            self._db.execute("DELETE FROM dirty_day WHERE day = ? AND gen = ?", (day, gen))
+        self.store.execute("DELETE FROM dirty_day WHERE day = ? AND gen = ?", (day, gen))
 
     def known_days(self, until: str | None = None) -> list[str]:
         """Every data day the ledger has a read or a failure for, oldest first."""
@@ -280,32 +337,25 @@ class Ledger:
         return {str(r[0]) for r in rows}
 
     def set_published(self, day: str, measurement: str, series: Iterable[str]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
+        rows = [(day, measurement, s) for s in sorted(series)]
+
+        def write(tx: Tx) -> None:
+            tx.execute(
                 "DELETE FROM published WHERE day = ? AND measurement = ?", (day, measurement)
             )
-            self._db.executemany(
-                "INSERT INTO published VALUES (?, ?, ?)", [(day, measurement, s) for s in series]
+            tx.executemany(
+                "INSERT INTO published (day, measurement, series) VALUES (?, ?, ?)", rows
             )
-            self._db.execute("COMMIT")
 
-    # --- one coverage worker at a time ---------------------------------------------------------
+        self.store.write(write)
+
+    # --- one coverage worker at a time (the store's leases) ------------------------------------
     def take_lease(self, name: str, holder: str, seconds: float) -> bool:
         """Hold `name` for `seconds` unless another holder's lease is still running."""
-        now = time.time()
-        with self._lock:
-            changed = self._db.execute(
-                "INSERT INTO lease VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
-                " holder = excluded.holder, until = excluded.until"
-                " WHERE lease.holder = excluded.holder OR lease.until < ?",
-                (name, holder, now + seconds, now),
-            ).rowcount
-        return bool(changed)
+        return self.store.take_lease(name, holder, seconds)
 
     def release_lease(self, name: str, holder: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM lease WHERE name = ? AND holder = ?", (name, holder))
+        self.store.release_lease(name, holder)
 
 
 def _is_day(day: str) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -265,6 +266,10 @@ def _archive(payload: dict[str, Any], out: Converted) -> None:
         (m["meter"], m.get("district", ""), m.get("manufacturer", ""), m["bus"])
         for m in payload["meters"]
     )
+    listed = Counter(m[0] for m in meters)
+    if len(listed) < len(meters):  # the ledger keys an archive's meters by their id
+        twice = min(m for m, n in listed.items() if n > 1)
+        raise NotConvertible(f"archive lists meter {twice!r} more than once")
     day_from = updated.date().isoformat()
     out.archives.append(ArchiveFact(c, version, at, day_from, meters, archive_digest(meters)))
     fields = {"version": payload["version"], "meters": len(meters)}

@@ -21,7 +21,7 @@ EX_SOFTWARE = 70
 
 #: name -> ("module" or "module:object", one-line help); the target has configure() and run()
 COMMANDS: dict[str, tuple[str, str]] = {
-    "frame": ("meterlink.frame_cmd", "decode or build DL/T 645 frames (technician's decoder)"),
+    "frame": ("meterlink.frame_cmd", "decode or build DL/T 645 and Q/GDW 1376.2 frames"),
     "sim": ("simulators.cli", "meter simulator: serve a fleet on ptys / TCP / serial, fleet files"),
     "central": ("central.cli", "MQTT to InfluxDB consumer and the daily coverage report"),
     "demo": ("meterlink.demo", "the whole chain on this machine: simulator, agent, central"),

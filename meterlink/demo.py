@@ -9,6 +9,9 @@ report, sets it beside what the simulator's own answer record says, and says whe
 
 Everything runs as child processes of the demo (agent and simulator are separate programs; the
 central side imports neither) and is stopped by PID at the end, unless `--keep-running`.
+The central side keeps its state in a SQLite file in the work dir, or with `--store
+postgresql://USER@HOST:PORT/DB` in that PostgreSQL database (password, if any, from
+METERLINK_STORE_PASSWORD), as several central hosts would.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +34,9 @@ from central.config import CoverageConfig
 from central.coverage import compute_day
 from central.ledger import Ledger
 from central.report import render
-from common.config import EX_CONFIG
-from meterlink.services import InfluxDB1, Mosquitto, free_port
+from central.store import Store, StoreError, open_store, parse_url
+from common.config import EX_CONFIG, Secret
+from meterlink.services import InfluxDB1, Mosquitto, die_with_parent, free_port
 from simulators import FleetError, load_fleet
 
 __all__ = ["configure", "run"]
@@ -54,6 +59,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--influx", metavar="URL", type=_http_url, help="use this InfluxDB 1.x, start none"
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        type=_store_url,
+        help="the central store: postgresql://USER@HOST:PORT/DB (an empty database; password"
+        " from METERLINK_STORE_PASSWORD) as several central hosts share it (default: a SQLite"
+        " file in the work dir)",
     )
     parser.add_argument(
         "--wait", type=float, default=240.0, help="longest wait for the plan (s, default 240)"
@@ -90,10 +103,18 @@ class StackFailed(RuntimeError):
 class _Stack:
     workdir: Path
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    #: run after the processes are stopped, last first
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, stdout=kwargs.pop("stdout", log), stderr=log, cwd=REPO)  # type: ignore[call-overload]
+        proc = subprocess.Popen(  # type: ignore[call-overload]
+            argv,
+            stdout=kwargs.pop("stdout", log),
+            stderr=log,
+            cwd=REPO,
+            preexec_fn=die_with_parent(),  # even if the demo is SIGKILLed
+        )
         self.procs.append((name, proc))
         return proc  # type: ignore[no-any-return]
 
@@ -104,6 +125,9 @@ class _Stack:
                 raise StackFailed(f"{name} exited with {proc.returncode}:\n{tail}")
 
     def stop(self) -> None:
+        # a second Ctrl-C / SIGTERM must not cut the stopping short and leave servers behind
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         for _name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -112,6 +136,8 @@ class _Stack:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        for cleanup in reversed(self.cleanups):
+            cleanup()
 
 
 def _mosquitto(stack: _Stack) -> tuple[str, int]:
@@ -201,16 +227,36 @@ def _agent_config(stack: _Stack, host: str, port: int, buses: list[tuple[str, st
     return path
 
 
-def _central_config(stack: _Stack, host: str, port: int, influx: str) -> Path:
+def _store_url(text: str) -> str:
+    try:
+        parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _central_config(stack: _Stack, host: str, port: int, influx: str, store: str) -> Path:
     w = stack.workdir
     path = w / "central.toml"
     path.write_text(
         f'[mqtt]\nhost = "{host}"\nport = {port}\nclient_id = "demo-central-1"\n'
         f'group = "demo"\n[influx]\napi = "v1"\nurl = "{influx}"\ndatabase = "meterlink"\n'
         f'[consumer]\nspool = "{w}/central-spool.sqlite3"\nflush_interval_s = 0.2\n'
-        f'[coverage]\nledger = "{w}/coverage.sqlite3"\ninterval_s = 2.0\n'
+        f"[coverage]\ninterval_s = 2.0\n[store]\nurl = {json.dumps(store)}\n"
     )
     return path
+
+
+def _open_store(url: str) -> Store:
+    return open_store(url, password=_store_password(), name="meterlink demo")
+
+
+def _earlier_demo_data(store: Store) -> int:
+    """Archive versions of the demo's concentrator an earlier run left in the store."""
+    rows = store.rows(
+        "SELECT count(*) FROM archive_version WHERE concentrator = ?", (CONCENTRATOR,)
+    )
+    return int(rows[0][0])
 
 
 def answered(record: Path) -> set[str]:
@@ -243,17 +289,47 @@ def _running(workdir: Path) -> Iterator[_Stack]:
         stack.stop()
 
 
+def _store_password() -> Secret | None:
+    """The PostgreSQL password of --store, from where the central side reads it."""
+    value = os.environ.get("METERLINK_STORE_PASSWORD")
+    return Secret(value, "METERLINK_STORE_PASSWORD") if value else None
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         tz = load_fleet(args.fleet).world.tz  # a bad fleet file stops here, before anything starts
     except FleetError as exc:
         print(f"meterlink demo: {exc}", file=sys.stderr)
         return EX_CONFIG
+    previous = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on)
     try:
         return _run(args, tz)
     except StackFailed as exc:
         print(f"meterlink demo: {exc}", file=sys.stderr)
         return 1
+    except _Stopped as exc:  # everything it started was stopped on the way out
+        print(f"meterlink demo: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Stopped(Exception):
+    """SIGTERM (a supervisor, `timeout`, `kill`) or SIGHUP (a closed terminal): stop everything,
+    as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
 
 
 def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
@@ -267,7 +343,15 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
             f.unlink()
     workdir.mkdir(parents=True, exist_ok=True)
     meterlink = [sys.executable, "-m", "meterlink"]
+    store_url = args.store or f"sqlite://{workdir}/coverage.sqlite3"
+    try:  # first: a store that cannot be reached stops the demo before anything starts
+        store = _open_store(store_url)
+        ledger = Ledger(store)
+    except StoreError as exc:
+        print(f"meterlink demo: {exc}", file=sys.stderr)
+        return 69
     with _running(workdir) as stack:
+        stack.cleanups.append(store.close)
         if args.mqtt:
             host, port = args.mqtt
         else:
@@ -278,7 +362,13 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
         print(
             f"demo: simulator {args.fleet.name}: " + ", ".join(f"{b} at {w}" for b, _, w in buses)
         )
-        central_conf = _central_config(stack, host, port, influx)
+        if _earlier_demo_data(store):
+            print(
+                f"demo: note: the store already holds {CONCENTRATOR}'s data from an earlier"
+                " demo run; today's figures include it (use an empty database to start afresh)"
+            )
+        print(f"demo: central store {store}")
+        central_conf = _central_config(stack, host, port, influx, store_url)
         stack.start("central", [*meterlink, "central", "run", "--config", str(central_conf)])
         time.sleep(1.0)  # subscribed before the agent publishes its archive and first readings
         stack.start("agent", [*meterlink, "agent", "run", "--config",
@@ -286,20 +376,14 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
         # the data day is the meters' local date (the agent's default zone is the same,
         # Asia/Shanghai, whatever this machine's zone is)
         day = dt.datetime.now(tz).date().isoformat()
-        cfg = CoverageConfig(ledger=workdir / "coverage.sqlite3")
+        cfg = CoverageConfig()
         deadline = time.monotonic() + args.wait
         status = "waiting for the first round"
         settled, changed = False, time.monotonic()
         while time.monotonic() < deadline:
             stack.check()
             time.sleep(2.0)
-            if not cfg.ledger.exists():
-                continue
-            ledger = Ledger(cfg.ledger)
-            try:
-                settled, now = _settled(ledger, day, cfg)
-            finally:
-                ledger.close()
+            settled, now = _settled(ledger, day, cfg)
             if now != status:
                 status, changed = now, time.monotonic()
                 print(f"demo: daily plan for {day}: {status}", flush=True)
@@ -307,11 +391,7 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
             if settled and time.monotonic() - changed > args.settle:
                 break
         time.sleep(2 * 2.0 + 1)  # the consumer's coverage job publishes to InfluxDB
-        ledger = Ledger(cfg.ledger)
-        try:
-            cov = compute_day(ledger, day, cfg)
-        finally:
-            ledger.close()
+        cov = compute_day(ledger, day, cfg)
         print()
         sys.stdout.write(render(cov, "table", min_days=1))
         sim = answered(workdir / "answers.jsonl")

@@ -1,5 +1,7 @@
-"""Private local services: Mosquitto, InfluxDB 1.x (`influxd`) and VictoriaMetrics, each on a
-free loopback port with its data in a directory of its own, stopped by PID.
+"""Private local services: Mosquitto, InfluxDB 1.x (`influxd`), VictoriaMetrics and PostgreSQL, each
+on a free loopback port with its data in a directory of its own, a child process stopped by PID.
+Every server started here dies with the process that started it (`die_with_parent`), even when
+that process is SIGKILLed: nothing keeps holding a port after a test run, a bench or the demo.
 
 `meterlink demo` starts what it needs with these; the tests use the same launchers (through
 tests/fixtures/services.py). Never a fixed port, never the machine's own Mosquitto on 1883.
@@ -9,15 +11,36 @@ Binaries come from the Debian packages `scripts/setup` installs.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A `preexec_fn` for long-running children: the kernel sends `sig` to the child when its
+    parent dies, however it dies (SIGKILL included). Linux only; a no-op elsewhere.
+
+    The "parent" is the thread that started the child: start servers from the main thread (or
+    the event loop's), never from a short-lived worker thread."""
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+    def arm() -> None:
+        if libc is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return arm
 
 
 def free_port() -> int:
@@ -52,7 +75,7 @@ def _spawn(argv: list[str], log: Path | None) -> subprocess.Popen[bytes]:
     """Start a server, its output appended to `log` (or discarded)."""
     out: IO[bytes] | int = log.open("ab") if log is not None else subprocess.DEVNULL
     try:
-        return subprocess.Popen(argv, stdout=out, stderr=out)
+        return subprocess.Popen(argv, stdout=out, stderr=out, preexec_fn=die_with_parent())
     finally:
         if not isinstance(out, int):
             out.close()  # the child has its own descriptor
@@ -285,3 +308,174 @@ def running_victoria_metrics(workdir: Path) -> Iterator[VictoriaMetrics]:
         yield server
     finally:
         server.stop()
+
+
+# --- PostgreSQL (Debian `postgresql`): the shared store of several central hosts ---------------
+def postgres_bin_dir() -> Path:
+    """Debian keeps the server binaries off PATH, in /usr/lib/postgresql/<major>/bin."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise RuntimeError("PostgreSQL is not installed (Debian package postgresql): run scripts/setup")
+
+
+@dataclass
+class PostgreSQL:
+    """A private PostgreSQL cluster: `initdb` on first start, the postmaster (a child of ours) on a
+    free loopback port.
+
+    `initdb` and `postgres` refuse to run as root; as root they run as the `postgres` system
+    user (via `runuser`) in a directory of their own under the system temp dir (pytest's temp
+    dirs are 0700 root: `postgres` could not enter them), removed by `remove()`. `stop()` /
+    `start()` keep the data and the port (an outage). Trust authentication on loopback: for
+    tests and the demo only.
+    """
+
+    workdir: Path
+    port: int
+    user: str = "meterlink"
+    database: str = "meterlink"
+    log: Path | None = None
+    #: fsync and synchronous commit as in production (benchmarks); off for tests and the demo
+    durable: bool = False
+    datadir: Path | None = None
+    _base: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return self.url_of(self.database)
+
+    def url_of(self, database: str) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *argv]
+        return argv
+
+    def _run(self, argv: list[str]) -> None:
+        done = subprocess.run(self._as_owner(argv), capture_output=True, check=False)
+        if done.returncode != 0:
+            out = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{' '.join(argv[:2])} failed ({done.returncode}):\n{out}")
+
+    def start(self) -> None:
+        bindir = postgres_bin_dir()
+        fresh = self._base is None
+        if fresh:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                self._base = Path(tempfile.mkdtemp(prefix="meterlink-pg-"))
+                shutil.chown(self._base, "postgres")
+            else:
+                self._base = Path(tempfile.mkdtemp(prefix="pg-", dir=self.workdir))
+            self.datadir = self._base / "data"
+            self._run(
+                [str(bindir / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U", self.user,
+                 "--no-sync", "-E", "UTF8", "--locale=C"]
+            )  # fmt: skip
+        assert self.datadir is not None
+        assert self._base is not None
+        server_log = self._base / "server.log"
+        # the postmaster in the foreground, as our child: it dies with us (SIGINT = PostgreSQL's
+        # fast shutdown), where `pg_ctl start` would leave a daemon behind a killed test run
+        options = ["-D", str(self.datadir), "-p", str(self.port), "-k", str(self._base),
+                   "-c", "listen_addresses=127.0.0.1"]  # fmt: skip
+        if not self.durable:
+            options += ["-c", "fsync=off", "-c", "full_page_writes=off",
+                        "-c", "synchronous_commit=off"]  # fmt: skip
+        owner: dict[str, Any] = (
+            {"user": "postgres", "group": "postgres", "extra_groups": []}
+            if os.geteuid() == 0
+            else {}
+        )
+        with server_log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(bindir / "postgres"), *options],
+                stdout=out, stderr=out, preexec_fn=die_with_parent(signal.SIGINT), **owner,
+            )  # fmt: skip
+        try:
+            self._wait_ready(bindir, timeout=60.0)
+        except (RuntimeError, TimeoutError) as exc:
+            stop_process(self.proc)
+            tail = server_log.read_text(errors="replace")[-2000:] if server_log.exists() else ""
+            raise RuntimeError(f"postgres did not start: {exc}\n{tail}") from None
+        if fresh:
+            self.create_database(self.database)
+
+    def _wait_ready(self, bindir: Path, timeout: float) -> None:
+        """Until the postmaster accepts sessions (a listening port comes earlier: "the database
+        system is starting up"), as `pg_ctl -w` waits."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.proc.returncode}")
+            ready = subprocess.run(
+                [str(bindir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port)],
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"postgres not ready on port {self.port} after {timeout:.0f} s")
+
+    def create_database(self, name: str) -> str:
+        """A new empty database (owned by `user`); returns its URL."""
+        subprocess.run(
+            [str(postgres_bin_dir() / "createdb"), "-h", self.host, "-p", str(self.port),
+             "-U", self.user, name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return self.url_of(name)
+
+    def pid(self) -> int | None:
+        """The postmaster's PID, from its pid file (None when not running)."""
+        if self.datadir is None:
+            return None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+        return None
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT: clients disconnected, data kept), then SIGQUIT, then kill."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0)):
+            proc.send_signal(sig)
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        proc.kill()
+        proc.wait()
+
+    def remove(self) -> None:
+        """Stop, and delete the cluster's directory."""
+        self.stop()
+        if self._base is not None:
+            shutil.rmtree(self._base, ignore_errors=True)
+            self._base = self.datadir = None
+
+
+@contextlib.contextmanager
+def running_postgresql(workdir: Path, *, durable: bool = False) -> Iterator[PostgreSQL]:
+    server = PostgreSQL(workdir, free_port(), durable=durable)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()

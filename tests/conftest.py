@@ -33,3 +33,14 @@ def mosquitto(tmp_path: Path) -> Any:
 
     with running_mosquitto(tmp_path) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def postgresql(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A PostgreSQL cluster of the session's own on a free loopback port (never the machine's
+    own on 5432), started the first time a test needs it; each test takes a new database of it
+    (`PostgreSQL.create_database`)."""
+    from tests.fixtures.services import running_postgresql
+
+    with running_postgresql(tmp_path_factory.mktemp("postgresql")) as server:
+        yield server

@@ -32,30 +32,44 @@ ENERGY_DIS = ("0506", "901F", "9010")
 
 def set_keys(text: str, section: str, values: dict[str, str], *, bus: str | None = None) -> str:
     """Set `key = value` lines of one TOML table (`[[buses]]` picked by its name) in the
-    example's text, keeping its comments; a key the table lacks is added at its end."""
-    out: list[str] = []
-    current, current_bus, pending = "", None, dict(values)
-
-    def flush() -> None:
-        if current == section and (bus is None or current_bus == bus):
-            out.extend(f"{k} = {v}" for k, v in pending.items())
-            pending.clear()
-
-    for line in text.splitlines():
+    example's text, keeping its comments: the key's line if the table has one, else its
+    commented-out example line, else a new line at the table's end."""
+    lines = text.splitlines()
+    table: list[int] = []  # line numbers inside the table
+    current, current_bus = "", None
+    for n, line in enumerate(lines):
         header = re.match(r"^\[\[?([\w.]+)\]\]?", line)
         if header:
-            flush()
             current, current_bus = header.group(1), None
+            continue
         name = re.match(r'^name = "([^"]+)"', line)
         if name and current == "buses":
             current_bus = name.group(1)
-        key = re.match(r"^#?\s*(\w+)\s*=", line)
-        here = current == section and (bus is None or current_bus == bus)
-        if header is None and key and here and key.group(1) in pending:
-            line = f"{key.group(1)} = {pending.pop(key.group(1))}"
+        if current == section and (bus is None or current_bus == bus):
+            table.append(n)
+    assert table, f"no table [{section}] {bus or ''}"
+    for key, value in values.items():
+        plain = [n for n in table if re.match(rf"^{key}\s*=", lines[n])]
+        commented = [n for n in table if re.match(rf"^#\s*{key}\s*=", lines[n])]
+        if plain or commented:
+            lines[(plain or commented)[0]] = f"{key} = {value}"
+        else:
+            lines.insert(table[-1] + 1, f"{key} = {value}")
+            table.append(table[-1] + 1)
+    return "\n".join(lines) + "\n"
+
+
+def comment_keys(text: str, section: str, keys: set[str]) -> str:
+    """Comment out `key = …` lines of one table (what a user does to drop a setting)."""
+    out, current = [], ""
+    for line in text.splitlines():
+        header = re.match(r"^\[\[?([\w.]+)\]\]?", line)
+        if header:
+            current = header.group(1)
+        key = re.match(r"^(\w+)\s*=", line)
+        if current == section and key and key.group(1) in keys:
+            line = f"# {line}"
         out.append(line)
-    flush()
-    assert not pending, f"[{section}] {bus or ''}: could not place {pending}"
     return "\n".join(out) + "\n"
 
 
@@ -141,6 +155,7 @@ async def test_the_readme_path(tmp_path: Path) -> None:
             text = set_keys(
                 text, "mqtt", {"host": '"127.0.0.1"', "port": str(broker.port), "tls": "false"}
             )
+            text = comment_keys(text, "mqtt", {"ca_file", "cert_file", "key_file"})
             text = set_keys(text, "metrics", {"listen": '""'})
             rs485, modbus = on_pty.endpoints["rs485-1"], on_pty.endpoints["modbus-1"]
             dtu = on_tcp.endpoints["dtu-east"]
@@ -187,11 +202,8 @@ async def test_the_readme_path(tmp_path: Path) -> None:
             central = set_keys(central, "mqtt", {"host": '"127.0.0.1"', "port": str(broker.port)})
             central = set_keys(central, "influx", {"url": f'"{influx.url}"'})
             central = set_keys(central, "consumer", {"spool": f'"{work / "spool.sqlite3"}"'})
-            central = set_keys(
-                central,
-                "coverage",
-                {"ledger": f'"{work / "coverage.sqlite3"}"', "interval_s": "1.0"},
-            )
+            central = set_keys(central, "coverage", {"interval_s": "1.0"})
+            central = set_keys(central, "store", {"url": f'"sqlite://{work / "coverage.sqlite3"}"'})
             (work / "central.toml").write_text(central, encoding="utf-8")
 
             async with (

@@ -153,12 +153,13 @@ def config(
     *,
     api: str = "v1",
     client_id: str = "central-test-1",
-    ledger: Path | None = None,
+    store: str | None = None,
     environ: dict[str, str] | None = None,
     **overrides: Any,
 ) -> CentralConfig:
-    """A consumer's config; secrets come from `environ` (METERLINK_INFLUX_PASSWORD, ...), as
-    they would from the process environment."""
+    """A consumer's config for tests; the store is a SQLite file in `tmp` unless `store` (a
+    URL) names another; secrets come from `environ` (METERLINK_INFLUX_PASSWORD, ...), as they
+    would from the process environment."""
     data: dict[str, Any] = {
         "mqtt": {
             "host": "127.0.0.1",
@@ -181,7 +182,8 @@ def config(
             "batch_readings": 2000,
             "flush_interval_s": 0.1,
         },
-        "coverage": {"ledger": str(ledger or tmp / "ledger.sqlite3"), "interval_s": 0.3},
+        "coverage": {"interval_s": 0.3},
+        "store": {"url": store or f"sqlite://{tmp}/ledger.sqlite3"},
     }
     for section, values in overrides.items():
         data[section].update(values)

@@ -1,9 +1,11 @@
-"""Coverage from the ledger: expected against the archive, reasons, streaks, late data."""
+"""Coverage from the ledger: expected against the archive, reasons, streaks, late data — on
+both engines of the store (SQLite and PostgreSQL: the `store` fixture)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from central.config import CoverageConfig
 from central.coverage import UNEXPLAINED, compute_day, day_lines
 from central.ledger import Ledger, day_offset
 from central.points import Converted, convert
+from central.store import Store, open_store
 from protocols.payloads import validate
 from tests.central import scenario
 from tests.central.helpers import archive, batch, reading, stamp
@@ -28,11 +31,10 @@ def apply(ledger: Ledger, messages: list[tuple[str, str, dict[str, Any]]]) -> No
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Any:
-    led = Ledger(tmp_path / "ledger.sqlite3")
+def ledger(store: Store) -> Ledger:
+    led = Ledger(store)
     apply(led, scenario.messages())
-    yield led
-    led.close()
+    return led
 
 
 def test_the_fleet_rate_counts_every_archived_meter(ledger: Ledger) -> None:
@@ -98,17 +100,20 @@ def test_replays_change_nothing(ledger: Ledger) -> None:
     assert after.streaks == before.streaks
 
 
-def test_timeliness_deadline_and_required_values_are_configurable(ledger: Ledger) -> None:
+def test_timeliness_deadline_and_required_values_are_configurable(
+    new_store_url: Callable[[], str],
+) -> None:
     cfg = CoverageConfig(timely_by="23:45", required_values=["energy_import_total_kwh"])
-    led2 = Ledger(ledger.path.with_name("other.sqlite3"))
+    store = open_store(new_store_url())
     try:
+        led2 = Ledger(store)
         facts = Converted()
         for _, kind, payload in scenario.messages():
             convert(kind, payload, facts)
         led2.apply(facts, cfg.required_values)
         fleet = compute_day(led2, DAY, cfg).fleet()
     finally:
-        led2.close()
+        store.close()
     assert (fleet.read, fleet.timely, fleet.complete) == (11, 11, 11)
 
 
@@ -132,22 +137,19 @@ def _days(first: str, n: int) -> list[str]:
     return [(start + dt.timedelta(days=i)).isoformat() for i in range(n)]
 
 
-def test_a_streak_and_its_last_success_look_back_as_far_as_a_meter_keeps(tmp_path: Path) -> None:
+def test_a_streak_and_its_last_success_look_back_as_far_as_a_meter_keeps(store: Store) -> None:
     """62 days: a consecutive-failure count stops there, and so does the last good day (so a
     change can move no day more than 62 days after it, and the job redoes no more)."""
     days = _days("2026-08-27", 90)
     a, b = M[1], M[2]
-    led = Ledger(tmp_path / "l.sqlite3")
-    try:
-        apply(led, [("c-001", "archive", archive("c-001", 1, [(a, "e", "x"), (b, "e", "x")],
-                                                 stamp(days[0], "08:00")))])  # fmt: skip
-        for i, d in enumerate(days):  # b stops answering after day 20
-            read = [reading(m, d) for m in ([a, b] if i < 20 else [a])]
-            apply(led, [("c-001", "readings", batch("c-001", read, d))])
-        (at_80,) = compute_day(led, days[79], CoverageConfig()).streaks
-        (at_90,) = compute_day(led, days[89], CoverageConfig()).streaks
-    finally:
-        led.close()
+    led = Ledger(store)
+    apply(led, [("c-001", "archive", archive("c-001", 1, [(a, "e", "x"), (b, "e", "x")],
+                                             stamp(days[0], "08:00")))])  # fmt: skip
+    for i, d in enumerate(days):  # b stops answering after day 20
+        read = [reading(m, d) for m in ([a, b] if i < 20 else [a])]
+        apply(led, [("c-001", "readings", batch("c-001", read, d))])
+    (at_80,) = compute_day(led, days[79], CoverageConfig()).streaks
+    (at_90,) = compute_day(led, days[89], CoverageConfig()).streaks
     assert (at_80.meter, at_80.days, at_80.last_success) == (b, 60, days[19])
     assert (at_90.days, at_90.last_success) == (63, None)  # day 20 is 70 days back: "never"
 

@@ -1,5 +1,5 @@
 """The coverage job: which days it recomputes and publishes, driven pass by pass on a ledger
-with more history than a meter keeps (real Mosquitto, consumer and influxd)."""
+with more history than a meter keeps (real Mosquitto, consumer and influxd; either store)."""
 
 from __future__ import annotations
 
@@ -33,10 +33,12 @@ def fleet(db: InfluxDB1) -> dict[str, list[Any]]:
 
 
 async def test_ninety_days_are_all_published_once_and_a_new_version_redoes_only_its_days(
-    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, store_url: str
 ) -> None:
     # the job is driven here, pass by pass, not by its timer
-    cfg = config(tmp_path, mosquitto.port, influxdb.url, coverage={"interval_s": 3600.0})
+    cfg = config(
+        tmp_path, mosquitto.port, influxdb.url, store=store_url, coverage={"interval_s": 3600.0}
+    )
     v1 = [(m, "east", "acme") for m in METERS[:3]]
     history: list[tuple[str, str, Any]] = [
         ("c-001", "archive", archive("c-001", 1, v1, stamp(DAYS[0], "08:00"))),

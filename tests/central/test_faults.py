@@ -19,6 +19,7 @@ from central.config import CoverageConfig
 from central.coverage import compute_day
 from central.ledger import Ledger
 from central.spool import Spool
+from central.store import open_store
 from tests.central import scenario
 from tests.central.helpers import (
     batch,
@@ -94,8 +95,10 @@ batch_readings = 500
 flush_interval_s = 0.1
 
 [coverage]
-ledger = "{tmp}/ledger.sqlite3"
 interval_s = 0.5
+
+[store]
+url = "sqlite://{tmp}/ledger.sqlite3"
 """
     )
 
@@ -171,11 +174,10 @@ def _probe(port: int) -> bool:
 
 
 async def test_two_consumers_in_one_group_split_the_load_and_agree_on_coverage(
-    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, store_url: str
 ) -> None:
-    ledger_path = tmp_path / "shared-ledger.sqlite3"
-    one = config(tmp_path, mosquitto.port, influxdb.url, client_id="c1", ledger=ledger_path)
-    two = config(tmp_path, mosquitto.port, influxdb.url, client_id="c2", ledger=ledger_path)
+    one = config(tmp_path, mosquitto.port, influxdb.url, client_id="c1", store=store_url)
+    two = config(tmp_path, mosquitto.port, influxdb.url, client_id="c2", store=store_url)
     async with running_consumer(one) as a, running_consumer(two) as b:
         await publish(mosquitto.port, batches(40, 50, prefix="c-009"))
         await publish(mosquitto.port, scenario.messages())
@@ -193,11 +195,11 @@ async def test_two_consumers_in_one_group_split_the_load_and_agree_on_coverage(
         # late data: meter 9's freeze of the 24th, backfilled on the 25th, updates the 24th
         await publish(mosquitto.port, scenario.backfill())
         await wait_for(lambda: fleet_row() == [14, 12, round(100 * 12 / 14, 4)], what="backfill")
-    ledger = Ledger(ledger_path)
+    store = open_store(store_url)
     try:
-        fleet = compute_day(ledger, scenario.DAY, CoverageConfig()).fleet()
+        fleet = compute_day(Ledger(store), scenario.DAY, CoverageConfig()).fleet()
     finally:
-        ledger.close()
+        store.close()
     assert (fleet.expected, fleet.read) == (14, 12)
     for cfg in (one, two):
         spool = Spool(cfg.consumer.spool)

@@ -12,6 +12,7 @@ import pytest
 from central.ledger import Ledger
 from central.points import Converted, convert
 from central.spool import Spool
+from central.store import Store
 from meterlink.cli import main
 from tests.central.helpers import (
     CST,
@@ -223,18 +224,17 @@ async def test_a_schema_valid_payload_that_cannot_be_converted_is_a_dead_letter_
 
 
 async def test_a_bad_day_already_in_the_ledger_neither_stops_ingest_nor_coverage(
-    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, store: Store, store_url: str
 ) -> None:
     """A ledger written before conversions were checked may hold a round's data_day
     2026-11-31; the coverage job used to die on it, and the consumer with it."""
-    cfg = config(tmp_path, mosquitto.port, influxdb.url)
-    ledger = Ledger(cfg.coverage.ledger)
-    ledger.rows(
+    cfg = config(tmp_path, mosquitto.port, influxdb.url, store=store_url)
+    Ledger(store)
+    store.execute(
         "INSERT INTO daily_failure VALUES ('c-001', '000000000001', '2026-11-31', 'no_reply',"
         " '', 0)"
     )
-    ledger.rows("INSERT INTO dirty_day VALUES ('2026-11-31', 1)")
-    ledger.close()
+    store.execute("INSERT INTO dirty_day VALUES ('2026-11-31', 1)")
     ids = meters(20)
     good = [
         ("c-001", "archive", archive("c-001", 1, [(m, "east", "acme") for m in ids],

@@ -1,4 +1,4 @@
-"""`meterlink central report` in its three formats, from the shared ledger."""
+"""`meterlink central report` in its three formats, from the shared ledger in either store."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from central.ledger import Ledger
+from central.store import Store, open_store
 from meterlink.cli import main
 from tests.central import scenario
 from tests.central.scenario import DAY, M
@@ -17,12 +18,12 @@ from tests.central.test_coverage import apply
 
 
 @pytest.fixture
-def conf(tmp_path: Path) -> Path:
-    ledger = Ledger(tmp_path / "ledger.sqlite3")
-    apply(ledger, scenario.messages())
-    ledger.close()
+def conf(tmp_path: Path, store_url: str) -> Path:
+    store = open_store(store_url)
+    apply(Ledger(store), scenario.messages())
+    store.close()
     path = tmp_path / "central.toml"
-    path.write_text(f'[coverage]\nledger = "{tmp_path}/ledger.sqlite3"\n')
+    path.write_text(f'[store]\nurl = "{store_url}"\n')
     return path
 
 
@@ -64,6 +65,16 @@ def test_csv_for_one_concentrator(conf: Path, capsys: pytest.CaptureFixture[str]
 
 def test_no_ledger_yet_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "central.toml"
-    path.write_text(f'[coverage]\nledger = "{tmp_path}/none.sqlite3"\n')
+    path.write_text(f'[store]\nurl = "sqlite://{tmp_path}/none.sqlite3"\n')
     assert main(["central", "report", "--config", str(path)]) == 1
     assert "no ledger" in capsys.readouterr().err
+    assert not (tmp_path / "none.sqlite3").exists()
+
+
+def test_an_empty_store_has_no_day_yet(
+    store: Store, store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "central.toml"
+    path.write_text(f'[store]\nurl = "{store_url}"\n')
+    assert main(["central", "report", "--config", str(path)]) == 1
+    assert "the ledger has no data day yet" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """`meterlink demo` on a seeded fleet: the coverage the centre computes equals what the
-simulator's own answer record says, meter by meter."""
+simulator's own answer record says, meter by meter — with the central side's store in its
+default SQLite file, and in a private PostgreSQL (`--store postgresql://...`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from central.config import CoverageConfig
 from central.coverage import compute_day
 from central.ledger import Ledger
+from central.store import open_store
 from simulators import load_fleet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +37,17 @@ def answered_energy(record: Path) -> set[str]:
     return out
 
 
-async def test_demo_coverage_equals_the_simulators_record(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    if request.param == "sqlite":
+        return []  # the default: coverage.sqlite3 in the work dir
+    server = request.getfixturevalue("postgresql")
+    return ["--store", server.create_database(f"demo_{uuid.uuid4().hex[:12]}")]
+
+
+async def test_demo_coverage_equals_the_simulators_record(
+    tmp_path: Path, store_args: list[str]
+) -> None:
     tz = load_fleet(FLEET).world.tz  # the meters' zone (Asia/Shanghai), not this machine's
     now = dt.datetime.now(tz)
     to_midnight = (dt.datetime.combine(now.date(), dt.time(), tz) + dt.timedelta(days=1)) - now
@@ -42,7 +55,7 @@ async def test_demo_coverage_equals_the_simulators_record(tmp_path: Path) -> Non
         await asyncio.sleep(to_midnight.total_seconds() + 5)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "meterlink", "demo", "--fleet", str(FLEET),
-        "--workdir", str(tmp_path), "--wait", "90", "--settle", "3",
+        "--workdir", str(tmp_path), "--wait", "90", "--settle", "3", *store_args,
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**os.environ, "TZ": "UTC"},  # a server's zone: the demo needs no override for it
     )  # fmt: skip
@@ -58,15 +71,16 @@ async def test_demo_coverage_equals_the_simulators_record(tmp_path: Path) -> Non
     sim = answered_energy(tmp_path / "answers.jsonl")
     assert sim == archived - dead
 
-    ledger = Ledger(tmp_path / "coverage.sqlite3")
+    store = open_store(store_args[1] if store_args else tmp_path / "coverage.sqlite3")
     try:
+        ledger = Ledger(store)
         day = dt.datetime.now(tz).date().isoformat()
         cov = compute_day(ledger, day, CoverageConfig())
         read = {
             str(m) for (m,) in ledger.rows("SELECT meter FROM daily_read WHERE day = ?", (day,))
         }
     finally:
-        ledger.close()
+        store.close()
     fleet_cov = cov.fleet()
     assert (fleet_cov.expected, fleet_cov.read) == (len(archived), len(sim))
     assert read == sim
@@ -74,5 +88,6 @@ async def test_demo_coverage_equals_the_simulators_record(tmp_path: Path) -> Non
     assert dict(fleet_cov.reasons) == {"no_reply": len(dead)}
     assert f"simulator's own record: {len(sim)} of {len(archived)}" in text
     assert f"fleet: {len(sim)}/{len(archived)} read" in text
+    assert f"demo: central store {store_args[1] if store_args else 'sqlite:'}" in text
     # the demo stopped what it started
     assert "Traceback" not in text

@@ -49,5 +49,10 @@ def test_importing_every_protocols_module_loads_no_io_library() -> None:
     report = json.loads(done.stdout)
     assert "protocols.dlt645.stream" in report["imported"]
     assert "protocols.dlt645.security" in report["imported"]
+    assert {
+        "protocols.q13762.stream",
+        "protocols.q13762.mixed",
+        "protocols.q13762.describe",
+    } <= set(report["imported"])
     loaded_roots = {name.split(".")[0] for name in report["modules"]}
     assert not loaded_roots & FORBIDDEN, sorted(loaded_roots & FORBIDDEN)
