@@ -100,6 +100,7 @@ class HsmService:
         self._lifted.clear()
 
     def heal(self) -> None:
+        """End the outage; calls hanging in it are answered (168) now."""
         self.outage = None
         self._lifted.set()
 
@@ -110,10 +111,10 @@ class HsmService:
         if outage.calls is not None:
             outage.calls -= 1
             if outage.calls <= 0:
-                self.heal()
+                self.outage = None  # the next call is served; a hanging one still hangs
         self.failures[name] += 1
         if outage.mode == "hang":
-            await self._lifted.wait()  # the caller's timeout fires first
+            await self._lifted.wait()  # until `heal` (or shutdown): the caller's timeout fires
             return _error(168, "the machine was unavailable", 503)
         if outage.mode == "close":
             if request.transport is not None:

@@ -136,7 +136,12 @@ async def test_outage_hang_and_dropped_connections(
             await quick.identity_auth(PREPAID)
         service.heal()
         assert (await quick.identity_auth(PREPAID)).ciphertext1
-    assert service.failures["identity-auth"] == 2
+        # an outage of one call: that call hangs till its timeout, the next one is served
+        service.fail(mode="hang", calls=1)
+        with pytest.raises(HsmUnavailable):
+            await quick.identity_auth(PREPAID)
+        assert (await quick.identity_auth(PREPAID)).ciphertext1
+    assert service.failures["identity-auth"] == 3
 
 
 async def test_nobody_listening_is_unavailable() -> None:
