@@ -293,7 +293,7 @@ class SecurityCommand:
     ) -> dict[str, Any]:
         """Run the command; the result, or `StepsFailed` with it when a step failed."""
         steps, options = self.plan(meter, args)
-        mid = str(meter.meter)
+        mid = meter.meter_id
         assert meter.address is not None
         address = Address.parse(meter.address)
         results: list[dict[str, Any]] = []

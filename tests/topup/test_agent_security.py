@@ -525,3 +525,24 @@ async def test_chaos_primitives_as_the_agent_sees_them(agent: Executor) -> None:
         is Verdict.NEEDS_REVIEW
     )
     assert fleet.credits.repeated_counts() == []
+
+
+async def test_sessions_are_per_meter(agent: Executor) -> None:
+    """An authentication of one meter does not touch another's: the agent keys sessions by the
+    meter's archive id."""
+    fleet = agent.sa.fleet
+    hsm = LocalHsm(fleet)
+    wallet = fleet.meter(LOCAL).wallet
+    assert wallet is not None
+    _, first = await _auth(agent, hsm, LOCAL)
+    _, other = await _auth(agent, hsm, LOCAL2)
+    assert other.session is not None
+    assert other.session["random2"] != first.random2.hex().upper()
+    macs = await hsm.increase_purse(
+        LOCAL, first.random2, amount_fen=100, purchase_count=wallet.purchase_count + 1,
+        customer=wallet.customer_number,
+    )  # fmt: skip
+    reply = await agent("security", LOCAL, security_args([topup_step(macs)], session=first.random2))
+    assert reply["ok"], reply
+    assert agent.run.security.sessions.get(LOCAL) is not None
+    assert agent.run.security.sessions.get(LOCAL2) is not None
