@@ -1,7 +1,7 @@
 """Execute commands from the centre: read now (点抄), time sync, relay control, raw frames,
-archive updates. The MQTT link authenticates them and carries the reply; this module turns a
-verified command into bus work (ahead of plan work) and a reply with the decoded result and
-the raw frames exchanged."""
+archive updates, and the 03H / 1CH security steps of remote top-up (`agent.security`). The MQTT
+link authenticates them and carries the reply; this module turns a verified command into bus
+work (ahead of plan work) and a reply with the decoded result and the raw frames exchanged."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from agent.dlt645 import Dlt645Client, reason_of
 from agent.plans.clock import read_meter_clock
 from agent.plans.context import PlanContext, edition_of
 from agent.poller import PRIORITY_COMMAND
+from agent.security import SecurityCommand, SecurityRefused, StepsFailed
 from protocols.dlt645 import (
     BROADCAST,
     Address,
@@ -64,6 +65,8 @@ class CommandExecutor:
         self.ctx = ctx
         self.archive = archive
         self.on_archive_change = on_archive_change
+        self.security = SecurityCommand(ctx.clock.now)
+        """the ``security`` command and the identity authentications it ran, per meter"""
 
     async def __call__(self, command: dict[str, Any]) -> dict[str, Any]:
         name = str(command.get("command"))
@@ -77,7 +80,9 @@ class CommandExecutor:
             if handler is None:
                 raise CommandRefused(f"unknown command {name!r}")
             result = await handler(command, args, frames)
-        except (CommandRefused, ArchiveUpdateError, LocalProtocolError) as exc:
+        except StepsFailed as exc:
+            reply.update(ok=False, reason=exc.reason, detail=exc.detail, result=exc.result)
+        except (CommandRefused, SecurityRefused, ArchiveUpdateError, LocalProtocolError) as exc:
             reply.update(ok=False, reason="invalid", detail=str(exc))
         except Exception as exc:
             reason, detail = reason_of(exc)
@@ -230,6 +235,15 @@ class CommandExecutor:
             }
 
         return await self._on_bus(bus, job)
+
+    async def _cmd_security(
+        self, command: dict[str, Any], args: dict[str, Any], frames: list[tuple[str, bytes]]
+    ) -> Any:
+        """03H security steps and level-98 1CH, relayed verbatim (agent.security)."""
+        meter = self._meter(command)
+        return await self.security.run(
+            meter, args, frames, lambda job: self._on_bus(meter.bus, job)
+        )
 
     async def _cmd_archive_update(
         self, command: dict[str, Any], args: dict[str, Any], frames: list[tuple[str, bytes]]

@@ -32,6 +32,7 @@ from agent.config import AgentConfig, load_config
 from agent.health import HealthTracker
 from agent.metrics import AgentMetrics, serve_metrics
 from agent.mqtt import MqttLink
+from agent.nonces import PersistentNonces
 from agent.outbox import Outbox
 from agent.plans.clock import ClockPlanner
 from agent.plans.context import Clock, PlanContext
@@ -117,6 +118,7 @@ class Agent:
             ) from None
         self.archive = ArchiveStore(cfg)
         self.state = PlanState(state_dir / "state.sqlite")
+        self.nonces = PersistentNonces(state_dir / "nonces.sqlite")
         self.metrics = AgentMetrics()
         self.pollers = _pollers(cfg, self.archive, self._event)
         self.outbox: Outbox | None = None
@@ -295,6 +297,7 @@ class Agent:
             status_provider=self.status_payload,
             command_handler=executor,
             command_key=_command_key(cfg),
+            nonces=self.nonces,
         )
         self._wire_metrics()
         log.info(
@@ -349,6 +352,7 @@ class Agent:
         if self.outbox is not None:
             await self.outbox.close()
         self.state.close()
+        self.nonces.close()
         log.info("agent stopped")
 
     def _wire_metrics(self) -> None:

@@ -153,9 +153,28 @@ class Dlt645Client:
             raise answer.error()
         return reply, answer
 
-    async def read(self, address: Address, di: int, edition: Edition = Edition.V2007) -> ReadResult:
-        """Read one DI, following up (12H / 02H) while the meter says more data follows."""
-        frames: list[tuple[str, bytes]] = []
+    async def read(
+        self,
+        address: Address,
+        di: int,
+        edition: Edition = Edition.V2007,
+        *,
+        frames: list[tuple[str, bytes]] | None = None,
+    ) -> ReadResult:
+        """Read one DI, following up (12H / 02H) while the meter says more data follows.
+
+        `frames` (optional) also receives every frame exchanged, even when the read fails
+        (an audit trail); the result's `frames` has them too when it succeeds."""
+        exchanged: list[tuple[str, bytes]] = []
+        try:
+            return await self._read(address, di, edition, exchanged)
+        finally:
+            if frames is not None:
+                frames.extend(exchanged)
+
+    async def _read(
+        self, address: Address, di: int, edition: Edition, frames: list[tuple[str, bytes]]
+    ) -> ReadResult:
         answer = await self.call(address, ReadRequest(di), edition, frames=frames)
         assert answer is not None
         return await self._complete_read(address, di, edition, answer, frames)

@@ -36,7 +36,7 @@ from central.ledger import Ledger
 from central.report import render
 from central.store import Store, StoreError, open_store, parse_url
 from common.config import EX_CONFIG, Secret
-from meterlink.services import InfluxDB1, Mosquitto, free_port
+from meterlink.services import InfluxDB1, Mosquitto, die_with_parent, free_port
 from simulators import FleetError, load_fleet
 
 __all__ = ["configure", "run"]
@@ -108,7 +108,13 @@ class _Stack:
 
     def start(self, name: str, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, stdout=kwargs.pop("stdout", log), stderr=log, cwd=REPO)  # type: ignore[call-overload]
+        proc = subprocess.Popen(  # type: ignore[call-overload]
+            argv,
+            stdout=kwargs.pop("stdout", log),
+            stderr=log,
+            cwd=REPO,
+            preexec_fn=die_with_parent(),  # even if the demo is SIGKILLed
+        )
         self.procs.append((name, proc))
         return proc  # type: ignore[no-any-return]
 
@@ -119,6 +125,9 @@ class _Stack:
                 raise StackFailed(f"{name} exited with {proc.returncode}:\n{tail}")
 
     def stop(self) -> None:
+        # a second Ctrl-C / SIGTERM must not cut the stopping short and leave servers behind
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         for _name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -292,11 +301,35 @@ def run(args: argparse.Namespace) -> int:
     except FleetError as exc:
         print(f"meterlink demo: {exc}", file=sys.stderr)
         return EX_CONFIG
+    previous = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on)
     try:
         return _run(args, tz)
     except StackFailed as exc:
         print(f"meterlink demo: {exc}", file=sys.stderr)
         return 1
+    except _Stopped as exc:  # everything it started was stopped on the way out
+        print(f"meterlink demo: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Stopped(Exception):
+    """SIGTERM (a supervisor, `timeout`, `kill`) or SIGHUP (a closed terminal): stop everything,
+    as Ctrl-C does."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
 
 
 def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:

@@ -1,6 +1,7 @@
 """Private local services: Mosquitto, InfluxDB 1.x (`influxd`), VictoriaMetrics and PostgreSQL, each
-on a free loopback port with its data in a directory of its own, stopped by PID (PostgreSQL by
-`pg_ctl`, then by the postmaster's PID).
+on a free loopback port with its data in a directory of its own, a child process stopped by PID.
+Every server started here dies with the process that started it (`die_with_parent`), even when
+that process is SIGKILLed: nothing keeps holding a port after a test run, a bench or the demo.
 
 `meterlink demo` starts what it needs with these; the tests use the same launchers (through
 tests/fixtures/services.py). Never a fixed port, never the machine's own Mosquitto on 1883.
@@ -10,17 +11,36 @@ Binaries come from the Debian packages `scripts/setup` installs.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A `preexec_fn` for long-running children: the kernel sends `sig` to the child when its
+    parent dies, however it dies (SIGKILL included). Linux only; a no-op elsewhere.
+
+    The "parent" is the thread that started the child: start servers from the main thread (or
+    the event loop's), never from a short-lived worker thread."""
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+    def arm() -> None:
+        if libc is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return arm
 
 
 def free_port() -> int:
@@ -55,7 +75,7 @@ def _spawn(argv: list[str], log: Path | None) -> subprocess.Popen[bytes]:
     """Start a server, its output appended to `log` (or discarded)."""
     out: IO[bytes] | int = log.open("ab") if log is not None else subprocess.DEVNULL
     try:
-        return subprocess.Popen(argv, stdout=out, stderr=out)
+        return subprocess.Popen(argv, stdout=out, stderr=out, preexec_fn=die_with_parent())
     finally:
         if not isinstance(out, int):
             out.close()  # the child has its own descriptor
@@ -307,7 +327,8 @@ def postgres_bin_dir() -> Path:
 
 @dataclass
 class PostgreSQL:
-    """A private PostgreSQL cluster: `initdb` on first start, `pg_ctl` on a free loopback port.
+    """A private PostgreSQL cluster: `initdb` on first start, the postmaster (a child of ours) on a
+    free loopback port.
 
     `initdb` and `postgres` refuse to run as root; as root they run as the `postgres` system
     user (via `runuser`) in a directory of their own under the system temp dir (pytest's temp
@@ -325,6 +346,7 @@ class PostgreSQL:
     durable: bool = False
     datadir: Path | None = None
     _base: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def host(self) -> str:
@@ -366,21 +388,48 @@ class PostgreSQL:
         assert self.datadir is not None
         assert self._base is not None
         server_log = self._base / "server.log"
-        try:
-            self._run(
-                [str(bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(server_log), "-w",
-                 "-t", "60", "-o",
-                 f"-p {self.port} -k {self._base} -c listen_addresses=127.0.0.1"
-                 + ("" if self.durable else
-                    " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"),
-                 "start"]
+        # the postmaster in the foreground, as our child: it dies with us (SIGINT = PostgreSQL's
+        # fast shutdown), where `pg_ctl start` would leave a daemon behind a killed test run
+        options = ["-D", str(self.datadir), "-p", str(self.port), "-k", str(self._base),
+                   "-c", "listen_addresses=127.0.0.1"]  # fmt: skip
+        if not self.durable:
+            options += ["-c", "fsync=off", "-c", "full_page_writes=off",
+                        "-c", "synchronous_commit=off"]  # fmt: skip
+        owner: dict[str, Any] = (
+            {"user": "postgres", "group": "postgres", "extra_groups": []}
+            if os.geteuid() == 0
+            else {}
+        )
+        with server_log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(bindir / "postgres"), *options],
+                stdout=out, stderr=out, preexec_fn=die_with_parent(signal.SIGINT), **owner,
             )  # fmt: skip
-        except RuntimeError as exc:
+        try:
+            self._wait_ready(bindir, timeout=60.0)
+        except (RuntimeError, TimeoutError) as exc:
+            stop_process(self.proc)
             tail = server_log.read_text(errors="replace")[-2000:] if server_log.exists() else ""
-            raise RuntimeError(f"{exc}\n{tail}") from None
-        wait_port(self.port)
+            raise RuntimeError(f"postgres did not start: {exc}\n{tail}") from None
         if fresh:
             self.create_database(self.database)
+
+    def _wait_ready(self, bindir: Path, timeout: float) -> None:
+        """Until the postmaster accepts sessions (a listening port comes earlier: "the database
+        system is starting up"), as `pg_ctl -w` waits."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.proc.returncode}")
+            ready = subprocess.run(
+                [str(bindir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port)],
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"postgres not ready on port {self.port} after {timeout:.0f} s")
 
     def create_database(self, name: str) -> str:
         """A new empty database (owned by `user`); returns its URL."""
@@ -400,16 +449,19 @@ class PostgreSQL:
         return None
 
     def stop(self) -> None:
-        if self.datadir is None or self.pid() is None:
+        """Fast shutdown (SIGINT: clients disconnected, data kept), then SIGQUIT, then kill."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
             return
-        pid = self.pid()
-        try:
-            self._run([str(postgres_bin_dir() / "pg_ctl"), "-D", str(self.datadir), "-m", "fast",
-                       "-w", "-t", "30", "stop"])  # fmt: skip
-        except RuntimeError:
-            if pid is not None:  # pg_ctl could not: the postmaster by its PID
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGQUIT)
+        for sig, wait in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0)):
+            proc.send_signal(sig)
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        proc.kill()
+        proc.wait()
 
     def remove(self) -> None:
         """Stop, and delete the cluster's directory."""

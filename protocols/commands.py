@@ -22,13 +22,14 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 __all__ = [
     "MAX_SKEW_S",
     "NONCE_TTL_S",
     "CommandRejected",
     "NonceCache",
+    "NonceMemory",
     "canonical_json",
     "check_fresh",
     "key_bytes",
@@ -117,6 +118,15 @@ def verify_command(
     Replay protection needs memory: pair this with a `NonceCache`."""
     verify_signature(payload, key)
     check_fresh(payload, now=now, max_skew_s=max_skew_s)
+
+
+class NonceMemory(Protocol):
+    """Where a verifier remembers the nonces it accepted (`NonceCache` in memory; the agent's is
+    on disk, so that a restart does not forget them)."""
+
+    def check_and_remember(self, nonce: Any, *, now: float) -> None:
+        """Raise `CommandRejected` if `nonce` was seen within the TTL; remember it otherwise."""
+        ...
 
 
 class NonceCache:

@@ -150,6 +150,16 @@ for _name, _u, _kind, _desc in [
     ("balance_after_purchase_yuan", "yuan", Kind.NUMBER, "remaining after a purchase"),
     ("purchase_total_yuan", "yuan", Kind.NUMBER, "cumulative purchased amount 累计购电金额"),
     ("freeze_time", None, Kind.DATETIME, "time stamp of a frozen record 冻结时间"),
+    (
+        "auth_session_remaining_min",
+        "min",
+        Kind.NUMBER,
+        "minutes left of the identity-authentication session 身份认证时效剩余时间",
+    ),
+    ("relay_trip_count", None, Kind.NUMBER, "relay trips so far 跳闸总次数"),
+    ("relay_close_count", None, Kind.NUMBER, "relay closings so far 合闸总次数"),
+    ("relay_event_time", None, Kind.DATETIME, "time of a relay trip or closing 跳闸/合闸发生时刻"),
+    ("relay_event_operator", None, Kind.NUMBER, "operator code of a relay event (4 bytes, LE)"),
     ("clock_offset_s", "s", Kind.NUMBER, "meter clock minus true time (positive = fast)"),
 ]:
     _add(_name, _u, _kind, _desc)

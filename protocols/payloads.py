@@ -24,6 +24,8 @@ from enum import StrEnum
 from functools import cache
 from typing import Any, Final
 
+from protocols.topup import DATA_LENGTHS, StepOp
+
 __all__ = [
     "KINDS",
     "SCHEMAS",
@@ -110,6 +112,51 @@ _VALUES = {"type": "object", "propertyNames": _NAME, "additionalProperties": _VA
 _HEADER = {
     "schema": {"type": "string"},
     "concentrator": {"type": "string", "pattern": CONCENTRATOR_ID},
+}
+
+
+def _hex(size: int | None = None) -> dict[str, Any]:
+    if size is None:
+        return {"type": "string", "pattern": r"^([0-9A-Fa-f]{2})+$"}
+    return {"type": "string", "pattern": f"^[0-9A-Fa-f]{{{2 * size}}}$"}
+
+
+#: one step of the ``security`` command (the per-step rules, e.g. which op needs ``data`` of
+#: which length, are checked by the agent with a message naming the step; docs/mqtt.md)
+SECURITY_STEP: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["op"],
+    "properties": {
+        "op": {"enum": [op.value for op in StepOp]},
+        "data": {
+            **_hex(),
+            "maxLength": 2 * max(DATA_LENGTHS.values()),
+            "description": "the request's data after DI and operator code, relayed verbatim",
+        },
+        "items": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 16,
+            "items": {"type": "string", "minLength": 1, "maxLength": 64},
+        },
+        "session_minutes": {"type": "integer", "minimum": 1, "maximum": 9999},
+        "password": _hex(4),
+    },
+    "additionalProperties": False,
+}
+SECURITY_ARGS: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["steps"],
+    "properties": {
+        "steps": {"type": "array", "minItems": 1, "maxItems": 16, "items": SECURITY_STEP},
+        "session": {
+            **_hex(4),
+            "description": "random-2 of the identity authentication the session steps belong to",
+        },
+        "not_after": _TIME,
+        "operator": _hex(4),
+    },
+    "additionalProperties": False,
 }
 
 
@@ -257,19 +304,29 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "outbox_depth": {"type": "integer", "minimum": 0},
         },
     ),
-    "cmd": _doc(
-        "cmd",
-        "A command to the agent (MQTT v5: response topic + correlation data).",
-        ["command", "issued_at", "nonce", "signature"],
-        {
-            "command": {"enum": ["read", "time_sync", "relay", "raw", "archive_update"]},
-            "issued_at": _TIME,
-            "nonce": {"type": "string", "minLength": 8, "maxLength": 64},
-            "signature": {"type": "string", "pattern": r"^[0-9a-f]{64}$"},
-            "meter": _METER_ID,
-            "args": {"type": "object"},
-        },
-    ),
+    "cmd": {
+        **_doc(
+            "cmd",
+            "A command to the agent (MQTT v5: response topic + correlation data).",
+            ["command", "issued_at", "nonce", "signature"],
+            {
+                "command": {
+                    "enum": ["read", "time_sync", "relay", "raw", "archive_update", "security"]
+                },
+                "issued_at": _TIME,
+                "nonce": {"type": "string", "minLength": 8, "maxLength": 64},
+                "signature": {"type": "string", "pattern": r"^[0-9a-f]{64}$"},
+                "meter": _METER_ID,
+                "args": {"type": "object"},
+            },
+        ),
+        "allOf": [
+            {
+                "if": {"properties": {"command": {"const": "security"}}},
+                "then": {"required": ["meter", "args"], "properties": {"args": SECURITY_ARGS}},
+            }
+        ],
+    },
     "response": _doc(
         "response",
         "The agent's answer to a command, on the command's response topic.",

@@ -10,18 +10,22 @@ In-process API (tests, benches):
         ...                                         # talk DL/T 645 to it
     fleet.meter("000000000001").values()["energy_import_total_kwh"]
     fleet.recorder.records                          # who answered what
+    fleet.inject("000000000001", "drop_reply", on="topup")   # a chaos fault
+    fleet.credits.repeated_counts()                 # [] = no meter credited a count twice
 
-See docs/simulator.md.
+`meterlink sim hsm` (simulators.hsm) serves the fleet's encryption machine; `meterlink sim serve
+--control` (simulators.control) lets a test in another process inject faults. See
+docs/simulator.md.
 """
 
 from simulators.bus import Bus, Transmission
 from simulators.clock import MeterClock, WorldClock
 from simulators.esam import EncryptionMachine, Esam
-from simulators.faults import BusFaults, MeterFaults, NoiseWindow
+from simulators.faults import BusFaults, FaultBook, InjectedFault, MeterFaults, NoiseWindow
 from simulators.fleet import Fleet, FleetError, archive_entries, load_fleet, parse_fleet
 from simulators.meter import FreezeRecord, Identity, Meter
 from simulators.models import MODELS, Model
-from simulators.record import OUTCOMES, AnswerRecord, Recorder
+from simulators.record import OUTCOMES, AnswerRecord, CreditLog, CreditRecord, Recorder
 from simulators.relay import Relay
 from simulators.server import Endpoint, Serving, serve_fleet
 from simulators.wallet import Limits, PurchaseRecord, Wallet
@@ -32,13 +36,17 @@ __all__ = [
     "AnswerRecord",
     "Bus",
     "BusFaults",
+    "CreditLog",
+    "CreditRecord",
     "EncryptionMachine",
     "Endpoint",
     "Esam",
+    "FaultBook",
     "Fleet",
     "FleetError",
     "FreezeRecord",
     "Identity",
+    "InjectedFault",
     "Limits",
     "Meter",
     "MeterClock",

@@ -32,6 +32,8 @@ from protocols.dlt645 import (
     RemoteControlRequest,
     RereadRequest,
     SecureRemoteControlRequest,
+    SecurityErrorFlags,
+    SecurityErrorReply,
     SecurityRequest,
     TerminalOutputReply,
     TerminalOutputRequest,
@@ -41,12 +43,34 @@ from protocols.dlt645 import (
     to_frame,
 )
 from protocols.dlt645.formats import ClockField
-from protocols.dlt645.security import DI_TOP_UP
+from protocols.dlt645.security import (
+    DI_ACCOUNT_OPEN,
+    DI_AUTH_END,
+    DI_AUTH_VALIDITY,
+    DI_DATA_READBACK,
+    DI_IDENTITY_AUTH,
+    DI_STATUS_QUERY,
+    DI_TOP_UP,
+    DI_WALLET_INIT,
+)
 from protocols.errors import RemoteProtocolError
 from simulators.meter import Meter
 from simulators.prepaid import handle_security
 
-__all__ = ["Reply", "respond"]
+__all__ = ["Reply", "abnormal_instead", "respond", "target_of"]
+
+#: 03H DI -> the name injected faults use for it (`simulators.faults.INJECTED_TARGETS`)
+_SECURITY_TARGETS = {
+    DI_IDENTITY_AUTH: "auth",
+    DI_AUTH_VALIDITY: "auth_validity",
+    DI_AUTH_END: "auth_end",
+    DI_ACCOUNT_OPEN: "open",
+    DI_TOP_UP: "topup",
+    DI_WALLET_INIT: "wallet_init",
+    DI_DATA_READBACK: "readback",
+    DI_STATUS_QUERY: "status",
+}
+_CREDITING = {DI_TOP_UP: "top-up credited", DI_ACCOUNT_OPEN: "account opened and credited"}
 
 SYNC_WINDOW = dt.timedelta(minutes=5)
 _SECURITY_CLASSES = ("IdentityAuthRequest", "AuthValidityRequest", "AuthEndRequest",
@@ -94,9 +118,34 @@ def _unauthorized(meter: Meter, code: int, detail: str) -> Reply:
     return _error(meter, code, flags, detail)
 
 
-def respond(meter: Meter, frame: Frame, *, broadcast: bool, wildcard: bool) -> Reply:
-    """The meter's answer to `frame` (already known to be addressed to it)."""
-    now = meter.tick()
+def target_of(frame: Frame) -> str:
+    """What kind of request a frame is, in the names injected faults match on."""
+    code = frame.control.code
+    if frame.edition is Edition.V2007 and code == 0x03:
+        di = frame.di
+        return _SECURITY_TARGETS.get(di, "security") if di is not None else "security"
+    if frame.edition is Edition.V2007 and code == 0x1C:
+        return "relay"
+    if code in (0x11, 0x12) or (frame.edition is Edition.V1997 and code in (0x01, 0x02)):
+        return "read"
+    return frame.function.name.lower()
+
+
+def respond(
+    meter: Meter,
+    frame: Frame,
+    *,
+    broadcast: bool,
+    wildcard: bool,
+    late_s: float = 0.0,
+    relay_moves: bool = True,
+) -> Reply:
+    """The meter's answer to `frame` (already known to be addressed to it).
+
+    `late_s`: the request reaches the meter that much later than now (the meter judges it at
+    its clock + `late_s`: an injected carrier delay). `relay_moves` False: a 1CH command is
+    accepted but the contact stays where it is (an injected stuck relay)."""
+    now = meter.tick() + dt.timedelta(seconds=late_s)
     code = frame.control.code
     try:
         message = from_frame(frame)
@@ -124,18 +173,31 @@ def respond(meter: Meter, frame: Frame, *, broadcast: bool, wildcard: bool) -> R
     if isinstance(message, WriteRequest):
         return _write(meter, message, code, now)
     if isinstance(message, RemoteControlRequest | SecureRemoteControlRequest):
-        return _remote_control(meter, message, code, now)
+        return _remote_control(meter, message, code, now, relay_moves)
     if type(message).__name__ in _SECURITY_CLASSES or isinstance(message, SecurityRequest):
         answer = handle_security(meter, message, now)
-        detail = "" if not answer.ABNORMAL else "03H refused"
-        if getattr(message, "DI", None) == DI_TOP_UP and not answer.ABNORMAL:
-            detail = "top-up credited"
+        if answer.ABNORMAL:
+            flags = getattr(answer, "flags", 0)
+            detail = f"03H refused: SERR {int(flags):04X}"
+        else:
+            detail = _CREDITING.get(getattr(message, "DI", 0), "")
         return _reply(meter, answer, detail=detail)
     if isinstance(message, ChangeBaudRequest):
         return _error(meter, code, ErrorFlags.BAUD_UNCHANGEABLE, "the line rate is fixed")
     if isinstance(message, TerminalOutputRequest):
         return _reply(meter, TerminalOutputReply(message.mode))
     return _unauthorized(meter, code, f"{type(message).__name__} is not allowed")
+
+
+def abnormal_instead(meter: Meter, frame: Frame, serr: int, err: int, detail: str) -> Reply:
+    """An abnormal reply to `frame` (an injected "error after the meter acted"): SERR `serr`
+    for 03H, the ERR byte `err` for any other function."""
+    code = frame.control.code
+    edition = meter.identity.edition or Edition.V2007
+    if edition is Edition.V2007 and code == 0x03:
+        return _reply(meter, SecurityErrorReply(SecurityErrorFlags(serr)), detail=detail)
+    flags = ErrorFlags(err) if edition is Edition.V2007 else ErrorFlags1997(err)
+    return _error(meter, code, flags, detail)
 
 
 def _other(meter: Meter) -> ErrorFlags | ErrorFlags1997:
@@ -239,8 +301,11 @@ def _remote_control(
     message: RemoteControlRequest | SecureRemoteControlRequest,
     code: int,
     now: dt.datetime,
+    relay_moves: bool = True,
 ) -> Reply:
     if isinstance(message, SecureRemoteControlRequest):
+        if meter.esam is not None and meter.esam.suspended(now):
+            return _unauthorized(meter, code, "secure 1CH refused: remote functions hung up")
         plain = meter.esam.decrypt_relay(now, message.ciphertext) if meter.esam else None
         if plain is None:
             return _unauthorized(meter, code, "secure 1CH did not verify")
@@ -256,8 +321,9 @@ def _remote_control(
     if until < now:
         return _unauthorized(meter, code, f"command expired at {until.isoformat()}")
     was_open = meter.relay.open
-    if not meter.relay.apply(action):
+    if not meter.relay.apply(action, move=relay_moves):
         return _unauthorized(meter, code, "trip refused while keep-power")
     if meter.relay.open != was_open:
-        meter.contact_changed(now)
-    return _reply(meter, Done(code), detail=f"relay {action.name.lower()}")
+        meter.contact_changed(now, int.from_bytes(message.operator, "little"))
+    stuck = "" if relay_moves else " (the contact did not move)"
+    return _reply(meter, Done(code), detail=f"relay {action.name.lower()}{stuck}")

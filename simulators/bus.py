@@ -9,13 +9,13 @@ and each meter's fate is written to the answer record.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from protocols.dlt645 import Address, Frame, format_di
 from protocols.errors import FrameError
-from simulators.behaviour import respond
+from simulators.behaviour import abnormal_instead, respond, target_of
 from simulators.clock import WorldClock
-from simulators.faults import REPLY_DELAY_S, SLOW_DELAY_S, BusFaults, rng_for
+from simulators.faults import REPLY_DELAY_S, SLOW_DELAY_S, BusFaults, FaultBook, rng_for
 from simulators.meter import Meter
 from simulators.record import AnswerRecord, Recorder
 
@@ -42,6 +42,8 @@ class Bus:
     baud: int = 2400
     faults: BusFaults = field(default_factory=BusFaults)
     recorder: Recorder = field(default_factory=Recorder)
+    injected: FaultBook = field(default_factory=FaultBook)
+    """the fleet's injected faults (chaos tests)"""
     _rng: random.Random = field(init=False)
     _meter_rngs: dict[int, random.Random] = field(init=False, default_factory=dict)
     _addresses: list[Address] = field(init=False, default_factory=list)
@@ -128,7 +130,35 @@ class Bus:
             if rng.random() < faults.loss or self._rng.random() < self.faults.loss:
                 self._record(frame, meter, "lost", "the meter missed this attempt")
                 continue
-            reply = respond(meter, frame, broadcast=broadcast, wildcard=wildcard)
+            rule = (
+                self.injected.take(meter.identity.meter_id, target_of(frame))
+                if self.injected.rules and not broadcast
+                else None
+            )
+            action = rule.action if rule is not None else None
+            if rule is not None and action == "drop_request":
+                self._record(frame, meter, "lost", f"injected fault #{rule.id}: request dropped")
+                continue
+            reply = respond(
+                meter,
+                frame,
+                broadcast=broadcast,
+                wildcard=wildcard,
+                late_s=rule.late_s if rule is not None and action == "late" else 0.0,
+                relay_moves=action != "relay_stuck",
+            )
+            if rule is not None:
+                what = f"injected fault #{rule.id} ({action})"
+                if action == "drop_reply":
+                    done = reply.detail or reply.outcome
+                    self._record(frame, meter, "reply_lost", f"{what}: {done}; reply dropped")
+                    continue
+                if action == "error_after" and reply.frames and reply.outcome == "answered":
+                    reply = abnormal_instead(
+                        meter, frame, rule.serr, rule.err, f"{what}: {reply.detail or 'acted'}"
+                    )
+                elif action == "late":
+                    reply = replace(reply, detail=f"{what} +{rule.late_s:g} s: {reply.detail}")
             if not reply.frames:
                 self._record(frame, meter, reply.outcome, reply.detail)
                 continue

@@ -1,9 +1,12 @@
-"""`meterlink sim serve|fleet` — the meter simulator for technicians and tests.
+"""`meterlink sim serve|fleet|hsm` — the meter simulator for technicians and tests.
 
 serve: serves every bus of a fleet file (pty by default, or TCP, or a real serial device),
 prints one line per bus with where to connect, then runs until interrupted. `-v` prints every
 frame as spaced hex with a direction mark (``->`` request, ``<-`` reply), as the agent traces.
+``--control`` adds the control channel (faults, meter state, credits, clock: simulators.control),
+``--credits`` the credit log as JSON lines.
 fleet: prints the commented example fleet, or a fleet's meter archive as JSON.
+hsm: serves the fleet's software encryption machine (simulators.hsm) until interrupted.
 """
 
 from __future__ import annotations
@@ -42,7 +45,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="line timing: 20-500 ms reply delay, bytes paced at 11 bits/byte at the bus baud",
     )  # fmt: skip
     serve.add_argument("--record", type=Path, metavar="FILE", help="answer record as JSONL")
+    serve.add_argument(
+        "--credits", type=Path, metavar="FILE", help="credit log as JSONL (every wallet credit)"
+    )
+    serve.add_argument(
+        "--control", metavar="HOST:PORT", type=_host_port,
+        help="HTTP control channel for tests in other processes (faults, meter state, credits,"
+        " clock); port 0: any free port. No authentication: keep it on loopback",
+    )  # fmt: skip
     serve.add_argument("-v", "--verbose", action="store_true", help="print every frame")
+
+    hsm = sub.add_parser(
+        "hsm", help="serve the fleet's software encryption machine (密码机) over HTTP/JSON"
+    )
+    hsm.add_argument("--fleet", type=Path, required=True, help="fleet file (TOML): its master key")
+    hsm.add_argument(
+        "--listen", metavar="HOST:PORT", type=_host_port, default=("127.0.0.1", 0),
+        help="where to listen (default 127.0.0.1, any free port); no authentication",
+    )  # fmt: skip
 
     fleet = sub.add_parser("fleet", help="print the example fleet or a fleet's archive")
     what = fleet.add_mutually_exclusive_group(required=True)
@@ -61,7 +81,46 @@ def _host_port(text: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     if args.action == "fleet":
         return _fleet(args)
+    if args.action == "hsm":
+        return asyncio.run(_hsm(args))
     return asyncio.run(_serve(args))
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _forget_signals() -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(sig)
+
+
+async def _hsm(args: argparse.Namespace) -> int:
+    from simulators.hsm import serve_hsm
+
+    try:
+        fleet = load_fleet(args.fleet)
+    except FleetError as exc:
+        print(f"meterlink sim: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    stop = _stop_event()
+    try:
+        async with serve_hsm(fleet, *args.listen) as (service, url):
+            print(f"hsm {url} meters={service.meters}", flush=True)
+            print("ready", flush=True)
+            await stop.wait()
+    except OSError as exc:
+        print(f"meterlink sim: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _forget_signals()
+    return 0
 
 
 def _fleet(args: argparse.Namespace) -> int:
@@ -82,6 +141,7 @@ def _fleet(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from simulators.record import CreditLog
     from simulators.server import serve_fleet
 
     try:
@@ -90,9 +150,16 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"meterlink sim: --record {args.record}: {exc.strerror}", file=sys.stderr)
         return 2
     try:
-        fleet = load_fleet(args.fleet, recorder=recorder)
+        credits = CreditLog(args.credits)
+    except OSError as exc:
+        recorder.close()
+        print(f"meterlink sim: --credits {args.credits}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        fleet = load_fleet(args.fleet, recorder=recorder, credits=credits)
     except FleetError as exc:
         recorder.close()
+        credits.close()
         print(f"meterlink sim: {exc}", file=sys.stderr)
         return EX_CONFIG
     kwargs: dict[str, object] = {}
@@ -104,15 +171,20 @@ async def _serve(args: argparse.Namespace) -> int:
     else:
         kwargs.update(transport="pty", link=Path(args.pty) if args.pty else None)
     trace = (lambda line: print(line, flush=True)) if args.verbose else None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_event()
     try:
-        async with serve_fleet(fleet, timing=args.timing, trace=trace, **kwargs) as serving:  # type: ignore[arg-type]
+        async with contextlib.AsyncExitStack() as stack:
+            serving = await stack.enter_async_context(
+                serve_fleet(fleet, timing=args.timing, trace=trace, **kwargs)  # type: ignore[arg-type]
+            )
             meters = {e.bus: len(fleet.bus(e.bus).meters) for e in serving.endpoints}
             for endpoint in serving.endpoints:
                 print(f"bus {endpoint.describe()} meters={meters[endpoint.bus]}", flush=True)
+            if args.control is not None:
+                from simulators.control import serve_control
+
+                host, port = await stack.enter_async_context(serve_control(fleet, *args.control))
+                print(f"control http://{host}:{port}", flush=True)
             print("ready", flush=True)
             await stop.wait()
     except (OSError, ValueError) as exc:
@@ -120,7 +192,6 @@ async def _serve(args: argparse.Namespace) -> int:
         return 1
     finally:
         recorder.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
+        credits.close()
+        _forget_signals()
     return 0

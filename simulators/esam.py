@@ -3,17 +3,27 @@
 **Simulated, not the State-Grid algorithm.** The real ESAM commands and key hierarchy are not
 public. This scheme has the same *shape* — per-meter keys diversified from a master key and the
 meter number, identity authentication that opens a time-limited session, MACs over the top-up
-fields — built from SM4 (GB/T 32907) as implemented by `cryptography`, so forged or replayed
-MACs are rejected the way a meter would reject them:
+fields, a machine that needs nothing but its inputs (stateless, like the real API) — built from
+SM4 (GB/T 32907) as implemented by `cryptography`, so forged or replayed MACs are rejected the
+way a meter would reject them:
 
 * meter key   ``K_m = SM4(MK, D || ~D)`` with ``D = 00 00 || meter number`` (8 bytes, the
   diversification factor of the 03H identity-auth request);
 * identity auth: the machine draws random-1 (8 bytes) and sends ciphertext-1 =
-  ``SM4(K_m, R1 || D)[:8]``; the meter checks it with its own key and answers random-2 (4 bytes);
-* session key ``K_s = SM4(K_m, R1 || R2 || "SESS")``; a session lasts 5 minutes by default;
-* MAC = the first 4 bytes of SM4-CBC-MAC(K_s, label || fields), zero IV, 80 00.. padding.
+  ``SM4(K_m, R1 || D)[:8]``; the meter checks it with its own key and answers random-2 (4 bytes,
+  new on every authentication) and its ESAM serial;
+* session key ``K_s = SM4(K_m, R2 || D || "SESS")`` — what the machine's top-up, relay and
+  parameter calls take (random-2 + factor, as ``Meter_Formal_InCreasePurse`` does); it signs what
+  the master sends. Read-back key ``K_r = SM4(K_m, R1[:4] || D || "RDBK")`` — what the machine's
+  MAC check takes (the high 4 bytes of random-1, as ``Meter_Formal_MacCheck`` does); it signs
+  what the meter returns;
+* a session lasts 5 minutes by default (07 00 01 FF changes it for the next sessions);
+* MAC = the first 4 bytes of SM4-CBC-MAC(key, label || fields), zero IV, 80 00.. padding;
+* a secure 1CH: ``SM4(K_s, N1..N8 || 80 00..)`` (16) + MAC over ESAM serial || that (4).
 
-A MAC made for another session, another meter, or other fields fails (SERR "ESAM failed").
+A MAC made for another session, another meter, or other fields fails (SERR "ESAM failed"); every
+failure counts, and after `LOCK_AFTER` in one meter day the ESAM refuses secure operations
+until midnight (SERR bit8, 远程安全认证锁住).
 """
 
 from __future__ import annotations
@@ -25,9 +35,20 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["EncryptionMachine", "Esam", "Session", "diversification", "meter_key"]
+__all__ = [
+    "LOCK_AFTER",
+    "EncryptionMachine",
+    "Esam",
+    "MacMaker",
+    "PendingAuth",
+    "Session",
+    "diversification",
+    "meter_key",
+]
 
 DEFAULT_SESSION_MINUTES = 5
+#: MAC failures in one meter day after which secure operations are suspended until midnight
+LOCK_AFTER = 200
 LABEL_TOP_UP = b"TOPUP"
 LABEL_CUSTOMER = b"CUSTNO"
 LABEL_VALIDITY = b"VALID"
@@ -67,8 +88,12 @@ def meter_key(master_key: bytes, meter_number: str) -> bytes:
     return _sm4(master_key, d + bytes(b ^ 0xFF for b in d))
 
 
-def _session_key(key: bytes, random1: bytes, random2: bytes) -> bytes:
-    return _sm4(key, random1 + random2 + b"SESS")
+def _session_key(key: bytes, random2: bytes, div: bytes) -> bytes:
+    return _sm4(key, random2 + div + b"SESS")
+
+
+def _readback_key(key: bytes, random1: bytes, div: bytes) -> bytes:
+    return _sm4(key, random1[:4] + div + b"RDBK")
 
 
 def _ciphertext1(key: bytes, random1: bytes, div: bytes) -> bytes:
@@ -90,13 +115,19 @@ def _fields(*parts: int | bytes | str) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Session:
     key: bytes
+    """K_s: verifies what the master sends (MACs, 1CH ciphertext)"""
+    readback_key: bytes
+    """K_r: signs what the meter returns (status query, read-back)"""
+    started: dt.datetime
     expires: dt.datetime
 
 
 class Esam:
-    """The meter side: checks identity authentication, keeps the session, verifies MACs.
+    """The meter side: checks identity authentication, keeps the session, verifies MACs, counts
+    MAC failures (and locks after `lock_after` of them in one meter day).
 
-    `random_source` gives random-2; a seeded one keeps simulations reproducible.
+    random-2 comes from a counter hashed with the meter key, seeded per meter: simulations are
+    reproducible, and every authentication gets a new one.
     """
 
     def __init__(self, master_key: bytes, meter_number: str, *, serial: bytes, seed: int) -> None:
@@ -107,6 +138,11 @@ class Esam:
         self._counter = seed & 0xFFFFFFFF
         self.session: Session | None = None
         self.session_minutes = DEFAULT_SESSION_MINUTES
+        self.lock_after = LOCK_AFTER
+        self.mac_failures = 0
+        """MAC failures on `failure_day` (cleared at the meter's midnight)"""
+        self.failure_day: dt.date | None = None
+        self._suspended = False
 
     def _random2(self) -> bytes:
         self._counter = (self._counter + 1) & 0xFFFFFFFF
@@ -116,13 +152,16 @@ class Esam:
     def authenticate(
         self, ciphertext: bytes, random1: bytes, div: bytes, now: dt.datetime
     ) -> bytes | None:
-        """Check ciphertext-1; on success open a session and return random-2."""
+        """Check ciphertext-1; on success open a session and return random-2. Any attempt,
+        good or bad, ends the previous session (the ESAM's random state is reset)."""
         self.session = None
         if div != self._div or ciphertext != _ciphertext1(self._key, random1, div):
             return None
         random2 = self._random2()
         self.session = Session(
-            _session_key(self._key, random1, random2),
+            _session_key(self._key, random2, div),
+            _readback_key(self._key, random1, div),
+            now,
             now + dt.timedelta(minutes=self.session_minutes),
         )
         return random2
@@ -132,38 +171,75 @@ class Esam:
             self.session = None
         return self.session
 
+    def remaining_minutes(self, now: dt.datetime) -> int:
+        """Whole minutes left of the session (02 80 00 22), 0 without one."""
+        session = self.active(now)
+        return 0 if session is None else int((session.expires - now).total_seconds() // 60)
+
     def end(self) -> None:
         self.session = None
 
     def verify(self, now: dt.datetime, mac: bytes, label: bytes, *parts: int | bytes | str) -> bool:
+        """Check a MAC of the session; a wrong one counts as a MAC failure."""
         session = self.active(now)
-        return session is not None and cbc_mac(session.key, label + _fields(*parts)) == mac
+        if session is None:
+            return False
+        if cbc_mac(session.key, label + _fields(*parts)) == mac:
+            return True
+        self.mac_failed(now)
+        return False
 
-    def mac(self, now: dt.datetime, label: bytes, *parts: int | bytes | str) -> bytes:
-        """A MAC the meter attaches to data it returns (read-back, status query)."""
+    def mac(self, now: dt.datetime, label: bytes, *parts: int | bytes | str) -> bytes | None:
+        """The MAC the meter attaches to data it returns (read-back, status query); None
+        without a session."""
         session = self.active(now)
-        key = session.key if session is not None else self._key
-        return cbc_mac(key, label + _fields(*parts))
+        if session is None:
+            return None
+        return cbc_mac(session.readback_key, label + _fields(*parts))
 
     def decrypt_relay(self, now: dt.datetime, ciphertext: bytes) -> bytes | None:
-        """The 8 plain bytes N1..N8 of a secure 1CH command, or None if it does not verify."""
+        """The 8 plain bytes N1..N8 of a secure 1CH command, or None if it does not verify
+        (without a session, or a MAC failure, which counts)."""
         session = self.active(now)
         if session is None or len(ciphertext) != 20:
             return None
         body, mac = ciphertext[:16], ciphertext[16:]
-        if cbc_mac(session.key, LABEL_RELAY + body) != mac:
+        if cbc_mac(session.key, LABEL_RELAY + self.serial + body) != mac:
+            self.mac_failed(now)
             return None
         return _sm4_decrypt(session.key, body)[:8]
+
+    # -- the MAC-failure lock (挂起) ----------------------------------------------------------
+    def _roll(self, today: dt.date) -> None:
+        if self.failure_day != today:  # the midnight reset (清零点清零数据)
+            self.failure_day = today
+            self.mac_failures = 0
+            self._suspended = False
+
+    def mac_failed(self, now: dt.datetime) -> None:
+        self._roll(now.date())
+        self.mac_failures += 1
+        if self.mac_failures >= self.lock_after:
+            self._suspended = True
+            self.session = None
+
+    def suspended(self, now: dt.datetime) -> bool:
+        """Secure operations hung up (SERR bit8) until the meter's next midnight."""
+        self._roll(now.date())
+        return self._suspended
 
 
 class EncryptionMachine:
     """The utility side (密码机): knows the master key, makes what the meter will accept.
+    Stateless, like the real machine: every call takes what it needs (random-2 from the meter
+    for what the master sends, random-1 for checking what the meter returned).
 
     machine = EncryptionMachine(master_key)
     auth = machine.identity_auth("000000000123")          # -> IdentityAuthRequest fields
     ... send auth.request(operator) to the meter, get IdentityAuthReply(random2, serial) ...
-    session = auth.session(reply.random)                   # a MacMaker for this session
-    request = session.top_up(operator, amount_fen, count, customer_number)
+    session = auth.session(reply.random)                   # or machine.session(meter, random2)
+    mac1, mac2 = session.top_up_macs(amount_fen, count, customer_number)
+    machine.mac_ok(meter, auth.random, data, mac)          # the MAC of read-back data
     """
 
     def __init__(self, master_key: bytes) -> None:
@@ -177,6 +253,20 @@ class EncryptionMachine:
         div = diversification(meter_number)
         return PendingAuth(key, meter_number, _ciphertext1(key, r1, div), r1, div)
 
+    def session(self, meter_number: str, random2: bytes) -> MacMaker:
+        """MACs and ciphertexts for the session whose random-2 the meter answered."""
+        key = meter_key(self.master_key, meter_number)
+        return MacMaker(_session_key(key, random2, diversification(meter_number)))
+
+    def mac_ok(self, meter_number: str, random1: bytes, data: bytes, mac: bytes) -> bool:
+        """Whether `mac` is the meter's MAC over returned `data` (4-byte value fields, as the
+        status query and the wallet read-back carry them) in the session of `random1`."""
+        key = meter_key(self.master_key, meter_number)
+        expected = cbc_mac(
+            _readback_key(key, random1, diversification(meter_number)), LABEL_WALLET + data
+        )
+        return expected == mac
+
 
 @dataclass(frozen=True, slots=True)
 class PendingAuth:
@@ -189,7 +279,12 @@ class PendingAuth:
     diversification: bytes
 
     def session(self, random2: bytes) -> MacMaker:
-        return MacMaker(_session_key(self.key, self.random, random2))
+        return MacMaker(_session_key(self.key, random2, self.diversification))
+
+    def mac_ok(self, data: bytes, mac: bytes) -> bool:
+        """Whether `mac` is the meter's MAC over returned `data` in this authentication."""
+        key = _readback_key(self.key, self.random, self.diversification)
+        return cbc_mac(key, LABEL_WALLET + data) == mac
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +307,12 @@ class MacMaker:
     def validity_mac(self, minutes: int) -> bytes:
         return cbc_mac(self.key, LABEL_VALIDITY + _fields(minutes))
 
-    def relay_ciphertext(self, plain: bytes) -> bytes:
-        """20 bytes for a secure 1CH: SM4(session key, N1..N8 padded) + MAC."""
+    def relay_ciphertext(self, plain: bytes, esam_serial: bytes) -> bytes:
+        """20 bytes for a secure 1CH: SM4(session key, N1..N8 padded) + MAC over the ESAM
+        serial and that (the machine's UserControl takes the serial too)."""
         if len(plain) != 8:
             raise ValueError("relay command plain text is N1..N8, 8 bytes")
+        if len(esam_serial) != 8:
+            raise ValueError("the ESAM serial number is 8 bytes")
         body = _sm4(self.key, plain + b"\x80" + b"\x00" * 7)
-        return body + cbc_mac(self.key, LABEL_RELAY + body)
+        return body + cbc_mac(self.key, LABEL_RELAY + esam_serial + body)

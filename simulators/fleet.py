@@ -4,6 +4,8 @@
     fleet.meters()                 # every Meter
     fleet.archive()                # the archive entries the agent loads
     fleet.encryption_machine()     # makes 03H identity auth and top-up MACs for these meters
+    fleet.inject("000000000001", "drop_reply", on="topup")   # a chaos fault (simulators.faults)
+    fleet.credits.records()        # every credit booked (no meter may book a count twice)
 
 Every random choice (models, faults, profiles, histories) comes from generators seeded with the
 fleet's `seed` and the names of bus and meter, so the same file gives the same fleet.
@@ -23,15 +25,15 @@ from typing import Any
 from simulators.bus import Bus
 from simulators.clock import DEFAULT_TIMEZONE, WorldClock
 from simulators.esam import EncryptionMachine, Esam
-from simulators.faults import BusFaults, MeterFaults, NoiseWindow, rng_for
+from simulators.faults import BusFaults, FaultBook, InjectedFault, MeterFaults, NoiseWindow, rng_for
 from simulators.meter import DEFAULT_PRICES, Identity, Meter
 from simulators.models import model
-from simulators.record import Recorder
+from simulators.record import CreditLog, Recorder
 from simulators.wallet import Limits, PurchaseRecord, Wallet
 
 __all__ = ["Fleet", "FleetError", "archive_entries", "load_fleet", "parse_fleet"]
 
-_TOP_KEYS = {"seed", "start", "timezone", "frozen", "master_key", "district"}
+_TOP_KEYS = {"seed", "start", "timezone", "frozen", "master_key", "district", "inject", "purchase"}
 _DISTRICT_KEYS = {"name", "bus"}
 _BUS_KEYS = {"name", "protocol", "baud", "noise", "loss", "corrupt", "meters", "timing"}
 _RULE_DEFAULTS: dict[str, Any] = {
@@ -52,6 +54,8 @@ _RULE_DEFAULTS: dict[str, Any] = {
     "offset_s": [0.0, 0.0],
     "base_kw": [0.3, 1.5],
     "balance_yuan": [50.0, 300.0],
+    "hoarding_yuan": 5000.0,
+    "remote": 0.0,
     "duplicates": 0,
 }
 
@@ -67,6 +71,16 @@ class Fleet:
     buses: list[Bus]
     master_key: bytes
     recorder: Recorder = field(default_factory=Recorder)
+    credits: CreditLog = field(default_factory=CreditLog)
+    """every credit any meter booked, in order (chaos tests: no (meter, count) twice)"""
+    injected: FaultBook = field(default_factory=FaultBook)
+    """injected faults, consulted for every request (`inject`, ``[[inject]]``, control channel)"""
+
+    def __post_init__(self) -> None:
+        for bus in self.buses:
+            bus.injected = self.injected
+            for m in bus.meters:
+                m.on_credit = self.credits.add
 
     def meters(self) -> list[Meter]:
         return [m for b in self.buses for m in b.meters]
@@ -89,6 +103,16 @@ class Fleet:
 
     def encryption_machine(self) -> EncryptionMachine:
         return EncryptionMachine(self.master_key)
+
+    def inject(self, meter: str, action: str, *, on: str = "any", **options: Any) -> InjectedFault:
+        """Inject a fault (`simulators.faults.INJECTED_ACTIONS`) into the next requests of kind
+        `on` to `meter`; options: times (default 1, None = until cleared), skip, late_s, serr,
+        err. The returned rule counts its `hits`."""
+        self.meter(meter)  # KeyError for a meter that is not in the fleet
+        return self.injected.add(InjectedFault(meter, action, on, **options))
+
+    def clear_faults(self, meter: str | None = None) -> int:
+        return self.injected.clear(meter)
 
 
 def archive_entries(fleet: Fleet) -> list[dict[str, object]]:
@@ -117,13 +141,17 @@ def archive_entries(fleet: Fleet) -> list[dict[str, object]]:
 
 
 def load_fleet(
-    path: Path, *, world: WorldClock | None = None, recorder: Recorder | None = None
+    path: Path,
+    *,
+    world: WorldClock | None = None,
+    recorder: Recorder | None = None,
+    credits: CreditLog | None = None,
 ) -> Fleet:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise FleetError(f"{path}: {exc.strerror}") from None
-    return parse_fleet(text, world=world, recorder=recorder, source=str(path))
+    return parse_fleet(text, world=world, recorder=recorder, credits=credits, source=str(path))
 
 
 def parse_fleet(
@@ -131,6 +159,7 @@ def parse_fleet(
     *,
     world: WorldClock | None = None,
     recorder: Recorder | None = None,
+    credits: CreditLog | None = None,
     source: str = "fleet",
 ) -> Fleet:
     try:
@@ -172,7 +201,43 @@ def parse_fleet(
     names = [b.name for b in buses]
     if len(set(names)) != len(names):
         raise FleetError("bus names must be unique across the fleet")
-    return Fleet(seed, world, buses, master_key, recorder)
+    fleet = Fleet(
+        seed, world, buses, master_key, recorder, credits if credits is not None else CreditLog()
+    )
+    for i, entry in enumerate(_list(doc, "inject", "")):
+        try:
+            rule = InjectedFault.from_dict(entry)
+            fleet.inject(rule.meter, rule.action, on=rule.on, times=rule.times, skip=rule.skip,
+                         late_s=rule.late_s, serr=rule.serr, err=rule.err)  # fmt: skip
+        except KeyError as exc:
+            raise FleetError(f"inject[{i}].meter: {exc.args[0]}") from None
+        except (ValueError, TypeError) as exc:
+            raise FleetError(f"inject[{i}]: {exc}") from None
+    for i, entry in enumerate(_list(doc, "purchase", "")):
+        _card_purchase(fleet, entry, f"purchase[{i}]")
+    return fleet
+
+
+def _card_purchase(fleet: Fleet, doc: Mapping[str, Any], path: str) -> None:
+    """``[[purchase]]``: an out-of-band (card) purchase when the meter's clock reaches `at`."""
+    _known(doc, {"meter", "at", "amount_yuan"}, path)
+    try:
+        meter = fleet.meter(str(doc.get("meter")))
+    except KeyError as exc:
+        raise FleetError(f"{path}.meter: {exc.args[0]}") from None
+    if meter.wallet is None:
+        raise FleetError(
+            f"{path}.meter: {meter.identity.meter_id} keeps no wallet (not local prepaid)"
+        )
+    at = doc.get("at")
+    try:
+        when = at if isinstance(at, dt.datetime) else dt.datetime.fromisoformat(str(at))
+    except ValueError:
+        raise FleetError(f"{path}.at: a local date-time like 2026-03-10T10:05:00") from None
+    amount = doc.get("amount_yuan")
+    if not isinstance(amount, int | float) or amount <= 0:
+        raise FleetError(f"{path}.amount_yuan: a positive number")
+    meter.schedule_card_purchase(when.replace(tzinfo=None), round(amount * 100))
 
 
 def _zone(doc: Mapping[str, Any]) -> zoneinfo.ZoneInfo:
@@ -298,14 +363,27 @@ def _meters(
             wakeup=(int(wakeup[0]), int(wakeup[1])),
         )
         if prepaid:
-            _make_prepaid(meter, rng.uniform(*_range(rule, "balance_yuan", path)), master_key, salt)
+            # drawn only when asked for, so existing fleets keep their random sequence
+            remote = float(rule["remote"]) > 0 and rng.random() < float(rule["remote"])
+            balance = rng.uniform(*_range(rule, "balance_yuan", path))
+            _make_prepaid(meter, balance, master_key, salt, remote=remote)
+            if meter.wallet is not None:
+                meter.wallet.limits.hoarding_fen = round(float(rule["hoarding_yuan"]) * 100)
         out.append(meter)
     _duplicate(out, int(rule["duplicates"]), rng, path)
     return out
 
 
-def _make_prepaid(meter: Meter, balance_yuan: float, master_key: bytes, salt: int) -> None:
+def _make_prepaid(
+    meter: Meter, balance_yuan: float, master_key: bytes, salt: int, *, remote: bool = False
+) -> None:
+    """A cost-control meter: an ESAM, and (local mode) a wallet with a purchase history. A
+    remote-mode meter keeps no wallet: its balance lives with billing."""
     ident = meter.identity
+    serial = hashlib.sha256(f"esam/{ident.meter_number}".encode()).digest()[:8]
+    meter.esam = Esam(master_key, ident.meter_number, serial=serial, seed=salt)
+    if remote:
+        return
     now = meter.now()
     energies = meter.importer.tariffs_at(now)
     prices = tuple(DEFAULT_PRICES[min(i, 3)] for i in range(ident.tariffs))
@@ -326,8 +404,6 @@ def _make_prepaid(meter: Meter, balance_yuan: float, master_key: bytes, salt: in
     wallet.purchase_count = purchases
     wallet.total_fen = total
     meter.wallet = wallet
-    serial = hashlib.sha256(f"esam/{ident.meter_number}".encode()).digest()[:8]
-    meter.esam = Esam(master_key, ident.meter_number, serial=serial, seed=salt)
 
 
 def _duplicate(meters: list[Meter], count: int, rng: Any, path: str) -> None:

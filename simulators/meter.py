@@ -1,4 +1,4 @@
-"""One simulated meter: identity, clock, registers, daily freeze, wallet, relay.
+"""One simulated meter: identity, clock, registers, daily freeze, wallet, relay, relay events.
 
 Everything a meter shows is computed from its own clock when asked (`values()`), so tests can
 move time (`WorldClock.set`, `Meter.set_time`) and read the consequences without sleeping.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocols.dlt645 import DataItem, Edition, History, lookup
@@ -20,12 +21,14 @@ from simulators.clock import MeterClock, WorldClock
 from simulators.energy import Accumulator, LoadProfile, TouTable
 from simulators.esam import Esam
 from simulators.faults import MeterFaults
+from simulators.record import CreditRecord
 from simulators.relay import Relay
 from simulators.wallet import Wallet
 
-__all__ = ["FREEZE_RECORDS", "FreezeRecord", "Identity", "Meter"]
+__all__ = ["FREEZE_RECORDS", "FreezeRecord", "Identity", "Meter", "RelayEvent"]
 
 FREEZE_RECORDS = 62
+RELAY_EVENT_RECORDS = 10
 SETTLEMENT_RECORDS = 12
 DEFAULT_PRICES = (1.0, 0.8, 0.55, 0.3)
 _PHASE_SHARES = {1: (1.0,), 3: (0.36, 0.33, 0.31)}
@@ -74,6 +77,24 @@ class FreezeRecord:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class RelayEvent:
+    """A relay trip (跳闸记录 1D 00 FF NN) or closing (合闸记录 1E 00 FF NN)."""
+
+    time: dt.datetime
+    operator: int
+    """the operator code of the 1CH command (4 bytes, LE); 0 for the meter's own (money) logic"""
+    energies: Values
+    """total forward/reverse active and quadrant I-IV reactive energy at that moment"""
+
+    def values(self) -> Values:
+        return {
+            "relay_event_time": self.time.replace(microsecond=0).isoformat(),
+            "relay_event_operator": self.operator,
+            **self.energies,
+        }
+
+
 def _energy_values(family: str, tariffs: tuple[float, ...] | list[float]) -> Values:
     rounded = [round(e, 2) for e in tariffs]
     out: Values = {energy_name(family, 0): round(sum(rounded), 2)}
@@ -102,6 +123,29 @@ class Meter:
     """DI and the not yet sent rest of a long reply (12H follow-up frames)"""
     last_reply: bytes | None = None
     """data field of the last normal reply (1997 03H re-read)"""
+    relay_events: dict[str, deque[RelayEvent]] = field(
+        default_factory=lambda: {
+            "relay_trip": deque(maxlen=RELAY_EVENT_RECORDS),
+            "relay_close": deque(maxlen=RELAY_EVENT_RECORDS),
+        }
+    )
+    relay_counts: dict[str, int] = field(
+        default_factory=lambda: {"relay_trip": 0, "relay_close": 0}
+    )
+    credits: list[CreditRecord] = field(default_factory=list)
+    """every credit this meter's wallet booked (remote, opening, card)"""
+    on_credit: Callable[[CreditRecord], None] | None = None
+    """the fleet's credit log (set by the fleet)"""
+    card_purchases: list[tuple[dt.datetime, int]] = field(default_factory=list)
+    """out-of-band purchases still to come: (meter time, amount in fen), in time order"""
+
+    @property
+    def mode(self) -> str | None:
+        """ "local" (本地费控: the wallet is in the meter), "remote" (远程费控: an ESAM, the
+        balance with billing) or None (no cost control)."""
+        if self.wallet is not None:
+            return "local"
+        return "remote" if self.esam is not None else None
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -155,6 +199,9 @@ class Meter:
         while day <= now.date():
             self._freeze_at(dt.datetime.combine(day, dt.time()))
             day += dt.timedelta(days=1)
+        while self.card_purchases and self.card_purchases[0][0] <= now:
+            when, amount = self.card_purchases.pop(0)
+            self.card_purchase(amount, when)
         if self.wallet is not None:
             energies = self.importer.tariffs_at(now)
             if self.wallet.exhausted(energies):
@@ -174,12 +221,70 @@ class Meter:
         self.exporter.rebase(old, when)
         self.clock.set_now(when)
 
-    def contact_changed(self, now: dt.datetime) -> None:
+    def contact_changed(self, now: dt.datetime, operator: int = 0) -> None:
+        """The contact moved: energy stops or resumes, and a relay event is recorded."""
         for acc in (self.importer, self.exporter):
             if self.relay.open:
                 acc.pause(now)
             else:
                 acc.resume(now)
+        kind = "relay_trip" if self.relay.open else "relay_close"
+        energies = self.energies(now)
+        totals = {
+            k: energies[k]
+            for k in (
+                "energy_import_total_kwh",
+                "energy_export_total_kwh",
+                *(f"energy_reactive_q{q}_total_kvarh" for q in range(1, 5)),
+            )
+        }
+        self.relay_events[kind].appendleft(RelayEvent(now, operator, totals))
+        self.relay_counts[kind] += 1
+
+    # -- purchases ------------------------------------------------------------------------------
+    def book_credit(
+        self, amount_fen: int, count: int, now: dt.datetime, source: str
+    ) -> CreditRecord:
+        """Credit the wallet (the caller checked the rules) and log it; the relay follows."""
+        wallet = self.wallet
+        assert wallet is not None
+        energies = self.importer.tariffs_at(now)
+        wallet.credit(amount_fen, count, energies, now)
+        record = CreditRecord(
+            self.identity.meter_id,
+            count,
+            amount_fen,
+            source,
+            now,
+            self.clock.world.now(),
+            wallet.remaining_fen(energies),
+        )
+        self.credits.append(record)
+        if self.on_credit is not None:
+            self.on_credit(record)
+        self.tick()
+        return record
+
+    def card_purchase(
+        self, amount_fen: int, when: dt.datetime | None = None
+    ) -> CreditRecord | None:
+        """An out-of-band purchase (IC card, handheld terminal, another system): the next
+        purchase count, at `when` (meter time, default now). None when the meter refuses it
+        (no wallet, not opened, suspended, over the hoarding limit)."""
+        wallet = self.wallet
+        now = when if when is not None else self.clock.now()
+        if wallet is None or not wallet.opened or amount_fen <= 0:
+            return None
+        if self.esam is not None and self.esam.suspended(now):
+            return None
+        if wallet.would_hoard(amount_fen, self.importer.tariffs_at(now)):
+            return None
+        return self.book_credit(amount_fen, wallet.purchase_count + 1, now, "card")
+
+    def schedule_card_purchase(self, when: dt.datetime, amount_fen: int) -> None:
+        """A card purchase that happens when the meter's clock reaches `when`."""
+        self.card_purchases.append((when, amount_fen))
+        self.card_purchases.sort(key=lambda p: p[0])
 
     def press_button(self) -> bool:
         """The customer presses the close button (after "close allowed")."""
@@ -279,7 +384,7 @@ class Meter:
             if not self.wallet.opened:
                 word3 |= 1 << 15
         if self.esam is not None and self.esam.active(when) is not None:
-            word3 |= 1 << 13
+            word3 |= 1 << 13  # identity authenticated
         words = {1: word1, 2: 0, 3: word3, 4: 0, 5: 0, 6: 0, 7: 0}
         return {f"status_word_{n}": w for n, w in words.items()}
 
@@ -307,6 +412,10 @@ class Meter:
         out.update(self.energies(now))
         out.update(self.instantaneous(now))
         out.update(self.status_words(now))
+        out["relay_trip_count"] = self.relay_counts["relay_trip"]
+        out["relay_close_count"] = self.relay_counts["relay_close"]
+        if self.esam is not None:
+            out["auth_session_remaining_min"] = self.esam.remaining_minutes(now)
         tariff = self.importer.tou.tariff_at(now.hour)
         out["price_current_yuan_per_kwh"] = self.prices()[tariff - 1]
         if self.wallet is not None:
@@ -336,6 +445,11 @@ class Meter:
         if history.kind == "purchase":
             record = self.wallet.record(history.index) if self.wallet is not None else None
             return record.values() if record is not None else None
+        if history.kind in self.relay_events:
+            events = self.relay_events[history.kind]
+            if history.index > len(events):
+                return None
+            return events[history.index - 1].values()
         if history.kind == "settlement" and 1 <= history.index <= SETTLEMENT_RECORDS:
             return self.energies(settlement_time(now, history.index))
         return None

@@ -1,9 +1,21 @@
-"""03H security authentication on a simulated cost-control meter: the top-up rules.
+"""03H security authentication on a simulated cost-control (费控) meter: the top-up rules.
 
-Order of the checks, as the 2013 rules and the firmware comments describe them: a valid
-identity-authentication session, an opened account, the customer number, the MACs (simulated
-ESAM), then the purchase count (meter count + 1; equal = duplicate top-up, anything else =
-purchase-count error), then the hoarding limit.
+Local (本地费控) meters keep the wallet; remote (远程费控) meters have an ESAM but no wallet, so
+they answer every purchase with SERR 0001 (FW: ``if( !BDMODE ) break; //远程模式``). Order of
+the checks of 开户 / 充值, as the firmware comments give them (topup-tariff.md §A.3 step 4):
+
+1. remote mode → 其它错误 (0001), before anything else;
+2. secure operations hung up after `LOCK_AFTER` MAC failures today → 挂起 (0100);
+3. no valid identity-authentication session → 身份认证失败 (0008);
+4. an opened meter with another customer number → 客户编号不匹配 (0010);
+5. 开户 on an opened meter → 其它错误 (0001) (the SERR bit is UNCONFIRMED);
+   充值 on a meter never opened → 充值次数错误 (0020);
+6. MAC1 (amount, count) and MAC2 (customer, amount, count) → ESAM验证失败 (0004), counted;
+7. purchase count: meter + 1 → credit; equal → 重复充值 (0002); else → 充值次数错误 (0020);
+8. overdraft paid first, then the hoarding limit (0 = none) → 购电超囤积 (0040), nothing changes.
+
+Status query and data read-back need the session too (their MACs are made with the session's
+random-1, as the encryption machine's MAC check takes it); 身份认证失效 answers without one.
 """
 
 from __future__ import annotations
@@ -35,6 +47,14 @@ __all__ = ["handle_security"]
 
 _KEY_INFO = b"\x00\x00\x00\x00"
 E = SecurityErrorFlags
+#: requests a hung-up ESAM refuses (reads and 身份认证失效 still answer)
+_LOCKABLE = (
+    IdentityAuthRequest,
+    AuthValidityRequest,
+    TopUpRequest,
+    AccountOpenRequest,
+    WalletInitRequest,
+)
 
 
 def _refuse(flags: SecurityErrorFlags) -> SecurityErrorReply:
@@ -43,9 +63,17 @@ def _refuse(flags: SecurityErrorFlags) -> SecurityErrorReply:
 
 def handle_security(meter: Meter, message: Message, now: dt.datetime) -> Message:
     esam, wallet = meter.esam, meter.wallet
-    if esam is None or wallet is None:
+    if esam is None:
         return _refuse(E.OTHER)
+    purchase = isinstance(message, TopUpRequest | AccountOpenRequest | WalletInitRequest)
+    if purchase and wallet is None:
+        return _refuse(E.OTHER)  # remote mode: no wallet in the meter
+    if isinstance(message, _LOCKABLE) and esam.suspended(now):
+        return _refuse(E.REMOTE_LOCKED)
     energies = meter.importer.tariffs_at(now)
+    remaining = wallet.remaining_fen(energies) if wallet is not None else 0
+    count = wallet.purchase_count if wallet is not None else 0
+    customer = wallet.customer_number if wallet is not None else meter.identity.customer_number
     if isinstance(message, IdentityAuthRequest):
         random2 = esam.authenticate(
             message.ciphertext, message.random, message.diversification, now
@@ -55,39 +83,25 @@ def handle_security(meter: Meter, message: Message, now: dt.datetime) -> Message
         return IdentityAuthReply(random2, esam.serial)
     if isinstance(message, AuthEndRequest):
         esam.end()
-        return AuthEndReply(
-            wallet.customer_number,
-            wallet.remaining_fen(energies),
-            wallet.purchase_count,
-            _KEY_INFO,
-        )
-    if isinstance(message, StatusQueryRequest):
-        remaining = wallet.remaining_fen(energies)
-        return StatusQueryReply(
-            remaining,
-            esam.mac(now, esam_mod.LABEL_WALLET, remaining),
-            wallet.purchase_count,
-            esam.mac(now, esam_mod.LABEL_WALLET, wallet.purchase_count),
-            wallet.customer_number,
-            _KEY_INFO,
-        )
-    if isinstance(message, DataReadbackRequest):
-        remaining = wallet.remaining_fen(energies)
-        data = (
-            remaining.to_bytes(4, "little")
-            + esam.mac(now, esam_mod.LABEL_WALLET, remaining)
-            + wallet.purchase_count.to_bytes(4, "little")
-            + esam.mac(now, esam_mod.LABEL_WALLET, wallet.purchase_count)
-        )
-        return DataReadbackReply(message.identifier, data)
+        return AuthEndReply(customer, remaining, count, _KEY_INFO)
     if esam.active(now) is None:
         return _refuse(E.AUTH_FAILED)
+    if isinstance(message, StatusQueryRequest | DataReadbackRequest):
+        mac1 = esam.mac(now, esam_mod.LABEL_WALLET, remaining)
+        mac2 = esam.mac(now, esam_mod.LABEL_WALLET, count)
+        assert mac1 is not None  # the session is active
+        assert mac2 is not None
+        if isinstance(message, StatusQueryRequest):
+            return StatusQueryReply(remaining, mac1, count, mac2, customer, _KEY_INFO)
+        data = remaining.to_bytes(4, "little") + mac1 + count.to_bytes(4, "little") + mac2
+        return DataReadbackReply(message.identifier, data)
     if isinstance(message, AuthValidityRequest):
         if not esam.verify(now, message.mac, esam_mod.LABEL_VALIDITY, message.minutes):
             return _refuse(E.ESAM_FAILED)
-        esam.session_minutes = message.minutes
+        esam.session_minutes = message.minutes  # for the next sessions
         return SecurityAck(message.DI)
     if isinstance(message, WalletInitRequest):
+        assert wallet is not None
         ok = esam.verify(
             now, message.mac1, esam_mod.LABEL_WALLET, message.preset_fen
         ) and esam.verify(now, message.mac2, esam_mod.LABEL_WALLET, message.purchase_count)
@@ -113,14 +127,16 @@ def _purchase(
     assert esam is not None
     assert wallet is not None
     opening = isinstance(message, AccountOpenRequest)
-    if not opening and not wallet.opened:
-        return _refuse(E.OTHER)
-    if not (opening and not wallet.opened) and message.customer_number != wallet.customer_number:
+    if wallet.opened and message.customer_number != wallet.customer_number:
         return _refuse(E.CUSTOMER_MISMATCH)
+    if opening and wallet.opened:
+        return _refuse(E.OTHER)
+    if not opening and not wallet.opened:
+        return _refuse(E.PURCHASE_COUNT_ERROR)
     mac1_ok = esam.verify(
         now, message.mac1, esam_mod.LABEL_TOP_UP, message.amount_fen, message.purchase_count
     )
-    mac2_ok = esam.verify(
+    mac2_ok = mac1_ok and esam.verify(
         now,
         message.mac2,
         esam_mod.LABEL_CUSTOMER,
@@ -128,18 +144,18 @@ def _purchase(
         message.amount_fen,
         message.purchase_count,
     )
-    if not (mac1_ok and mac2_ok):
+    if not mac2_ok:
         return _refuse(E.ESAM_FAILED)
     if message.purchase_count == wallet.purchase_count:
         return _refuse(E.DUPLICATE_TOP_UP)
     if message.purchase_count != wallet.purchase_count + 1:
         return _refuse(E.PURCHASE_COUNT_ERROR)
-    energies = meter.importer.tariffs_at(now)
-    if wallet.would_hoard(message.amount_fen, energies):
+    if wallet.would_hoard(message.amount_fen, meter.importer.tariffs_at(now)):
         return _refuse(E.HOARDING_EXCEEDED)
     if opening:
         wallet.customer_number = message.customer_number
         wallet.opened = True
-    wallet.credit(message.amount_fen, message.purchase_count, energies, now)
-    meter.tick()
+    meter.book_credit(
+        message.amount_fen, message.purchase_count, now, "open" if opening else "remote"
+    )
     return SecurityAck(message.DI)

@@ -1,8 +1,14 @@
-"""The answer record: per request and meter, what the simulator did (answered, stayed silent,
-corrupted …), so the central side can compute coverage independently of the agent's report."""
+"""The simulator's own records, kept independently of what agent and centre believe:
+
+* the answer record: per request and meter, what the simulator did (answered, stayed silent,
+  corrupted …), so the central side can compute coverage independently of the agent's report;
+* the credit log: every credit a meter's wallet booked (03H top-up or account opening, or an
+  out-of-band card purchase), so a test can assert that no order was credited twice.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections import deque
 from collections.abc import Iterator
@@ -10,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
-__all__ = ["OUTCOMES", "AnswerRecord", "Recorder"]
+__all__ = ["CREDIT_SOURCES", "OUTCOMES", "AnswerRecord", "CreditLog", "CreditRecord", "Recorder"]
 
 #: every outcome a record can carry
 OUTCOMES = (
@@ -20,7 +26,8 @@ OUTCOMES = (
     "slow",  # a reply went out after the 500 ms window
     "collided",  # several meters answered at once; the line carried garbage
     "dead",  # the meter is dead
-    "lost",  # the meter missed this attempt (intermittent)
+    "lost",  # the meter missed this attempt (intermittent, or an injected request drop)
+    "reply_lost",  # the meter acted on the request, its reply was dropped (injected fault)
     "noise",  # a noise burst destroyed the request
     "silent_broadcast",  # broadcast: the meter acted (or refused) without a reply
     "ignored",  # the meter heard the frame but the function does not answer it
@@ -71,6 +78,78 @@ class Recorder:
 
     def clear(self) -> None:
         self._records.clear()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+#: where a credit came from
+CREDIT_SOURCES = (
+    "remote",  # 03H 07 01 02 FF 充值
+    "open",  # 03H 07 01 01 FF 开户 (the first purchase)
+    "card",  # out of band: an IC card, a handheld terminal, another system (补卡 …)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CreditRecord:
+    """One credit booked by a meter's wallet."""
+
+    meter: str
+    purchase_count: int
+    """the meter's purchase count after this credit"""
+    amount_fen: int
+    source: str
+    meter_time: dt.datetime
+    world_time: dt.datetime
+    remaining_after_fen: int
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "meter": self.meter,
+            "purchase_count": self.purchase_count,
+            "amount_fen": self.amount_fen,
+            "source": self.source,
+            "meter_time": self.meter_time.replace(microsecond=0).isoformat(),
+            "world_time": self.world_time.replace(microsecond=0).isoformat(),
+            "remaining_after_fen": self.remaining_after_fen,
+        }
+
+
+class CreditLog:
+    """Every credit of a fleet in the order booked; optionally also appended to a JSONL file
+    (`meterlink sim serve --credits FILE`), flushed line by line so another process can read it.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._records: list[CreditRecord] = []
+        self._file: IO[str] | None = path.open("a", encoding="utf-8") if path else None
+
+    def add(self, record: CreditRecord) -> None:
+        self._records.append(record)
+        if self._file is not None:
+            self._file.write(json.dumps(record.as_json(), ensure_ascii=False) + "\n")
+            self._file.flush()
+
+    def records(self, meter: str | None = None) -> list[CreditRecord]:
+        return [r for r in self._records if meter is None or r.meter == meter]
+
+    def repeated_counts(self) -> list[tuple[str, int]]:
+        """(meter, purchase count) booked more than once — what a meter's purchase-count rule
+        makes impossible; the invariant check of the chaos tests (empty = no double credit)."""
+        seen: set[tuple[str, int]] = set()
+        twice: list[tuple[str, int]] = []
+        for r in self._records:
+            key = (r.meter, r.purchase_count)
+            if key in seen:
+                twice.append(key)
+            seen.add(key)
+        return twice
+
+    def __len__(self) -> int:
+        return len(self._records)
 
     def close(self) -> None:
         if self._file is not None:

@@ -32,18 +32,26 @@ class Relay:
     """a close is allowed and waits for the customer's button"""
     prepaid_tripped: bool = False
 
-    def apply(self, action: RelayAction) -> bool:
-        """Carry out a remote-control action. False = refused (a trip while keep-power)."""
+    def apply(self, action: RelayAction, *, move: bool = True) -> bool:
+        """Carry out a remote-control action. False = refused (a trip while keep-power).
+
+        `move` False: a contact that does not follow its command (a welded or broken relay,
+        负荷开关拒动) — the command state changes, the contact stays where it is."""
         if action is RelayAction.TRIP:
             if self.keep_power:
                 return False
-            self.open = self.command_open = True
+            self.command_open = True
+            self.open = self.open or move
             self.close_allowed = False
+            # a remote trip outlives a later credit (FW: 远程充值后仍然拉闸): only a 1CH close
+            # command closes it again, not the money logic
+            self.prepaid_tripped = False
         elif action is RelayAction.CLOSE_ALLOWED:
             self.command_open = False
             self.close_allowed = self.open
         elif action is RelayAction.DIRECT_CLOSE:
-            self.open = self.command_open = self.close_allowed = False
+            self.command_open = self.close_allowed = False
+            self.open = self.open and not move
             self.prepaid_tripped = False
         elif action is RelayAction.ALARM:
             self.alarm = True
@@ -51,7 +59,8 @@ class Relay:
             self.alarm = False
         elif action is RelayAction.KEEP_POWER:
             self.keep_power = True
-            self.open = self.command_open = self.close_allowed = False
+            self.command_open = self.close_allowed = False
+            self.open = self.open and not move
         elif action is RelayAction.KEEP_POWER_RELEASE:
             self.keep_power = False
         return True

@@ -82,12 +82,16 @@ class Wallet:
         self.reference_kwh = list(energies)
 
     def would_hoard(self, amount_fen: int, energies: Sequence[float]) -> bool:
-        return self.balance_fen(energies) + amount_fen > self.limits.hoarding_fen
+        """购电超囤积: the remaining amount after the credit (overdraft netted first) would exceed
+        the hoarding limit. A limit of 0 means no limit (FW `JudgeBuyTimes`)."""
+        limit = self.limits.hoarding_fen
+        return limit != 0 and max(0, self.balance_fen(energies) + amount_fen) > limit
 
     def credit(
         self, amount_fen: int, count: int, energies: Sequence[float], when: dt.datetime
     ) -> PurchaseRecord:
-        """Book a purchase (the caller has checked the rules)."""
+        """Book a purchase (the caller has checked the rules). The overdraft is paid first:
+        remaining′ = remaining + amount − overdraft, never below 0 while any is owed."""
         before = self.balance_fen(energies)
         self.set_balance(before + amount_fen, energies)
         self.purchase_count = count

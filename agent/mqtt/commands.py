@@ -26,7 +26,7 @@ from agent.mqtt.client import (
     _publish_properties,
 )
 from agent.mqtt.settings import MAX_COMMANDS_IN_FLIGHT, LinkSettings
-from protocols.commands import CommandRejected, NonceCache, verify_command
+from protocols.commands import CommandRejected, NonceCache, NonceMemory, verify_command
 from protocols.payloads import TOPIC_ROOT, PayloadInvalid, validate
 
 log = logging.getLogger(__package__)  # "agent.mqtt", as before the split into modules
@@ -55,8 +55,11 @@ class CommandChannel:
         sender: Sender,
         stats: LinkStats,
         connection: ConnectionState,
+        nonces: NonceMemory | None = None,
     ) -> None:
-        """`key` None: every command is refused."""
+        """`key` None: every command is refused. `nonces`: where accepted nonces are remembered
+        (the agent keeps them on disk, so a restart does not reopen the replay window); default
+        in memory."""
         self._settings = settings
         self._concentrator = concentrator
         self._cmd_topic = cmd_topic
@@ -65,7 +68,7 @@ class CommandChannel:
         self._sender = sender
         self._stats = stats
         self._connection = connection
-        self._nonces = NonceCache()
+        self._nonces: NonceMemory = nonces if nonces is not None else NonceCache()
         self._slots = asyncio.Semaphore(MAX_COMMANDS_IN_FLIGHT)
         self._tasks: asyncio.TaskGroup | None = None
 
@@ -146,7 +149,7 @@ class CommandChannel:
             if self._key is None:
                 raise CommandRejected("no command key configured: every command is refused")
             verify_command(command, self._key, now=datetime.now(UTC))
-            self._nonces.check_and_remember(command["nonce"], now=time.monotonic())
+            self._nonces.check_and_remember(command["nonce"], now=time.time())
         except CommandRejected as exc:
             log.warning("command %s refused: %s", command["command"], exc)
             return self._refusal("unauthorized", str(exc), command)

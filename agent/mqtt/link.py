@@ -28,6 +28,7 @@ from agent.mqtt.retained import RetainedMessages
 from agent.mqtt.settings import MAX_QUEUED_COMMANDS, LinkSettings, backoff_delay
 from agent.outbox import Outbox
 from common.mqtt import client_arguments
+from protocols.commands import NonceMemory
 from protocols.payloads import topic
 
 log = logging.getLogger(__package__)  # "agent.mqtt", as before the split into modules
@@ -50,6 +51,7 @@ class MqttLink:
         status_provider: Callable[[], dict[str, Any]],
         command_handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
         command_key: bytes | None,
+        nonces: NonceMemory | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
@@ -106,6 +108,7 @@ class MqttLink:
             sender=self._sender,
             stats=self.stats,
             connection=self._connection,
+            nonces=nonces,
         )
 
     @property

@@ -41,7 +41,7 @@ class Field:
 class History:
     """Which past record a DI addresses: the `index`-th last settlement day / freeze / purchase."""
 
-    kind: str  # "settlement" | "daily_freeze" | "purchase"
+    kind: str  # "settlement" | "daily_freeze" | "purchase" | "relay_trip" | "relay_close"
     index: int
 
 
@@ -350,6 +350,38 @@ for _nn in range(1, 11):
             )
         )
     _fixed(_item(0x0333FF00 | _nn, f"purchase record {_nn}", list(_PURCHASE_FIELDS), history=_h))
+
+
+# --- identity-authentication session and relay events (State-Grid 2013 费控) ------------------
+_fixed(
+    _item(
+        0x02800022,
+        "identity-authentication minutes left",
+        [("auth_session_remaining_min", Bcd("XXXX"))],
+    )
+)
+_fixed(_item(0x1D000001, "relay trip count", [("relay_trip_count", Bcd("XXXXXX"))]))
+_fixed(_item(0x1E000001, "relay close count", [("relay_close_count", Bcd("XXXXXX"))]))
+_RELAY_EVENT_FIELDS: list[tuple[str, ValueFormat]] = [
+    ("relay_event_time", ClockField("YYMMDDhhmmss")),
+    ("relay_event_operator", Word((), 4, "XXXXXXXX")),
+    ("energy_import_total_kwh", ENERGY),
+    ("energy_export_total_kwh", ENERGY),
+    *((f"energy_reactive_q{_q}_total_kvarh", ENERGY) for _q in range(1, 5)),
+]
+for _nn in range(1, 11):
+    for _base, _kind, _what in (
+        (0x1D00FF00, "relay_trip", "trip"),
+        (0x1E00FF00, "relay_close", "close"),
+    ):
+        _fixed(
+            _item(
+                _base | _nn,
+                f"relay {_what} record {_nn}",
+                list(_RELAY_EVENT_FIELDS),
+                history=History(_kind, _nn),
+            )
+        )
 
 
 def _energy_block(family: str, fmt: ValueFormat) -> list[tuple[str, ValueFormat]]:

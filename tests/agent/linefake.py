@@ -25,6 +25,9 @@ class PtyFarEnd:
         self.path = os.ttyname(slave)
         self._slave = slave  # kept open so the master never sees EIO between test opens
         self.requests: list[Frame] = []
+        self.sent = 0
+        """how many scripted writes went out (tests wait on it instead of sleeping)"""
+        self._sent_changed = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -47,6 +50,14 @@ class PtyFarEnd:
                         if self._stop.wait(delay):
                             return
                         os.write(self.master, out)
+                        with self._sent_changed:
+                            self.sent += 1
+                            self._sent_changed.notify_all()
+
+    def wait_sent(self, count: int, timeout: float = 10.0) -> None:
+        """Block until `count` scripted writes went out (AssertionError after `timeout`)."""
+        with self._sent_changed:
+            assert self._sent_changed.wait_for(lambda: self.sent >= count, timeout), self.sent
 
     def close(self) -> None:
         self._stop.set()

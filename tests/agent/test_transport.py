@@ -118,7 +118,7 @@ async def test_a_late_reply_does_not_poison_the_next_exchange() -> None:
             client = Dlt645Client(bus)
             with pytest.raises(NoReply):
                 await client.read(METER, ENERGY)
-            await asyncio.sleep(0.3)  # the late reply lands between exchanges
+            await asyncio.to_thread(far.wait_sent, 1)  # the late reply lands between exchanges
             result = await client.read(METER, ENERGY)
     assert result.value == bytes.fromhex("26802211")
 

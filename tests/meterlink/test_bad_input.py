@@ -109,6 +109,28 @@ CASES = {
         2,
         "--record",
     ),
+    "sim serve credits dir missing": (
+        lambda t, p, c: [
+            "sim",
+            "serve",
+            "--fleet",
+            str(EXAMPLE_FLEET),
+            "--credits",
+            str(t / "no" / "c.jsonl"),
+        ],
+        2,
+        "--credits",
+    ),
+    "sim hsm fleet missing": (
+        lambda t, p, c: ["sim", "hsm", "--fleet", str(t / "nope.toml")],
+        78,
+        "No such file",
+    ),
+    "sim hsm listen address unusable": (
+        lambda t, p, c: ["sim", "hsm", "--fleet", str(EXAMPLE_FLEET), "--listen", "256.0.0.1:1"],
+        1,
+        "meterlink sim:",
+    ),
     "agent check missing config": (
         lambda t, p, c: ["agent", "check", "--config", str(t / "nope.toml")],
         78,

@@ -110,6 +110,7 @@ def test_the_catalogue_uses_every_kind_of_format() -> None:
     assert kinds == {Bcd, ClockField, Digits, Word}
     assert {f.layout for f in FORMATS if isinstance(f, ClockField)} == {
         "YYMMDDhhmm",
+        "YYMMDDhhmmss",
         "YYMMDDWW",
         "hhmmss",
         "YYMMDDWWhhmmss",

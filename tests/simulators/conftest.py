@@ -155,6 +155,27 @@ class PtyMaster(Master):
         os.close(self.fd)
 
 
+class DirectMaster(Master):
+    """A master wired straight to a bus's `exchange` (no pty, no socket): the meters' rules and
+    the injected faults, byte for byte, without a line."""
+
+    def __init__(self, bus: Any) -> None:
+        super().__init__()
+        self.bus = bus
+
+    async def raw_exchange(self, data: bytes, *, quiet: float = 0.25) -> list[StreamEvent]:
+        self.decoder.reset()
+        events: list[StreamEvent] = []
+        for frame in self.decoder.feed(data):
+            if isinstance(frame, Frame):
+                for tx in self.bus.exchange(frame):
+                    events += FrameDecoder().feed(tx.data)
+        return events
+
+    async def close(self) -> None:
+        return None
+
+
 async def open_master(serving: Any, bus: str = "b1") -> Master:
     endpoint = serving.endpoint(bus)
     if endpoint.kind == "tcp":
@@ -182,3 +203,9 @@ async def tcp_line(fleet: Fleet) -> AsyncIterator[Master]:
             yield master
         finally:
             await master.close()
+
+
+@pytest.fixture
+def direct(fleet: Fleet) -> Master:
+    """A master on bus b1 of `fleet` without a line (`DirectMaster`)."""
+    return DirectMaster(fleet.bus("b1"))

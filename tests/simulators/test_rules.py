@@ -90,7 +90,7 @@ async def test_secure_relay_command_needs_the_session(line: Master, fleet: Fleet
     )
     assert isinstance(auth, IdentityAuthReply)
     plain = bytes((RelayAction.TRIP, 0)) + ClockField("YYMMDDhhmmss").encode(LATER.isoformat())
-    cipher = pending.session(auth.random).relay_ciphertext(plain)
+    cipher = pending.session(auth.random).relay_ciphertext(plain, auth.esam_serial)
     _, reply = await line.one(PREPAID, SecureRemoteControlRequest(cipher))
     assert reply == Done(0x1C)
     assert meter.relay.open
