@@ -1,7 +1,9 @@
 """Bus-time budget: can the daily plan physically finish on each bus in its window?
 
 Computed at start (and SIGHUP) from the bus's baud and framing, the frames the plan exchanges
-per meter, the meters' reply delay, and the time a silent meter costs (our reply window). When a
+per meter, the meters' reply delay, and the time a silent meter costs (our reply window). A
+carrier bus: the module's typical read time (real-CCO medians) shared by the window of
+requests in flight, plus the frames' time on the serial line to the module. When a
 bus cannot read all its meters even once before the deadline, or cannot leave room for retries,
 the agent says so with the numbers — before the first night, not after a month of low rates.
 """
@@ -21,6 +23,12 @@ TYPICAL_REPLY_DELAY_S = 0.26
 """midpoint of the standard's 20-500 ms reply window; a planning figure, not a measurement"""
 ASSUMED_FAILURE_SHARE = 0.02
 """share of meters assumed silent in a round (the complement of the 98% target)"""
+
+#: carrier modules: planning figures from real-CCO captures (reference §9): an AFN F1 F1 read's
+#: median 1.4 s, an AFN13 F1 point read's 0.7 s, a failed read answered after 10-12 s
+CARRIER_READ_S = {"hplc": 1.4, "point": 0.7, "router": 0.7}
+CARRIER_FAILED_S = 12.0
+_CARRIER_FRAME = 15 + 12 + 4  # header, address field, protocol/length of a read's data unit
 
 # DL/T 645-2007 frame sizes without wake-up: read request L=4; replies L=4+value
 _REQUEST = 16
@@ -81,6 +89,23 @@ def _per_meter(url: BusUrl, meter: MeterConfig, cfg: AgentConfig) -> tuple[int, 
     return len(replies), sum(_exchange_s(url, _REQUEST, r) for r in replies), silent
 
 
+def _carrier_per_meter(
+    url: BusUrl, meter: MeterConfig, cfg: AgentConfig
+) -> tuple[int, float, float, float]:
+    """(exchanges, module seconds when it answers, when it fails, line seconds): the module's
+    time overlaps up to the window; the serial line to it carries one frame at a time."""
+    replies = [_REPLY["freeze_time"], _REPLY["energy_block"]]
+    if meter.protocol == "dlt645-1997":
+        replies = [12 + 2 + 20]
+    if cfg.plans.daily.reverse_energy:
+        replies.append(_REPLY["energy_block"])
+    if cfg.plans.daily.prepaid_balance and meter.prepaid:
+        replies.append(_REPLY["balance"])
+    exchanges = 1 if url.mode == "hplc" else len(replies)  # hplc: the items in one request
+    line = url.wire_time(exchanges * 2 * _CARRIER_FRAME + sum(_REQUEST + r for r in replies))
+    return exchanges, exchanges * CARRIER_READ_S[url.mode], CARRIER_FAILED_S, line
+
+
 def daily_budget(cfg: AgentConfig, meters: list[MeterConfig]) -> list[BusBudget]:
     daily = cfg.plans.daily
     start, deadline = parse_hhmm(daily.start, "start"), parse_hhmm(daily.deadline, "deadline")
@@ -90,13 +115,18 @@ def daily_budget(cfg: AgentConfig, meters: list[MeterConfig]) -> list[BusBudget]
     for bus in cfg.buses:
         url = bus.bus_url
         on_bus = [m for m in meters if m.bus == bus.name]
-        exchanges, round_s = 0, 0.0
+        exchanges, round_s, line_s = 0, 0.0, 0.0
         for m in on_bus:
-            n, answering, silent = _per_meter(url, m, cfg)
+            if url.is_carrier:
+                n, answering, silent, line = _carrier_per_meter(url, m, cfg)
+                line_s += line
+            else:
+                n, answering, silent = _per_meter(url, m, cfg)
             exchanges += n
             round_s += (1 - ASSUMED_FAILURE_SHARE) * answering + ASSUMED_FAILURE_SHARE * silent
         if url.in_flight > 1:
             round_s /= url.in_flight
+        round_s += line_s
         rounds = window / round_s if round_s else float("inf")
         out.append(BusBudget(bus.name, len(on_bus), exchanges, round_s, window, rounds))
     return out

@@ -172,6 +172,27 @@ def test_budget_warns_when_a_bus_cannot_finish(tmp_path: Path) -> None:
     assert budget.round_s == pytest.approx(1500 * (0.98 * per_meter + 0.02 * silent))
 
 
+def test_budget_of_a_carrier_bus_shares_the_module_time_by_the_window(tmp_path: Path) -> None:
+    many = "".join(f'[[archive.meters]]\naddress = "{i}"\nbus = "b1"\n' for i in range(2, 1025))
+    rounds = {}
+    for window in (1, 16):
+        url = f"carrier:///dev/ttyS4?in_flight={window}"
+        text = MINIMAL.format(state=tmp_path).replace(
+            'url = "serial:///dev/ttyS1"', f'url = "{url}"'
+        )
+        cfg = load_config(_write(tmp_path, text + many))
+        (budget,) = daily_budget(cfg, ArchiveStore.preview(cfg))
+        rounds[window] = budget
+    assert rounds[1].exchanges_per_round == 1024  # freeze time + energy in one AFN F1 F1
+    # module time 1.4 s a read (12 s for the 2 % failing), shared by the window; the serial
+    # line to the module (9600 8E1) carries each request and reply once: 31 + 31 bytes of
+    # 1376.2 around 16 + 21 and 16 + 36 bytes of 645
+    line = 1024 * (62 + 16 + 21 + 16 + 36) * 11 / 9600
+    module = 1024 * (0.98 * 1.4 + 0.02 * 12.0)
+    assert rounds[1].round_s == pytest.approx(module + line)
+    assert rounds[16].round_s == pytest.approx(module / 16 + line)
+
+
 def test_archive_versions_and_centre_updates(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, MINIMAL.format(state=tmp_path)))
     store = ArchiveStore(cfg)
