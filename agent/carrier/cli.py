@@ -158,12 +158,12 @@ async def _info(url: BusUrl, trace: TraceHook | None) -> int:
                 ", ".join(f"{r.value} {'kbit/s' if r.kbps else 'bit/s'}" for r in info.rates),
             ),
             ("channels", str(info.channels)),
+            ("concurrency", "not reported by the module: learnt from deny 109 when reading"),
         ]
     width = max(len(k) for k, _ in rows)
     print(f"carrier module on {url}")
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
-    print("  concurrency       not reported by the module: learnt from deny 109 when reading")
     return 0
 
 

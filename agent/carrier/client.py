@@ -253,6 +253,10 @@ class CarrierClient(Dlt645Client):
         self._down_until = 0.0
         self._busy_until = 0.0
         self._busy_backoff = 0.0
+        """0 while the module reads; else the current deny-9 backoff (s)"""
+        self._probe = asyncio.Lock()
+        self._formed = asyncio.Event()
+        self._formed.set()
         self._paused: bool | None = None
         self._active = 0
         self._idle_generation = 0
@@ -479,9 +483,23 @@ class CarrierClient(Dlt645Client):
         return match_replies(requests, q.split_645(carried, edition))
 
     async def _broadcast(self, request: dlt645.Frame) -> None:
-        """A broadcast (645 time sync) through AFN05 F3: every node of the network gets it."""
+        """A broadcast (645 time sync) through AFN05 F3: every node of the network gets it. A
+        time sync is corrected by the delay the module says the broadcast takes (AFN03 F9):
+        the meters receive the time it will be when the frame reaches them."""
         await self._ready()
         control = 2 if request.edition is dlt645.Edition.V2007 else 1
+        message = dlt645.from_frame(request)
+        if isinstance(message, dlt645.BroadcastTimeRequest):
+            raw = dlt645.encode_frame(request, wakeup=0)
+            try:
+                delay = await self._command(q.QueryBroadcastDelay(control, raw), q.BroadcastDelay)
+            except (NotSupported, RequestRejected) as exc:
+                log.info("bus %s: no broadcast delay from the module (%s)", self.name, exc)
+            else:
+                corrected = message.time + dt.timedelta(seconds=delay.delay_s)
+                request = dlt645.to_frame(
+                    request.address, dlt645.BroadcastTimeRequest(corrected), request.edition
+                )
         confirm = await self._command(
             q.StartBroadcast(control, dlt645.encode_frame(request, wakeup=0)), q.Confirm
         )
@@ -499,43 +517,47 @@ class CarrierClient(Dlt645Client):
             async with self._meter(dst):
                 while True:
                     await self._ready()
-                    await self._wait_not_busy(started)
-                    await self._ensure_paused()
-                    late = self.link.late_for(dst)
-                    if late is not None:  # the module may still be reading this meter
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(self._read_timeout()):
-                                await late.wait()
+                    probe = await self._wait_not_busy(started)
                     try:
-                        answer = await self._send_read(dst, message)
-                    except ModuleReset:
-                        resends += 1
-                        if resends > MAX_RESENDS:
-                            raise
-                        continue
-                    reply = answer.message
-                    if isinstance(reply, q.Deny):
-                        resends += 1
-                        resynced = await self._on_deny(
-                            dst, reply, answer, resends, resynced, started
-                        )
-                        continue
-                    self._note_ok()
-                    if not isinstance(reply, expect):
-                        raise PayloadError(
-                            f"the module answered {type(reply).__name__} to"
-                            f" AFN{answer.frame.afn:02X} F{answer.frame.fn} for {dst}"
-                        )
-                    carried = reply.carried()
-                    if carried is not None and not carried.frame:
-                        # "read failed": the module asked and the meter said nothing (or the
-                        # module's own monitor timeout passed) — the meter's silence, as on
-                        # RS-485; a route the module could not use is a deny (11, 12)
-                        raise NoReply(
-                            f"meter {dst} did not answer behind the module (empty"
-                            f" AFN{answer.frame.afn:02X} F{answer.frame.fn} reply)"
-                        )
-                    return reply
+                        await self._ensure_paused()
+                        late = self.link.late_for(dst)
+                        if late is not None:  # the module may still be reading this meter
+                            with contextlib.suppress(TimeoutError):
+                                async with asyncio.timeout(self._read_timeout()):
+                                    await late.wait()
+                        try:
+                            answer = await self._send_read(dst, message)
+                        except ModuleReset:
+                            resends += 1
+                            if resends > MAX_RESENDS:
+                                raise
+                            continue
+                        reply = answer.message
+                        if isinstance(reply, q.Deny):
+                            resends += 1
+                            resynced = await self._on_deny(
+                                dst, reply, answer, resends, resynced, started, probe=probe
+                            )
+                            continue
+                        self._note_ok()
+                        if not isinstance(reply, expect):
+                            raise PayloadError(
+                                f"the module answered {type(reply).__name__} to"
+                                f" AFN{answer.frame.afn:02X} F{answer.frame.fn} for {dst}"
+                            )
+                        carried = reply.carried()
+                        if carried is not None and not carried.frame:
+                            # "read failed": the module asked and the meter said nothing (or
+                            # the module's own monitor timeout passed) — the meter's silence,
+                            # as on RS-485; a route the module could not use is a deny (11, 12)
+                            raise NoReply(
+                                f"meter {dst} did not answer behind the module (empty"
+                                f" AFN{answer.frame.afn:02X} F{answer.frame.fn} reply)"
+                            )
+                        return reply
+                    finally:
+                        if probe:
+                            self._probe.release()
         finally:
             self._active -= 1
             if self._active == 0:
@@ -549,6 +571,8 @@ class CarrierClient(Dlt645Client):
         resends: int,
         resynced: bool,
         started: float,
+        *,
+        probe: bool = False,
     ) -> bool:
         """Act on a deny of a read: return (to send again, with the "re-synced" flag) or raise."""
         error = deny.error()
@@ -568,7 +592,7 @@ class CarrierClient(Dlt645Client):
                     )
                 return resynced
             case ModuleBusy():
-                self._note_busy()
+                self._note_busy(probe=probe)
                 return resynced
             case MeterInFlight():
                 # one frame per meter is our rule: this is a bug on our side, or the module
@@ -662,28 +686,49 @@ class CarrierClient(Dlt645Client):
                 self._meter_locks[key] = (lock, users - 1)
 
     # --- busy / pause ----------------------------------------------------------------------------
-    async def _wait_not_busy(self, started: float) -> None:
-        while (left := self._busy_until - time.monotonic()) > 0:
-            waited = time.monotonic() + left - started
-            if waited > self.url.busy_wait_s:
+    async def _wait_not_busy(self, started: float) -> bool:
+        """While the module refuses reads as busy (deny 9), wait: the backoff, then one read
+        at a time probes it (True: this read is the probe; release `_probe` after it). Raises
+        ModuleStillBusy once the read has waited `busy_wait_s`."""
+        deadline = started + self.url.busy_wait_s
+        while self._busy_backoff:
+            now = time.monotonic()
+            if now >= deadline:
                 raise ModuleStillBusy(
                     f"the module has refused reads as busy (deny 9: network forming or route"
                     f" optimisation) for over {self.url.busy_wait_s} s"
                 )
-            await asyncio.sleep(left)
+            wait = self._busy_until - now
+            if wait <= 0 and not self._probe.locked():
+                await self._probe.acquire()
+                return True
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(
+                    min(wait, deadline - now) if wait > 0 else deadline - now
+                ):
+                    await self._formed.wait()
+        return False
 
-    def _note_busy(self) -> None:
+    def _note_busy(self, *, probe: bool) -> None:
+        """A deny 9. The first opens a busy period (backoff from its start); a probe denied
+        again doubles the backoff; the others were sent before anyone knew: no change."""
         low, high = BUSY_BACKOFF_S
-        if self._busy_backoff == 0:
+        if not self._busy_backoff:
             log.info("bus %s: the module is busy (deny 9: network forming); backing off", self.name)
             self.events("carrier_module_busy", None, {"bus": self.name})
-        self._busy_backoff = min(max(self._busy_backoff * 2, low), high)
-        self._busy_until = max(self._busy_until, time.monotonic() + self._busy_backoff)
+            self._busy_backoff = low
+            self._formed.clear()
+        elif probe:
+            self._busy_backoff = min(self._busy_backoff * 2, high)
+        else:
+            return
+        self._busy_until = time.monotonic() + self._busy_backoff
 
     def _note_ok(self) -> None:
         if self._busy_backoff:
             log.info("bus %s: the module reads again (network formed)", self.name)
             self._busy_backoff = 0.0
+            self._formed.set()
 
     async def _ensure_paused(self) -> None:
         """Pause the module's own routing before concentrator-led reads (12F2)."""

@@ -140,7 +140,7 @@ class RouterReader:
                     self._running = True
                     log.debug("bus %s: router pass %d started", self.client.name, self._passes)
                 except ModuleBusy:
-                    self.client._note_busy()
+                    self.client._note_busy(probe=True)
                     await asyncio.sleep(max(0.0, self.client._busy_until - time.monotonic()))
                 except (TransportError, ModuleRejection, PayloadError) as exc:
                     self._fail_pending(exc)

@@ -80,6 +80,8 @@ class FakeCco:
     meter_overlaps: int = 0
     confirms: list[int] = field(default_factory=list)
     events_allowed: bool = False
+    broadcast_delay_s: int = 3
+    broadcasts: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._writer: asyncio.StreamWriter | None = None
@@ -248,7 +250,10 @@ class FakeCco:
                 if self.router_led and idle:
                     self._router_task = asyncio.create_task(self._router_pass())
                 return q.Confirm()
+            case q.QueryBroadcastDelay():
+                return q.BroadcastDelay(self.broadcast_delay_s, message.protocol, message.frame)
             case q.StartBroadcast():
+                self.broadcasts.append(message.frame)
                 return q.Confirm()
             case q.ConcurrentRead() | q.MonitorRequest():
                 return self._read(frame, message)

@@ -393,3 +393,15 @@ def test_replies_are_matched_by_function_and_di_and_errors_keep_their_place() ->
     other = dlt645.to_frame(addr(8), dlt645.ReadReply(ENERGY, bytes(4)))
     assert type(match_replies(requests[:1], [other])[0]).__name__ == "AddressMismatch"
     assert reason_of(match_replies(requests[:1], [])[0])[0] is FailureReason.NO_REPLY
+
+
+async def test_a_time_sync_is_broadcast_corrected_by_the_modules_delay() -> None:
+    import datetime as dt
+
+    cco = FakeCco(meters(1), broadcast_delay_s=3)
+    sent = dt.datetime(2026, 3, 11, 10, 0, 0)
+    async with module(cco) as (client, _):
+        assert await client.call(dlt645.BROADCAST, dlt645.BroadcastTimeRequest(sent)) is None
+    (frame,) = cco.broadcasts
+    message = dlt645.from_frame(dlt645.decode_frame(frame))
+    assert message == dlt645.BroadcastTimeRequest(sent + dt.timedelta(seconds=3))
