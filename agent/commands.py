@@ -124,10 +124,16 @@ class CommandExecutor:
 
         async def job(client: Dlt645Client) -> dict[str, Any]:
             out: dict[str, Any] = {}
-            for item, di in zip(items, dis, strict=True):
+            # a carrier module takes the items in one exchange; elsewhere one read at a time
+            packed = await client.read_many(address, dis, edition) if client.packs_reads else None
+            for n, (item, di) in enumerate(zip(items, dis, strict=True)):
                 key = format_di(di, edition)
                 try:
-                    result = await client.read(address, di, edition)
+                    result = (
+                        packed[n] if packed is not None else await client.read(address, di, edition)
+                    )
+                    if isinstance(result, Exception):
+                        raise result
                 except Exception as exc:
                     reason, detail = reason_of(exc)
                     out[key] = {"item": item, "error": {"reason": reason.value, "detail": detail}}

@@ -329,6 +329,12 @@ class CarrierClient(Dlt645Client):
                     async with asyncio.timeout(DOWN_RETRY_S):
                         await self._kick.wait()
                 continue
+            except Exception:  # a bug must not take the bus (and the agent) down
+                log.exception("bus %s: carrier module upkeep failed", self.name)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(DOWN_RETRY_S):
+                        await self._kick.wait()
+                continue
             await self._kick.wait()
 
     # --- 645 through the module ------------------------------------------------------------------
@@ -418,9 +424,9 @@ class CarrierClient(Dlt645Client):
             )
         dst = q.NodeAddress.of(address)
         edition = requests[0].edition
+        await self._ready()  # start-up may change the mode (a narrowband module)
         if self.mode == "router":
             assert self.router is not None
-            await self._ready()
             out: list[dlt645.Frame | Exception] = []
             payloads = [dlt645.encode_frame(r, wakeup=self.url.wakeup) for r in requests]
             for request, got in zip(requests, await self.router.read(dst, payloads), strict=True):

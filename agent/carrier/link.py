@@ -49,8 +49,9 @@ class Answer:
     frame: q.Frame
     message: q.Message
     accepted_before: int
-    """requests sent before this one and still unanswered when this reply came: what the module
-    was holding (a deny 109 says its limit is this number)"""
+    """requests sent before this one and still unanswered when it was sent: what the module
+    held when it arrived (a deny 109 says its limit is this number; counted at the send, not
+    at the deny: replies that overtake a slow deny would make it too small)"""
 
 
 @dataclass(slots=True)
@@ -59,6 +60,8 @@ class _Pending:
     future: asyncio.Future[Answer]
     order: int
     sent_at: float = 0.0
+    held: int = 0
+    """earlier requests outstanding when this one was written"""
 
 
 @dataclass(slots=True)
@@ -170,6 +173,9 @@ class ModuleLink:
         try:
             await self.write(raw)
             pending.sent_at = time.monotonic()
+            pending.held = sum(
+                1 for p in self._pending.values() if p.order < pending.order and not p.future.done()
+            )
             try:
                 async with asyncio.timeout(wait_s):
                     return await future
@@ -273,10 +279,7 @@ class ModuleLink:
             return
         if answers:
             assert pending is not None
-            before = sum(
-                1 for p in self._pending.values() if p.order < pending.order and not p.future.done()
-            )
-            pending.future.set_result(Answer(frame, message, before))
+            pending.future.set_result(Answer(frame, message, pending.held))
             return
         if frame.prm:
             self._on_module_frame(frame, message)

@@ -13,7 +13,7 @@ from typing import Any
 
 from agent.config import IntervalPlan as IntervalConfig
 from agent.config import MeterConfig
-from agent.dlt645 import Dlt645Client, reason_of
+from agent.dlt645 import Dlt645Client, ReadResult, reason_of
 from agent.plans.context import PlanContext, edition_of, make_reading
 from agent.poller import PRIORITY_INTERVAL, BusClosed
 from protocols.dlt645 import Address, Edition, format_di, parse_item
@@ -77,23 +77,29 @@ class IntervalPlanner:
         if dis is None:
             return 0
 
+        def reading(di: int, result: ReadResult) -> dict[str, Any]:
+            return make_reading(
+                ctx,
+                meter=mid,
+                item=format_di(di, edition),
+                plan="interval",
+                data_time=slot,
+                read_at=ctx.clock.now(),
+                values=result.measurements,
+                bus=meter.bus,
+            )
+
         async def job(client: Dlt645Client) -> list[dict[str, Any]]:
-            readings = []
-            for di in dis:
-                result = await client.read(address, di, edition)
-                readings.append(
-                    make_reading(
-                        ctx,
-                        meter=mid,
-                        item=format_di(di, edition),
-                        plan="interval",
-                        data_time=slot,
-                        read_at=ctx.clock.now(),
-                        values=result.measurements,
-                        bus=meter.bus,
-                    )
-                )
-            return readings
+            if client.packs_reads:  # a carrier module: the items in one exchange
+                out = []
+                for di, result in zip(
+                    dis, await client.read_many(address, dis, edition), strict=True
+                ):
+                    if isinstance(result, Exception):
+                        raise result
+                    out.append(reading(di, result))
+                return out
+            return [reading(di, await client.read(address, di, edition)) for di in dis]
 
         try:
             readings = await ctx.poller_for(meter.bus).submit(job, priority=PRIORITY_INTERVAL)
