@@ -648,6 +648,12 @@ class CarrierClient(Dlt645Client):
             if not isinstance(answer.message, q.Deny):
                 slot.accepted()
             return answer
+        except BusError as exc:
+            # the line itself (port gone, serial server refusing): every meter behind it would
+            # wait for the same failure — the module is down until start-up works again
+            if isinstance(exc, ModuleDown):
+                raise
+            raise self._mark_down(exc) from exc
         except ModuleTimeout:
             self.stats["read_timeouts"] += 1
             late = self.link.late_for(dst)

@@ -111,6 +111,13 @@ class FakeCco:
                 self._writer.close()
             await self.server.wait_closed()
 
+    def unplug(self) -> None:
+        """The serial server goes away: the connection closes and no new one is accepted."""
+        assert self.server is not None
+        self.server.close()
+        if self._writer is not None:
+            self._writer.close()
+
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         decoder = q.FrameDecoder()

@@ -405,3 +405,18 @@ async def test_a_time_sync_is_broadcast_corrected_by_the_modules_delay() -> None
     (frame,) = cco.broadcasts
     message = dlt645.from_frame(dlt645.decode_frame(frame))
     assert message == dlt645.BroadcastTimeRequest(sent + dt.timedelta(seconds=3))
+
+
+async def test_a_line_that_breaks_takes_the_module_down_for_every_meter() -> None:
+    cco = FakeCco(meters(2))
+    archived(cco)
+    async with module(cco) as (client, events):
+        assert (await client.read(addr(1), ENERGY)).measurements
+        cco.unplug()  # the serial server goes away: connection closed, no reconnect
+        with pytest.raises(ModuleDown) as first:
+            await client.read(addr(1), ENERGY)
+        with pytest.raises(ModuleDown) as second:
+            await client.read(addr(2), ENERGY)  # at once: no reconnect per meter
+    assert second.value is first.value
+    assert reason_of(first.value)[0] is FailureReason.BUS_ERROR
+    assert events.names().count("carrier_module_down") == 1
