@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.carrier.errors import ModuleDown
 from agent.config import MeterConfig
 from agent.dlt645 import Dlt645Client, FrameSink, reason_of
 from agent.transports import BusUrl, BusUrlError, TransportError, open_byte_transport
@@ -115,11 +116,14 @@ async def print_reads(
     client: Dlt645Client, address: Address, edition: Edition, dis: list[int], *, json_out: bool
 ) -> int:
     """Read each item and print its values (one line per value, or one JSON object per item);
-    1 when an item failed (its reason printed in its place), 0 otherwise."""
+    1 when an item failed (its reason printed in its place), 0 otherwise. A carrier module that
+    does not answer at all raises ModuleDown (a TransportError) for the caller to say once."""
     failed = 0
     for di in dis:
         try:
             result = await client.read(address, di, edition)
+        except ModuleDown:
+            raise  # no meter behind it can be read: said once, by the caller
         except Exception as exc:
             reason, detail = reason_of(exc)
             failed += 1

@@ -171,6 +171,38 @@ CASES = {
         2,
         "Modbus",
     ),
+    "carrier info nobody listening": (
+        lambda t, p, c: ["carrier", "info", "--bus", f"carrier+tcp://127.0.0.1:{c}"],
+        1,
+        "cannot connect",
+    ),
+    "carrier read even parity on a pty": (
+        lambda t, p, c: ["carrier", "read", "--bus", f"carrier://{p}", "--meter", "1", "00010000"],
+        1,
+        "pseudo-terminals accept only parity=N",
+    ),
+    "read through a carrier module nobody answers": (
+        lambda t, p, c: [
+            "read",
+            "--bus",
+            f"carrier://{p}?parity=N&command_timeout_ms=100",
+            "--meter",
+            "1",
+            "00010000",
+        ],
+        1,
+        "carrier module not answering",
+    ),
+    "carrier sync without an archive": (
+        lambda t, p, c: ["carrier", "sync", "--bus", f"carrier://{p}"],
+        2,
+        "--config",
+    ),
+    "carrier on a serial bus": (
+        lambda t, p, c: ["carrier", "nodes", "--bus", f"serial://{p}"],
+        2,
+        "is not a carrier bus",
+    ),
     "central report missing config": (
         lambda t, p, c: ["central", "report", "--config", str(t / "nope.toml")],
         78,
