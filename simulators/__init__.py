@@ -10,6 +10,7 @@ In-process API (tests, benches):
         ...                                         # talk DL/T 645 to it
     fleet.meter("000000000001").values()["energy_import_total_kwh"]
     fleet.recorder.records                          # who answered what
+    serving.module("plc-1")                         # a carrier bus's CCO (simulators.carrier)
 
 See docs/simulator.md.
 """
@@ -21,17 +22,19 @@ from simulators.faults import BusFaults, MeterFaults, NoiseWindow
 from simulators.fleet import Fleet, FleetError, archive_entries, load_fleet, parse_fleet
 from simulators.meter import FreezeRecord, Identity, Meter
 from simulators.models import MODELS, Model
-from simulators.record import OUTCOMES, AnswerRecord, Recorder
+from simulators.record import CARRIER_OUTCOMES, OUTCOMES, AnswerRecord, CarrierRecord, Recorder
 from simulators.relay import Relay
 from simulators.server import Endpoint, Serving, serve_fleet
 from simulators.wallet import Limits, PurchaseRecord, Wallet
 
 __all__ = [
+    "CARRIER_OUTCOMES",
     "MODELS",
     "OUTCOMES",
     "AnswerRecord",
     "Bus",
     "BusFaults",
+    "CarrierRecord",
     "EncryptionMachine",
     "Endpoint",
     "Esam",
