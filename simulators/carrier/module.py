@@ -141,6 +141,7 @@ class CarrierModule:
         self._awake = False
         self._formed_at = math.inf
         self._formed_event = asyncio.Event()
+        self._awake_event = asyncio.Event()
         self._form_timer: asyncio.TimerHandle | None = None
         self._seq = self._rng.randrange(256)
         self._awaiting: dict[int, tuple[tuple[type[q.Message], ...], asyncio.Future[Any]]] = {}
@@ -208,6 +209,15 @@ class CarrierModule:
     def formed(self) -> bool:
         return self._awake and self._loop.time() >= self._formed_at
 
+    async def wait_awake(self) -> None:
+        """Until the module has booted (its AFN03 F10 report is out)."""
+        await self._awake_event.wait()
+
+    async def wait_formed(self) -> None:
+        """Until the network has formed (reads are no longer denied 9)."""
+        await self._awake_event.wait()
+        await self._until_formed()
+
     @property
     def comm_mode(self) -> int:
         return q.CommMode.NARROWBAND if self.config.narrowband else q.CommMode.HPLC
@@ -241,6 +251,7 @@ class CarrierModule:
             future.cancel()
         self._awaiting.clear()
         self._awake = False
+        self._awake_event.clear()
         self.router = RouterState()
         self._resumed.set()
         self._form_until(now + self._scaled(self.config.forming_s))
@@ -249,6 +260,7 @@ class CarrierModule:
     async def _boot(self) -> None:
         await asyncio.sleep(self._scaled(self._uniform(self.config.boot_report_s)))
         self._awake = True
+        self._awake_event.set()
         if self.config.boot_report:
             frame = q.to_frame(
                 self._module_info(), q.UpInfo(seq=self._next_seq()),
