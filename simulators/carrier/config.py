@@ -130,7 +130,10 @@ class CarrierConfig:
                 raise CarrierConfigError(
                     f"{path}.{key}: unknown key (known: {', '.join(sorted(known))})"
                 )
-        base = cls.defaults(str(doc.get("profile", "hplc")))
+        profile = doc.get("profile", "hplc")
+        if profile not in PROFILES:
+            raise CarrierConfigError(f"{path}.profile: 'hplc' or 'narrowband', not {profile!r}")
+        base = cls.defaults(str(profile))
         values: dict[str, Any] = {}
         for key, raw in doc.items():
             if key == "profile":

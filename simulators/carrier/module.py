@@ -995,36 +995,42 @@ class CarrierModule:
 
     # --- events (AFN06 F5) -----------------------------------------------------------------
     async def _events(self) -> None:
+        """Meter events: nodes back from an outage, and `events_per_hour` random ones."""
         rate = self.config.events_per_hour
         rng = rng_for(self.bus.seed, "cco-events", self.bus.name)
         next_random = self.now() + rng.expovariate(rate / 3600) if rate > 0 else math.inf
+        checked = self.now()  # returns up to here are dealt with
         while True:
-            await self._events_on.wait()
+            if not self._events_on.is_set():
+                await self._events_on.wait()
+                checked = self.now()  # what came back while reports were off is not reported
             await self._until_formed()
-            now = self.now()
-            returning = [
-                (n.outages.next_return(now), n.address.digits, n)
+            returning = sorted(
+                (n.outages.next_return(checked), n.address.digits, n)
                 for n in self.network.dropping()
                 if n.outages is not None and n.address in self.archive
-            ]
-            back = min(returning, default=None)
-            when = min(next_random, back[0] if back is not None else math.inf)
+            )
+            back_at = returning[0][0] if returning else math.inf
+            when = min(next_random, back_at)
             if when == math.inf:
                 return
-            await asyncio.sleep(self._scaled(max(0.0, when - now)))
-            if back is not None and when == back[0]:
-                node, why = back[2], "back in the network after an outage"
+            await asyncio.sleep(self._scaled(max(0.0, when - self.now())))
+            checked = max(checked, when)
+            nodes: list[tuple[Node, str]] = []
+            if when == back_at:
+                why = "back in the network after an outage"
+                nodes = [(n, why) for t, _, n in returning if t == back_at]
             else:
                 next_random = when + rng.expovariate(rate / 3600)
                 candidates = [
-                    self._node(a) for a in self.archive
-                    if (n := self._node(a)).meter is not None and not self._absent(n)
+                    n for n in map(self._node, self.archive)
+                    if n.meter is not None and not self._absent(n)
                 ]  # fmt: skip
-                if not candidates:
-                    continue
-                node, why = rng.choice(candidates), "meter event"
+                if candidates:
+                    nodes = [(rng.choice(candidates), "meter event")]
             if self.events_enabled:
-                self._spawn(self._event(node, why))
+                for node, why in nodes:
+                    self._spawn(self._event(node, why))
 
     async def _event(self, node: Node, why: str) -> None:
         meter = node.meter

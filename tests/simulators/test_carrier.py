@@ -649,3 +649,48 @@ async def test_the_trace_shows_both_layers(transport: str) -> None:
     assert lines[at + 1] == f"  -> {hex_of(inner_request.to_bytes(wakeup=0))}"
     answer = lines.index(f"<- {hex_of(reply.to_bytes())}")
     assert lines[answer + 1].startswith("  <- 68 01 00 00 00 00 00 68 91")
+
+
+async def test_scheduled_dropouts_follow_the_seeded_plan() -> None:
+    # every node leaves after 1 module second and stays away (for a long time)
+    fleet = carrier_fleet(dropout=1.0, dropout_on_s=[1, 1], dropout_off_s=[10**6, 10**6])
+    network = fleet.bus("plc").network
+    assert network is not None
+    assert len(network.dropping()) == 6
+    async with connected(fleet) as (serving, client):
+        module = serving.module("plc")
+        await until(lambda: module.absent(M1))  # 1 module second = 10 ms here
+        _, _, gone = await read(client, M1, ENERGY)
+        assert gone == q.Deny(12)
+
+
+async def test_a_node_back_from_a_scheduled_outage_reports_an_event() -> None:
+    # M1..M3 away from module second 100 to 150 (1.0 to 1.5 s here), then back: an event each
+    fleet = carrier_fleet(count=3, dropout=1.0, dropout_on_s=[100, 100], dropout_off_s=[50, 50])
+    async with connected(fleet) as (_, client):
+        _, confirm = await client.ask(q.SetEventReporting(True))
+        assert isinstance(confirm, q.Confirm)
+        for _ in range(3):
+            report, event = await client.expect(lambda f: (f.afn, f.fn) == (0x06, 5))
+            assert isinstance(event, q.ReportEvent)
+            await client.send(q.reply_to(report, q.Confirm()))
+        await until(lambda: len(_records(fleet, afn="06", fn=5, confirmed=True)) == 3)
+    records = _records(fleet, afn="06", fn=5)
+    assert {r.meter for r in records} == {M1, M2, M3}
+    assert {r.detail for r in records} == {"back in the network after an outage"}
+
+
+async def test_random_meter_events_once_allowed() -> None:
+    fleet = carrier_fleet(events_per_hour=3600)  # one per module second: 10 ms here
+    async with connected(fleet) as (_, client):
+        assert not client.pending()  # none before 05F2 allows them
+        _, confirm = await client.ask(q.SetEventReporting(True))
+        assert isinstance(confirm, q.Confirm)
+        report, event = await client.expect(lambda f: (f.afn, f.fn) == (0x06, 5))
+        assert isinstance(event, q.ReportEvent)
+        assert event.device_type == 1
+        await client.send(q.reply_to(report, q.Confirm()))
+        _, off = await client.ask(q.SetEventReporting(False))
+        assert isinstance(off, q.Confirm)
+        await until(lambda: bool(_records(fleet, afn="06", fn=5, confirmed=True)))
+    assert _records(fleet, afn="06", fn=5)[0].detail == "meter event"
