@@ -16,6 +16,7 @@ See docs/simulator.md, "Carrier (CCO) buses".
 """
 
 from simulators.carrier.config import PROFILES, CarrierConfig, CarrierConfigError
+from simulators.carrier.ideal import Ideal, ideal_time
 from simulators.carrier.latency import HPLC_POINT, HPLC_READ, NARROWBAND, Mixture, PerHop
 from simulators.carrier.module import CarrierModule, Line, RouterState
 from simulators.carrier.network import Network, Node, Outages, plan_network
@@ -29,6 +30,7 @@ __all__ = [
     "CarrierConfig",
     "CarrierConfigError",
     "CarrierModule",
+    "Ideal",
     "Line",
     "Mixture",
     "Network",
@@ -36,6 +38,7 @@ __all__ = [
     "Outages",
     "PerHop",
     "RouterState",
+    "ideal_time",
     "plan_network",
     "serve_carrier_port",
 ]

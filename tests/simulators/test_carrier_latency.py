@@ -9,7 +9,8 @@ import statistics
 
 import pytest
 
-from simulators.carrier import latency
+from simulators import CarrierRecord
+from simulators.carrier import ideal_time, latency
 from simulators.carrier.latency import (
     HPLC_HOPS,
     HPLC_POINT,
@@ -108,3 +109,29 @@ def test_draws_are_reproducible_from_the_seed() -> None:
     a = [HPLC_READ.draw(random.Random(9), 2) for _ in range(3)]
     b = [HPLC_READ.draw(random.Random(9), 2) for _ in range(3)]
     assert a == b
+
+
+def _read(seq: int, t: float, applied: float, *, accepted: bool = True) -> CarrierRecord:
+    return CarrierRecord(
+        wall_time="2026-03-10T10:00:00", bus="plc", dir="down", seq=seq, afn="F1", fn=1,
+        outcome="answered" if accepted else "denied", latency_s=applied * 100,
+        applied_s=applied, time_scale=0.01, t_request=t, in_flight=1 if accepted else None,
+        request_bytes=47, reply_bytes=53,
+    )  # fmt: skip
+
+
+def test_ideal_times_from_the_record() -> None:
+    records = [_read(1, 0.0, 4.0), _read(2, 0.1, 1.0), _read(3, 0.2, 1.0), _read(4, 0.3, 0.5)]
+    records.append(_read(5, 0.4, 0.001, accepted=False))  # a deny: no slot, not counted
+    one = ideal_time(records, 1)
+    assert (one.reads, one.latency_s, one.bound_s, one.schedule_s) == (4, 6.5, 6.5, 6.5)
+    two = ideal_time(records, 2)
+    assert two.bound_s == 3.25
+    # replay: slot A takes read 1 (0 → 4), slot B reads 2, 3, 4 (0 → 1 → 2 → 2.5): done at 4
+    assert two.schedule_s == 4.0
+    wired = ideal_time(records, 2, baud=9600)
+    assert wired.wire_s == pytest.approx(4 * 100 * 11 / 9600)
+    assert wired.bound_s == pytest.approx(3.25 + wired.wire_s)
+    assert ideal_time(records, 2, bus="other").reads == 0
+    with pytest.raises(ValueError, match="window"):
+        ideal_time(records, 0)
