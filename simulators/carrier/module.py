@@ -229,8 +229,10 @@ class CarrierModule:
         return self._rng.uniform(*bounds)
 
     # --- tasks -----------------------------------------------------------------------------
-    def _spawn(self, coro: Coroutine[Any, Any, Any], *, epoch: bool = True) -> asyncio.Task[Any]:
-        task = self._loop.create_task(coro)
+    def _spawn(
+        self, coro: Coroutine[Any, Any, Any], *, epoch: bool = True, name: str | None = None
+    ) -> asyncio.Task[Any]:
+        task = self._loop.create_task(coro, name=name)
         bag = self._epoch_tasks if epoch else self._tasks
         bag.add(task)
         task.add_done_callback(bag.discard)
@@ -271,7 +273,7 @@ class CarrierModule:
                         reply_bytes=frame.length, t_reply=self._t(), attempts=1,
                         detail="running-mode report after reset")  # fmt: skip
         if self.config.reading != "concentrator":
-            self._spawn(self._router())
+            self._spawn(self._router(), name="router")
         if self.config.events_per_hour > 0 or self.network.dropping():
             self._spawn(self._events())
 
@@ -395,9 +397,7 @@ class CarrierModule:
 
     # --- answering -------------------------------------------------------------------------
     def _up_info(self, node: Node | None = None) -> q.UpInfo:
-        pending = any(
-            len(kinds) == 1 and kinds[0] is q.Confirm for kinds, _ in self._awaiting.values()
-        )
+        pending = any(q.Confirm in kinds for kinds, _ in self._awaiting.values())
         if node is None:
             return q.UpInfo(event_flag=pending)
         quality = max(0, min(15, node.quality))
@@ -765,25 +765,22 @@ class CarrierModule:
         asked now: what it does (a top-up, a clock write) happens even if the reply is lost."""
         fail_draw = self._rng.random()
         drawn = model.draw(self._rng, node.hops)
+        timeout = float(self.monitor_timeout_s)
         if node.meter is None or self._absent(node):
-            return _Plan(self._uniform(FAILURE_DELAY_S), "denied", deny=12,
+            return _Plan(min(timeout, self._uniform(FAILURE_DELAY_S)), "denied", deny=12,
                          detail="the node is not in the network")  # fmt: skip
         hour = self.bus.world.now().hour
         p_fail = self.config.route_failure * node.failure_weight + self.bus.faults.noise_rate(hour)
         if fail_draw < p_fail:
             as_deny = self._rng.random() < self.config.route_failure_deny
-            return _Plan(self._uniform(FAILURE_DELAY_S), "route_failure",
+            return _Plan(min(timeout, self._uniform(FAILURE_DELAY_S)), "route_failure",
                          deny=11 if as_deny else None, detail="the route failed")  # fmt: skip
         seen = visit(self.bus, node, events)
         detail = "; ".join(seen.details) or ("" if seen.reply else "the meter did not answer")
         plan = _Plan(drawn + seen.extra_s, "answered" if seen.reply else "no_answer",
                      reply=seen.reply, detail=detail)  # fmt: skip
-        if plan.latency_s > self.monitor_timeout_s:
-            plan.latency_s, plan.reply, plan.outcome = (
-                float(self.monitor_timeout_s),
-                b"",
-                "no_answer",
-            )
+        if plan.latency_s > timeout:
+            plan.latency_s, plan.reply, plan.outcome = timeout, b"", "no_answer"
             plan.detail = f"module timeout ({self.monitor_timeout_s} s)"
         return plan
 
@@ -889,13 +886,10 @@ class CarrierModule:
         for task in list(self._epoch_tasks):
             if task.get_name() == "router":
                 task.cancel()
-        self._spawn(self._router())
+        self._spawn(self._router(), name="router")
         return "router restarted: a new round from the first node"
 
     async def _router(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            task.set_name("router")
         state = self.router
         await self._until_formed()
         await self._resumed.wait()
