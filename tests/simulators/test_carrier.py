@@ -702,3 +702,18 @@ async def test_random_meter_events_once_allowed() -> None:
         assert isinstance(off, q.Confirm)
         await until(lambda: bool(_records(fleet, afn="06", fn=5, confirmed=True)))
     assert _records(fleet, afn="06", fn=5)[0].detail == "meter event"
+
+
+async def test_line_timing_paces_the_module_at_its_baud() -> None:
+    fleet = carrier_fleet()
+    async with connected(fleet, "pty", timing=True) as (_, client):
+        _, _, message = await read(client, M1, ENERGY, VOLTAGE)
+        assert isinstance(message, q.ConcurrentReply)
+        assert message.answered
+    (record,) = _records(fleet, afn="F1")
+    assert record.t_request is not None
+    assert record.t_reply is not None
+    assert record.applied_s is not None
+    # the request's last byte is taken where 9600 baud would put it, the reply after its latency
+    assert record.t_reply - record.t_request >= record.applied_s - 1e-3
+    assert fleet.bus("plc").baud == 9600
