@@ -12,6 +12,7 @@ In-process API (tests, benches):
     fleet.recorder.records                          # who answered what
     fleet.inject("000000000001", "drop_reply", on="topup")   # a chaos fault
     fleet.credits.repeated_counts()                 # [] = no meter credited a count twice
+    serving.module("plc-1")                         # a carrier bus's CCO (simulators.carrier)
 
 `meterlink sim hsm` (simulators.hsm) serves the fleet's encryption machine; `meterlink sim serve
 --control` (simulators.control) lets a test in another process inject faults. See
@@ -25,17 +26,27 @@ from simulators.faults import BusFaults, FaultBook, InjectedFault, MeterFaults, 
 from simulators.fleet import Fleet, FleetError, archive_entries, load_fleet, parse_fleet
 from simulators.meter import FreezeRecord, Identity, Meter
 from simulators.models import MODELS, Model
-from simulators.record import OUTCOMES, AnswerRecord, CreditLog, CreditRecord, Recorder
+from simulators.record import (
+    CARRIER_OUTCOMES,
+    OUTCOMES,
+    AnswerRecord,
+    CarrierRecord,
+    CreditLog,
+    CreditRecord,
+    Recorder,
+)
 from simulators.relay import Relay
 from simulators.server import Endpoint, Serving, serve_fleet
 from simulators.wallet import Limits, PurchaseRecord, Wallet
 
 __all__ = [
+    "CARRIER_OUTCOMES",
     "MODELS",
     "OUTCOMES",
     "AnswerRecord",
     "Bus",
     "BusFaults",
+    "CarrierRecord",
     "CreditLog",
     "CreditRecord",
     "EncryptionMachine",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from protocols.dlt645 import Address, Frame, format_di
 from protocols.errors import FrameError
@@ -18,6 +19,10 @@ from simulators.clock import WorldClock
 from simulators.faults import REPLY_DELAY_S, SLOW_DELAY_S, BusFaults, FaultBook, rng_for
 from simulators.meter import Meter
 from simulators.record import AnswerRecord, Recorder
+
+if TYPE_CHECKING:
+    from simulators.carrier.config import CarrierConfig
+    from simulators.carrier.network import Network
 
 __all__ = ["Bus", "Transmission"]
 
@@ -38,12 +43,17 @@ class Bus:
     seed: int | str = 0
     district: str = ""
     protocol: str = "dlt645"
-    """"dlt645" or "modbus" (a Modbus line is served by pymodbus, see simulators.modbus)"""
+    """"dlt645", "modbus" (a Modbus line is served by pymodbus, see simulators.modbus) or
+    "carrier" (a CCO and its network, see simulators.carrier)"""
     baud: int = 2400
     faults: BusFaults = field(default_factory=BusFaults)
     recorder: Recorder = field(default_factory=Recorder)
     injected: FaultBook = field(default_factory=FaultBook)
     """the fleet's injected faults (chaos tests)"""
+    carrier: CarrierConfig | None = None
+    """a carrier bus: its CCO"""
+    network: Network | None = None
+    """a carrier bus: the nodes behind the CCO (drawn with the fleet)"""
     _rng: random.Random = field(init=False)
     _meter_rngs: dict[int, random.Random] = field(init=False, default_factory=dict)
     _addresses: list[Address] = field(init=False, default_factory=list)
@@ -97,6 +107,88 @@ class Bus:
         """The line carried bytes that are no frame: nobody answers; it goes on the record."""
         self._record(None, None, "bad_frame", f"{type(error).__name__}: {error}")
 
+    def answer(
+        self,
+        meter: Meter,
+        frame: Frame,
+        *,
+        broadcast: bool = False,
+        wildcard: bool = False,
+        hit: bool = False,
+        request_garbled: bool = False,
+    ) -> tuple[float, bytes, str, str] | None:
+        """What one meter the frame reached puts on its line — (delay, bytes, outcome, detail)
+        — with its faults drawn; None when it stays silent (that outcome is recorded here, a
+        reply's outcome is recorded by the caller). `hit` / `request_garbled`: a noise burst
+        on the line during this exchange. A carrier station asks its meter through this."""
+        rng = self._meter_rngs[id(meter)]
+        faults = meter.faults
+        if faults.dead:
+            self._record(frame, meter, "dead")
+            return None
+        if request_garbled:
+            self._record(frame, meter, "noise", "a noise burst garbled the request")
+            return None
+        if rng.random() < faults.loss or self._rng.random() < self.faults.loss:
+            self._record(frame, meter, "lost", "the meter missed this attempt")
+            return None
+        rule = (
+            self.injected.take(meter.identity.meter_id, target_of(frame))
+            if self.injected.rules and not broadcast
+            else None
+        )
+        action = rule.action if rule is not None else None
+        if rule is not None and action == "drop_request":
+            self._record(frame, meter, "lost", f"injected fault #{rule.id}: request dropped")
+            return None
+        reply = respond(
+            meter,
+            frame,
+            broadcast=broadcast,
+            wildcard=wildcard,
+            late_s=rule.late_s if rule is not None and action == "late" else 0.0,
+            relay_moves=action != "relay_stuck",
+        )
+        if rule is not None:
+            what = f"injected fault #{rule.id} ({action})"
+            if action == "drop_reply":
+                done = reply.detail or reply.outcome
+                self._record(frame, meter, "reply_lost", f"{what}: {done}; reply dropped")
+                return None
+            if action == "error_after" and reply.frames and reply.outcome == "answered":
+                reply = abnormal_instead(
+                    meter, frame, rule.serr, rule.err, f"{what}: {reply.detail or 'acted'}"
+                )
+            elif action == "late":
+                reply = replace(reply, detail=f"{what} +{rule.late_s:g} s: {reply.detail}")
+        if not reply.frames:
+            self._record(frame, meter, reply.outcome, reply.detail)
+            return None
+        wakeup = rng.randint(*faults.wakeup)
+        raw = b"".join(f.to_bytes(wakeup=wakeup) for f in reply.frames)
+        outcome, detail = reply.outcome, reply.detail
+        delay = rng.uniform(*REPLY_DELAY_S)
+        if rng.random() < faults.slow:
+            delay = rng.uniform(*SLOW_DELAY_S)
+            outcome, detail = "slow", f"answered after {delay * 1000:.0f} ms"
+        if (
+            (hit and not request_garbled)
+            or rng.random() < faults.corrupt
+            or (self._rng.random() < self.faults.corrupt)
+        ):
+            raw = _flip_byte(raw, wakeup, rng)
+            outcome, detail = "corrupted", "one reply byte damaged"
+        if rng.random() < faults.garbage:
+            raw = _garbage(rng, 1, 6) + raw + _garbage(rng, 1, 3)
+            detail = (detail + "; " if detail else "") + "line garbage around the reply"
+        return delay, raw, outcome, detail
+
+    def record(
+        self, frame: Frame | None, meter: Meter | None, outcome: str, detail: str = ""
+    ) -> None:
+        """Write one meter record (what a caller of `answer` does for a reply)."""
+        self._record(frame, meter, outcome, detail)
+
     def exchange(self, frame: Frame) -> list[Transmission]:
         """Everything the meters send back after `frame` (an empty list is silence)."""
         if frame.control.reply:
@@ -119,67 +211,16 @@ class Bus:
         request_garbled = hit and self._rng.random() < 0.5
         replies: list[tuple[Meter, float, bytes, str, str]] = []
         for meter in targets:
-            rng = self._meter_rngs[id(meter)]
-            faults = meter.faults
-            if faults.dead:
-                self._record(frame, meter, "dead")
-                continue
-            if request_garbled:
-                self._record(frame, meter, "noise", "a noise burst garbled the request")
-                continue
-            if rng.random() < faults.loss or self._rng.random() < self.faults.loss:
-                self._record(frame, meter, "lost", "the meter missed this attempt")
-                continue
-            rule = (
-                self.injected.take(meter.identity.meter_id, target_of(frame))
-                if self.injected.rules and not broadcast
-                else None
-            )
-            action = rule.action if rule is not None else None
-            if rule is not None and action == "drop_request":
-                self._record(frame, meter, "lost", f"injected fault #{rule.id}: request dropped")
-                continue
-            reply = respond(
+            answer = self.answer(
                 meter,
                 frame,
                 broadcast=broadcast,
                 wildcard=wildcard,
-                late_s=rule.late_s if rule is not None and action == "late" else 0.0,
-                relay_moves=action != "relay_stuck",
+                hit=hit,
+                request_garbled=request_garbled,
             )
-            if rule is not None:
-                what = f"injected fault #{rule.id} ({action})"
-                if action == "drop_reply":
-                    done = reply.detail or reply.outcome
-                    self._record(frame, meter, "reply_lost", f"{what}: {done}; reply dropped")
-                    continue
-                if action == "error_after" and reply.frames and reply.outcome == "answered":
-                    reply = abnormal_instead(
-                        meter, frame, rule.serr, rule.err, f"{what}: {reply.detail or 'acted'}"
-                    )
-                elif action == "late":
-                    reply = replace(reply, detail=f"{what} +{rule.late_s:g} s: {reply.detail}")
-            if not reply.frames:
-                self._record(frame, meter, reply.outcome, reply.detail)
-                continue
-            wakeup = rng.randint(*faults.wakeup)
-            raw = b"".join(f.to_bytes(wakeup=wakeup) for f in reply.frames)
-            outcome, detail = reply.outcome, reply.detail
-            delay = rng.uniform(*REPLY_DELAY_S)
-            if rng.random() < faults.slow:
-                delay = rng.uniform(*SLOW_DELAY_S)
-                outcome, detail = "slow", f"answered after {delay * 1000:.0f} ms"
-            if (
-                (hit and not request_garbled)
-                or rng.random() < faults.corrupt
-                or (self._rng.random() < self.faults.corrupt)
-            ):
-                raw = _flip_byte(raw, wakeup, rng)
-                outcome, detail = "corrupted", "one reply byte damaged"
-            if rng.random() < faults.garbage:
-                raw = _garbage(rng, 1, 6) + raw + _garbage(rng, 1, 3)
-                detail = (detail + "; " if detail else "") + "line garbage around the reply"
-            replies.append((meter, delay, raw, outcome, detail))
+            if answer is not None:
+                replies.append((meter, *answer))
         if len(replies) > 1:
             mixed = _collide([raw for _, _, raw, _, _ in replies], self._rng)
             for meter, _d, _raw, _o, _det in replies:

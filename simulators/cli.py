@@ -44,6 +44,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--timing", action="store_true",
         help="line timing: 20-500 ms reply delay, bytes paced at 11 bits/byte at the bus baud",
     )  # fmt: skip
+    serve.add_argument(
+        "--time-scale", type=_scale, metavar="X",
+        help="carrier buses: every drawn latency and module timer x X (0.01: 100 times faster)",
+    )  # fmt: skip
     serve.add_argument("--record", type=Path, metavar="FILE", help="answer record as JSONL")
     serve.add_argument(
         "--credits", type=Path, metavar="FILE", help="credit log as JSONL (every wallet credit)"
@@ -76,6 +80,16 @@ def _host_port(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:4001")
     return host or "127.0.0.1", int(port)
+
+
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number > 0, e.g. 0.01")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,20 +176,29 @@ async def _serve(args: argparse.Namespace) -> int:
         credits.close()
         print(f"meterlink sim: {exc}", file=sys.stderr)
         return EX_CONFIG
-    kwargs: dict[str, object] = {}
+    transport, host, port, serial, link = "pty", "127.0.0.1", 0, None, None
     if args.tcp:
-        host, port = args.tcp
-        kwargs.update(transport="tcp", host=host, port=port)
+        transport, (host, port) = "tcp", args.tcp
     elif args.serial:
-        kwargs.update(transport="serial", serial=args.serial)
+        transport, serial = "serial", args.serial
     else:
-        kwargs.update(transport="pty", link=Path(args.pty) if args.pty else None)
+        link = Path(args.pty) if args.pty else None
     trace = (lambda line: print(line, flush=True)) if args.verbose else None
     stop = _stop_event()
     try:
         async with contextlib.AsyncExitStack() as stack:
             serving = await stack.enter_async_context(
-                serve_fleet(fleet, timing=args.timing, trace=trace, **kwargs)  # type: ignore[arg-type]
+                serve_fleet(
+                    fleet,
+                    transport=transport,
+                    host=host,
+                    port=port,
+                    link=link,
+                    serial=serial,
+                    timing=args.timing,
+                    trace=trace,
+                    time_scale=args.time_scale,
+                )
             )
             meters = {e.bus: len(fleet.bus(e.bus).meters) for e in serving.endpoints}
             for endpoint in serving.endpoints:
@@ -183,8 +206,8 @@ async def _serve(args: argparse.Namespace) -> int:
             if args.control is not None:
                 from simulators.control import serve_control
 
-                host, port = await stack.enter_async_context(serve_control(fleet, *args.control))
-                print(f"control http://{host}:{port}", flush=True)
+                where = await stack.enter_async_context(serve_control(fleet, *args.control))
+                print(f"control http://{where[0]}:{where[1]}", flush=True)
             print("ready", flush=True)
             await stop.wait()
     except (OSError, ValueError) as exc:

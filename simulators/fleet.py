@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from simulators.bus import Bus
+from simulators.carrier.config import CarrierConfig, CarrierConfigError
+from simulators.carrier.network import plan_network
 from simulators.clock import DEFAULT_TIMEZONE, WorldClock
 from simulators.esam import EncryptionMachine, Esam
 from simulators.faults import BusFaults, FaultBook, InjectedFault, MeterFaults, NoiseWindow, rng_for
@@ -35,7 +37,11 @@ __all__ = ["Fleet", "FleetError", "archive_entries", "load_fleet", "parse_fleet"
 
 _TOP_KEYS = {"seed", "start", "timezone", "frozen", "master_key", "district", "inject", "purchase"}
 _DISTRICT_KEYS = {"name", "bus"}
-_BUS_KEYS = {"name", "protocol", "baud", "noise", "loss", "corrupt", "meters", "timing"}
+_BUS_KEYS = {
+    "name", "protocol", "baud", "noise", "loss", "corrupt", "meters", "timing", "carrier",
+}  # fmt: skip
+_PROTOCOLS = ("dlt645", "modbus", "carrier")
+_DEFAULT_BAUD = {"dlt645": 2400, "modbus": 9600, "carrier": 9600}
 _RULE_DEFAULTS: dict[str, Any] = {
     "count": 1,
     "first_address": None,
@@ -276,20 +282,30 @@ def _bus(
     _known(doc, _BUS_KEYS, path)
     name = str(doc.get("name", path))
     protocol = str(doc.get("protocol", "dlt645"))
-    if protocol not in ("dlt645", "modbus"):
-        raise FleetError(f"{path}.protocol: 'dlt645' or 'modbus', not {protocol!r}")
+    if protocol not in _PROTOCOLS:
+        raise FleetError(f"{path}.protocol: 'dlt645', 'modbus' or 'carrier', not {protocol!r}")
+    carrier: CarrierConfig | None = None
+    if protocol == "carrier":
+        try:
+            carrier = CarrierConfig.parse(doc.get("carrier", {}), f"{path}.carrier")
+        except CarrierConfigError as exc:
+            raise FleetError(str(exc)) from None
+    elif "carrier" in doc:
+        raise FleetError(f'{path}.carrier: only a bus with protocol = "carrier" has a CCO')
     noise = tuple(
         NoiseWindow(int(w["from"]), int(w["to"]), float(w["rate"])) for w in doc.get("noise", [])
     )
     faults = BusFaults(noise, float(doc.get("loss", 0.0)), float(doc.get("corrupt", 0.0)))
-    baud = int(doc.get("baud", 2400 if protocol == "dlt645" else 9600))
-    bus = Bus(name, world, [], seed, district, protocol, baud, faults, recorder)
+    baud = int(doc.get("baud", _DEFAULT_BAUD[protocol]))
+    bus = Bus(name, world, [], seed, district, protocol, baud, faults, recorder, carrier=carrier)
     for r_index, rule in enumerate(_list(doc, "meters", path)):
         bus.meters.extend(_meters(rule, f"{path}.meters[{r_index}]", bus, seed, master_key))
     units = [m.identity.unit_id for m in bus.meters if protocol == "modbus"]
     if len(set(units)) != len(units):
         raise FleetError(f"{path}: Modbus unit ids repeat on one bus")
     bus.reindex()
+    if carrier is not None:
+        bus.network = plan_network(bus.meters, carrier, seed, name)
     return bus
 
 
@@ -320,7 +336,7 @@ def _meters(
             raise FleetError(f"{path}.models: {m.name} speaks {m.protocol} on a {bus.protocol} bus")
     count = int(rule["count"])
     first = rule["first_address"]
-    if bus.protocol == "dlt645" and first is None:
+    if bus.protocol != "modbus" and first is None:
         raise FleetError(f"{path}.first_address: required for DL/T 645 meters")
     out: list[Meter] = []
     for i in range(count):

@@ -6,19 +6,23 @@
         host, port = serving.endpoint("485-1").address
 
 DL/T 645 buses are served by `simulators.line`; Modbus buses by pymodbus (TCP, or RTU on a pty
-pair bridged to the client's pty). Leaving the context closes every pty, socket and task.
+pair bridged to the client's pty); carrier buses by a CCO (`simulators.carrier`), one module per
+bus for the whole serving (TCP reconnections reach the same module; it powers up when serving
+starts): `serving.module("plc-1")`. Leaving the context closes every pty, socket and task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from simulators.bus import Bus
+from simulators.carrier.module import CarrierModule
+from simulators.carrier.serve import serve_carrier_port
 from simulators.fleet import Fleet
 from simulators.line import LineOptions, Port, Pty, StreamPort, send_paced, serve_port
 
@@ -43,12 +47,21 @@ class Endpoint:
 class Serving:
     fleet: Fleet
     endpoints: list[Endpoint] = field(default_factory=list)
+    modules: dict[str, CarrierModule] = field(default_factory=dict)
+    """the CCO of each carrier bus, by bus name"""
 
     def endpoint(self, bus: str) -> Endpoint:
         for e in self.endpoints:
             if e.bus == bus:
                 return e
         raise KeyError(f"bus {bus!r} is not served")
+
+    def module(self, bus: str) -> CarrierModule:
+        """The CCO serving a carrier bus (its state, and test hooks: reset, drop, restore)."""
+        try:
+            return self.modules[bus]
+        except KeyError:
+            raise KeyError(f"bus {bus!r} is not a served carrier bus") from None
 
 
 @contextlib.asynccontextmanager
@@ -62,12 +75,14 @@ async def serve_fleet(
     serial: str | None = None,
     timing: bool = False,
     trace: Callable[[str], None] | None = None,
+    time_scale: float | None = None,
 ) -> AsyncIterator[Serving]:
     """Serve every bus of `fleet`. `transport` is "pty", "tcp" or "serial".
 
     tcp: bus n listens on `port` + n (port 0: any free port each). pty: `link` (optional)
     names a symlink to the first bus's pty, later buses get `link`.<bus name>. serial: only
-    a one-bus fleet, on device `serial`.
+    a one-bus fleet, on device `serial`. `time_scale` overrides every carrier bus's own
+    (drawn latencies and module timers × this; line timing is never scaled).
     """
     serving = Serving(fleet)
     async with contextlib.AsyncExitStack() as stack:
@@ -79,29 +94,45 @@ async def serve_fleet(
             await asyncio.gather(*tasks, return_exceptions=True)
 
         stack.push_async_callback(_cancel_tasks)
+        for bus in fleet.buses:
+            if bus.protocol == "carrier":
+                module = CarrierModule(bus, time_scale=time_scale, trace=trace)
+                stack.push_async_callback(module.close)
+                module.start()
+                serving.modules[bus.name] = module
         for index, bus in enumerate(fleet.buses):
             options = LineOptions(timing=timing, baud=bus.baud, trace=trace)
             if transport == "tcp":
                 bus_port = port + index if port else 0
-                endpoint = await _tcp(stack, tasks, bus, host, bus_port, options)
+                endpoint = await _tcp(stack, serving, bus, host, bus_port, options)
             elif transport == "pty":
                 bus_link = None
                 if link is not None:
                     bus_link = link if index == 0 else link.with_name(f"{link.name}.{bus.name}")
-                endpoint = await _pty(stack, tasks, bus, bus_link, options)
+                endpoint = await _pty(stack, tasks, serving, bus, bus_link, options)
             elif transport == "serial":
                 if serial is None or len(fleet.buses) != 1:
                     raise ValueError("serial serving takes one device and a one-bus fleet")
-                endpoint = await _serial(stack, tasks, bus, serial, options)
+                endpoint = await _serial(stack, tasks, serving, bus, serial, options)
             else:
                 raise ValueError(f"transport is pty, tcp or serial, not {transport!r}")
             serving.endpoints.append(endpoint)
         yield serving
 
 
+def _serve_line(
+    serving_modules: dict[str, CarrierModule], bus: Bus, port: Port, options: LineOptions
+) -> Coroutine[Any, Any, None]:
+    """The loop that answers on one open line of `bus`."""
+    module = serving_modules.get(bus.name)
+    if module is not None:
+        return serve_carrier_port(module, port, options)
+    return serve_port(bus, port, options)
+
+
 async def _tcp(
     stack: contextlib.AsyncExitStack,
-    tasks: set[asyncio.Task[Any]],
+    serving: Serving,
     bus: Bus,
     host: str,
     port: int,
@@ -125,7 +156,7 @@ async def _tcp(
         connections.add(task)
         line = StreamPort(reader, writer)
         try:
-            await serve_port(bus, line, options)
+            await _serve_line(serving.modules, bus, line, options)
         except (ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
@@ -152,6 +183,7 @@ async def _tcp(
 async def _pty(
     stack: contextlib.AsyncExitStack,
     tasks: set[asyncio.Task[Any]],
+    serving: Serving,
     bus: Bus,
     link: Path | None,
     options: LineOptions,
@@ -171,7 +203,9 @@ async def _pty(
         tasks.add(asyncio.create_task(_bridge(server_side, client_side, paced), name="from-modbus"))
     else:
         tasks.add(
-            asyncio.create_task(serve_port(bus, client_side, options), name=f"pty-{bus.name}")
+            asyncio.create_task(
+                _serve_line(serving.modules, bus, client_side, options), name=f"pty-{bus.name}"
+            )
         )
     return Endpoint(bus.name, bus.protocol, "pty", path=client_side.name)
 
@@ -187,6 +221,7 @@ async def _bridge(source: Port, sink: Port, baud: int | None) -> None:
 async def _serial(
     stack: contextlib.AsyncExitStack,
     tasks: set[asyncio.Task[Any]],
+    serving: Serving,
     bus: Bus,
     device: str,
     options: LineOptions,
@@ -207,7 +242,11 @@ async def _serial(
     stack.callback(line.close)
     # the device paces the bytes itself: no emulated timing on a real line
     real = LineOptions(timing=False, baud=bus.baud, trace=options.trace)
-    tasks.add(asyncio.create_task(serve_port(bus, line, real), name=f"serial-{bus.name}"))
+    tasks.add(
+        asyncio.create_task(
+            _serve_line(serving.modules, bus, line, real), name=f"serial-{bus.name}"
+        )
+    )
     return Endpoint(bus.name, bus.protocol, "serial", path=device)
 
 

@@ -23,7 +23,7 @@ import pytest
 from tests.fixtures.processes import SimProcess, meterlink
 from tests.fixtures.services import running_influxdb, running_mosquitto
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # a hang guard, not a speed limit
 
 REPO = Path(__file__).resolve().parents[1]
 BEIJING = zoneinfo.ZoneInfo("Asia/Shanghai")

@@ -24,7 +24,7 @@ from simulators import load_fleet
 REPO = Path(__file__).resolve().parents[2]
 FLEET = Path(__file__).parent / "data" / "demo-fleet.toml"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # a hang guard, not a speed limit
 
 
 def answered_energy(record: Path) -> set[str]:

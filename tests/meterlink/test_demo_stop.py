@@ -17,7 +17,7 @@ import pytest
 
 from meterlink.services import die_with_parent
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # a hang guard, not a speed limit
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET = Path(__file__).parent / "data" / "demo-fleet.toml"
