@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import zoneinfo
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.archive import Archive
+from agent.carrier.client import ArchivedNode, carrier_poller
 from agent.config import HealthConfig, MeterConfig
 from agent.health import HealthTracker
 from agent.modbus import modbus_poller
@@ -87,9 +88,18 @@ async def sim_agent(
     url_options: str = "reply_timeout_ms=150&byte_gap_ms=100&frame_gap_ms=0",
     health: HealthConfig | None = None,
     timing: bool = False,
+    time_scale: float | None = None,
+    carrier_options: str = "",
 ) -> AsyncIterator[SimAgent]:
+    """`time_scale` and `carrier_options` (URL query) concern carrier buses: the CCO's latencies
+    and timers × time_scale; the agent reaches it with a carrier:// URL, its archive and the
+    events list wired as the daemon does."""
     fleet = parse_fleet(fleet_toml)
-    async with serve_fleet(fleet, transport=transport, timing=timing) as serving:
+    events: list[tuple[str, str | None, dict[str, Any]]] = []
+    meters = tuple(build(MeterConfig, dict(e), "archive") for e in fleet.archive())
+    async with serve_fleet(
+        fleet, transport=transport, timing=timing, time_scale=time_scale
+    ) as serving:
         pollers: dict[str, BusPoller[Any]] = {}
         for bus in fleet.buses:
             ep = serving.endpoint(bus.name)
@@ -98,7 +108,17 @@ async def sim_agent(
                 base = f"tcp://{ep.address[0]}:{ep.address[1]}"
             else:
                 base = f"serial://{ep.path}"
-            if bus.protocol == "modbus":
+            if bus.protocol == "carrier":
+                scheme = "carrier+tcp" if ep.kind == "tcp" else "carrier"
+                query = "&".join(o for o in (carrier_options, "parity=N") if o)
+                url = BusUrl.parse(f"{scheme}{base[base.index(':') :]}?{query}")
+                pollers[bus.name] = carrier_poller(
+                    bus.name,
+                    url,
+                    events=lambda e, m, d: events.append((e, m, d)),
+                    archive=_nodes(meters, bus.name),
+                )
+            elif bus.protocol == "modbus":
                 scheme = "modbus+tcp" if ep.kind == "tcp" else "modbus+rtu"
                 url = BusUrl.parse(
                     f"{base.replace(base.split(':')[0], scheme, 1)}?timeout_ms=300&parity=N"
@@ -107,9 +127,7 @@ async def sim_agent(
             else:
                 url = BusUrl.parse(f"{base}?{url_options}&parity=N")
                 pollers[bus.name] = dlt645_poller(bus.name, url)
-        meters = tuple(build(MeterConfig, dict(e), "archive") for e in fleet.archive())
         archive = Archive(1, dt.datetime.now(dt.UTC), meters)
-        events: list[tuple[str, str | None, dict[str, Any]]] = []
         state = PlanState(state_dir / "state.sqlite")
         sink = MemorySink()
         ctx = PlanContext(
@@ -132,3 +150,12 @@ async def sim_agent(
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             state.close()
+
+
+def _nodes(meters: tuple[MeterConfig, ...], bus: str) -> Callable[[], list[ArchivedNode]]:
+    nodes = [
+        ArchivedNode.of(m.address, m.protocol, m.meter_id)
+        for m in meters
+        if m.bus == bus and m.address is not None and m.protocol != "modbus"
+    ]
+    return lambda: nodes
