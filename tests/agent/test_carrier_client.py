@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -420,3 +421,49 @@ async def test_a_line_that_breaks_takes_the_module_down_for_every_meter() -> Non
     assert second.value is first.value
     assert reason_of(first.value)[0] is FailureReason.BUS_ERROR
     assert events.names().count("carrier_module_down") == 1
+
+
+async def test_the_agent_syncs_the_module_at_start_and_on_archive_updates(tmp_path: Path) -> None:
+    """The daemon's wiring: a carrier bus's upkeep task syncs the module when the agent starts
+    (before any read) and again when the centre changes the archive."""
+    from agent.config import load_config
+    from agent.daemon import Agent
+
+    fleet = meters(3)
+    cco = FakeCco(fleet)
+    cco.archive["000000009999"] = 2  # stale
+    async with cco.serving() as url:
+        cfg_file = tmp_path / "agent.toml"
+        cfg_file.write_text(
+            f'[agent]\nconcentrator = "c-1"\nstate_dir = "{tmp_path / "state"}"\n'
+            f'[metrics]\nlisten = ""\n[[buses]]\nname = "plc"\nurl = "{url}"\n'
+            '[[archive.meters]]\naddress = "000000000001"\nbus = "plc"\n'
+            '[[archive.meters]]\naddress = "000000000002"\nbus = "plc"\n',
+            encoding="utf-8",
+        )
+        agent = Agent(load_config(cfg_file))
+        poller = agent.pollers["plc"]
+        task = asyncio.create_task(poller.run())
+        try:
+            await cco.wait_for(lambda: set(cco.archive) == {"000000000001", "000000000002"})
+            assert cco.counts["ConcurrentRead"] == 0  # synced before anything was read
+            agent.archive.apply_update(
+                {"mode": "upsert", "meters": [{"address": "000000000003", "bus": "plc"}]}
+            )
+            await agent._archive_changed()
+            await cco.wait_for(lambda: "000000000003" in cco.archive)
+
+            def syncs() -> list[tuple[int, int]]:
+                return [
+                    (e["detail"]["added"], e["detail"]["deleted"])
+                    for e in agent._pending_events
+                    if e["event"] == "carrier_sync"
+                ]
+
+            await eventually(lambda: len(syncs()) == 2)  # the confirm reached the client
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            agent.state.close()
+    assert syncs() == [(2, 1), (1, 0)]
