@@ -16,7 +16,7 @@ from central.coverage import UNEXPLAINED, compute_day, day_lines
 from central.ledger import Ledger, day_offset
 from central.points import Converted, convert
 from central.store import Store, open_store
-from protocols.payloads import validate
+from protocols.payloads import FailureReason, validate
 from tests.central import scenario
 from tests.central.helpers import archive, batch, reading, stamp
 from tests.central.scenario import DAY, M
@@ -128,7 +128,9 @@ def test_a_recovered_meter_is_zeroed_in_the_published_streaks(ledger: Ledger) ->
     assert len(nine) == 1
     assert 'days=0.0,last_reason=""' in nine[0]
     reasons = [line for line in lines if line.startswith("coverage_reason,scope=fleet,")]
-    assert len(reasons) == 13  # the closed set and "unexplained", zeros included
+    assert (
+        len(reasons) == len(FailureReason) + 1
+    )  # the closed set and "unexplained", zeros included
     assert any("reason=no_reply meters=0.0" in line for line in reasons)
 
 
