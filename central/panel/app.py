@@ -213,7 +213,7 @@ async def headers_mw(
         resp = await handler(request)
     except web.HTTPException as exc:
         resp = exc
-        if exc.status in (403, 404) and not exc.text:
+        if exc.status in (403, 404) and exc.text == f"{exc.status}: {exc.reason}":
             resp = render(request, "error.html", http_status=exc.status, code=exc.status)
         elif exc.status >= 400 and not request.path.startswith("/static/"):
             raise
@@ -528,7 +528,7 @@ async def meter(request: web.Request) -> web.StreamResponse:
         d = dt.datetime.fromtimestamp(ts, svc.tz).date().isoformat()
         pts.append((d, value, f"{d} {value:g} kWh {quality}".strip()))
     chart = line_chart([Series("kWh", "s-rate", pts)], labels=labels, unit="",
-                       chart_id="history") if pts else ""  # fmt: skip
+                       chart_id="history", width=480) if pts else ""  # fmt: skip
     blocks = []
     for section in svc.registry.sections.values():
         html = await section.provider.meter_block(c, m, lang) if section.provider else None
@@ -662,19 +662,23 @@ async def read_now(ctx: ActionContext, args: Mapping[str, str]) -> ActionResult:
         return ActionResult(False, f"{m} is not in {c}'s archive")
     if svc.key is None:
         return ActionResult(False, "no command key (METERLINK_MQTT_COMMAND_KEY)")
-    items = list(svc.cfg.panel.read_items)
     try:
-        reply = await svc.command(c, "read", m, {"items": items})
+        reply = await svc.command(c, "read", m, {"items": list(svc.cfg.panel.read_items)})
     except CommandTimeout as exc:
         return ActionResult(False, str(exc))
     payload = reply.payload
     result = payload.get("result") or {}
     values: dict[str, Any] = {}
     failed: dict[str, Any] = {}
-    for k, v in result.items():
+    got = result.get("items") if isinstance(result.get("items"), dict) else result
+    for k, v in got.items():
         if isinstance(v, dict) and isinstance(v.get("error"), dict):
             failed[k] = v["error"].get("reason")
-        elif k != "items":
+        elif isinstance(v, dict) and isinstance(v.get("values"), dict):
+            for name, value in v["values"].items():  # {"value": 1234.5, "unit": "kWh"}
+                if isinstance(value, dict) and "value" in value:
+                    values[name] = f"{value['value']} {value.get('unit') or ''}".strip()
+        else:
             values[k] = v
     if not reply.ok or failed:
         reason = payload.get("reason") or ", ".join(f"{k}: {r}" for k, r in failed.items())

@@ -35,6 +35,7 @@ def line_chart(
     target: float | None = None,
     unit: str = "",
     chart_id: str = "chart",
+    width: int = W,
 ) -> str:
     values = [v for s in series for _, v, _ in s.points if v is not None]
     if target is not None:
@@ -44,7 +45,7 @@ def line_chart(
     if hi - lo < 1e-9:
         lo, hi = lo - 1, hi + 1
     n = max(len(labels), 1)
-    pw, ph = W - PAD_L - PAD_R, H - PAD_T - PAD_B
+    pw, ph = width - PAD_L - PAD_R, H - PAD_T - PAD_B
 
     def x(i: int) -> float:
         return PAD_L + (pw * i / (n - 1) if n > 1 else pw / 2)
@@ -58,8 +59,9 @@ def line_chart(
     ]
     for k in range(5):  # grid and y labels
         v = lo + (hi - lo) * k / 4
+        right = width - PAD_R
         out.append(
-            f'<line class="grid" x1="{PAD_L}" x2="{W - PAD_R}" y1="{y(v):.1f}" y2="{y(v):.1f}"/>'
+            f'<line class="grid" x1="{PAD_L}" x2="{right}" y1="{y(v):.1f}" y2="{y(v):.1f}"/>'
             f'<text class="axis" x="{PAD_L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">'
             f"{_fmt(v)}{escape(unit)}</text>"
         )
@@ -72,7 +74,7 @@ def line_chart(
             )
     if target is not None:
         out.append(
-            f'<line class="target" x1="{PAD_L}" x2="{W - PAD_R}" y1="{y(target):.1f}"'
+            f'<line class="target" x1="{PAD_L}" x2="{width - PAD_R}" y1="{y(target):.1f}"'
             f' y2="{y(target):.1f}"><title>{_fmt(target)}{escape(unit)}</title></line>'
         )
     index = {label: i for i, label in enumerate(labels)}
