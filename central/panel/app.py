@@ -126,6 +126,10 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+#: the request's session (a typed key where aiohttp has them, 3.12 on)
+SESSION: Any = (
+    web.RequestKey("session", Session) if hasattr(web, "RequestKey") else "session"
+)
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -185,7 +189,7 @@ _env.filters["pct"] = _pct
 def render(request: web.Request, template: str, http_status: int = 200, **ctx: Any) -> web.Response:
     svc = request.app[SERVICES]
     lang = _lang(request)
-    session: Session | None = request.get("session")
+    session: Session | None = request.get(SESSION)
     body = _env.get_template(template).render(
         t=translator(lang),
         lang=lang,
@@ -212,21 +216,24 @@ async def headers_mw(
     try:
         resp = await handler(request)
     except web.HTTPException as exc:
-        resp = exc
         if exc.status in (403, 404) and exc.text == f"{exc.status}: {exc.reason}":
             resp = render(request, "error.html", http_status=exc.status, code=exc.status)
-        elif exc.status >= 400 and not request.path.startswith("/static/"):
+        else:
+            _headers(request, exc)
             raise
+    _headers(request, resp)
+    return resp
+
+
+def _headers(request: web.Request, resp: web.StreamResponse | web.HTTPException) -> None:
     resp.headers.setdefault("Content-Security-Policy", CSP)
     resp.headers.setdefault("X-Content-Type-Options", "nosniff")
     resp.headers.setdefault("Referrer-Policy", "same-origin")
     resp.headers.setdefault("X-Frame-Options", "DENY")
     if not request.path.startswith("/static/"):
         resp.headers.setdefault("Cache-Control", "no-store")
-    svc = request.app[SERVICES]
-    if svc.tls:
+    if request.app[SERVICES].tls:
         resp.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-    return resp
 
 
 @web.middleware
@@ -238,7 +245,7 @@ async def session_mw(
     session = None
     if token:
         session = await asyncio.to_thread(svc.users.session, token, svc.cfg.panel.idle_minutes * 60)
-    request["session"] = session
+    request[SESSION] = session
     if request.path.startswith(PUBLIC) or request.path == "/favicon.ico":
         return await handler(request)
     if session is None:
@@ -303,18 +310,18 @@ async def login(request: web.Request) -> web.StreamResponse:
     resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict",
                     secure=_secure(svc), path="/")  # fmt: skip
     resp.del_cookie(LOGIN_COOKIE, path="/login")
-    return resp
+    raise resp
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
     svc = request.app[SERVICES]
-    session: Session = request["session"]
+    session: Session = request[SESSION]
     await asyncio.to_thread(svc.users.close_session, session.token_hash)
     await asyncio.to_thread(audit, svc.store, user=session.user, role=session.role,
                             action="logout", outcome="ok", remote=_remote(request))  # fmt: skip
     resp = web.HTTPSeeOther("/login")
     resp.del_cookie(SESSION_COOKIE, path="/")
-    return resp
+    raise resp
 
 
 async def set_lang(request: web.Request) -> web.StreamResponse:
@@ -324,7 +331,7 @@ async def set_lang(request: web.Request) -> web.StreamResponse:
     resp = web.HTTPSeeOther(_safe_next(request.query.get("next", "/")))
     resp.set_cookie(LANG_COOKIE, lang, samesite="Strict", max_age=365 * 86400, path="/",
                     secure=_secure(request.app[SERVICES]))  # fmt: skip
-    return resp
+    raise resp
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -534,13 +541,13 @@ async def meter(request: web.Request) -> web.StreamResponse:
         html = await section.provider.meter_block(c, m, lang) if section.provider else None
         blocks.append((section, _trusted(html) if html else None))
     done = None
-    if request.query.get("done", "").isdigit() and request["session"] is not None:
+    if request.query.get("done", "").isdigit() and request[SESSION] is not None:
         rows = await asyncio.to_thread(
             svc.store.rows,
             "SELECT action, outcome, detail, user_name FROM panel_audit WHERE id = ?",
             (int(request.query["done"]),),
         )
-        if rows and rows[0][3] == request["session"].user:
+        if rows and rows[0][3] == request[SESSION].user:
             detail = json.loads(rows[0][2]) if str(rows[0][2]).startswith("{") else {}
             done = {"action": rows[0][0], "outcome": rows[0][1], "detail": detail}
     return render(
@@ -619,7 +626,7 @@ async def failures_csv(request: web.Request) -> web.StreamResponse:
 # --- actions -------------------------------------------------------------------------------------
 async def act(request: web.Request) -> web.StreamResponse:
     svc = request.app[SERVICES]
-    session: Session = request["session"]
+    session: Session = request[SESSION]
     name = request.match_info["name"]
     action = svc.registry.actions.get(name)
     if action is None:
@@ -670,7 +677,7 @@ async def read_now(ctx: ActionContext, args: Mapping[str, str]) -> ActionResult:
     result = payload.get("result") or {}
     values: dict[str, Any] = {}
     failed: dict[str, Any] = {}
-    got = result.get("items") if isinstance(result.get("items"), dict) else result
+    got: dict[str, Any] = result["items"] if isinstance(result.get("items"), dict) else result
     for k, v in got.items():
         if isinstance(v, dict) and isinstance(v.get("error"), dict):
             failed[k] = v["error"].get("reason")
@@ -690,7 +697,7 @@ async def read_now(ctx: ActionContext, args: Mapping[str, str]) -> ActionResult:
 
 async def audit_page(request: web.Request) -> web.StreamResponse:
     svc = request.app[SERVICES]
-    session: Session = request["session"]
+    session: Session = request[SESSION]
     if not session.can_act:
         raise web.HTTPForbidden()
     rows = await asyncio.to_thread(recent_audit, svc.store, 200)
