@@ -127,9 +127,7 @@ class Services:
 
 SERVICES = web.AppKey("services", Services)
 #: the request's session (a typed key where aiohttp has them, 3.12 on)
-SESSION: Any = (
-    web.RequestKey("session", Session) if hasattr(web, "RequestKey") else "session"
-)
+SESSION: Any = web.RequestKey("session", Session) if hasattr(web, "RequestKey") else "session"
 
 
 # --- helpers -------------------------------------------------------------------------------------

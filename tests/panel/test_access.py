@@ -237,8 +237,9 @@ async def test_tls_serves_https_with_secure_cookies(tmp_path: Path, store: Store
     async with running(cfg, store, None, urls.append):
         assert urls[0].startswith("https://")
         jar = aiohttp.CookieJar(unsafe=True)
-        async with aiohttp.ClientSession(cookie_jar=jar,
-                                         connector=aiohttp.TCPConnector(ssl=trust)) as http:
+        async with aiohttp.ClientSession(
+            cookie_jar=jar, connector=aiohttp.TCPConnector(ssl=trust)
+        ) as http:
             r = await Client(urls[0].rstrip("/"), http).log_in("vera")
             (cookie,) = [c for c in r.headers.getall("Set-Cookie") if "meterlink_session=" in c]
             assert "Secure" in cookie
