@@ -211,19 +211,26 @@ PUBLIC = ("/login", "/static/", "/healthz", "/lang/")
 async def headers_mw(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    started = time.perf_counter()
     try:
         resp = await handler(request)
     except web.HTTPException as exc:
         if exc.status in (403, 404) and exc.text == f"{exc.status}: {exc.reason}":
             resp = render(request, "error.html", http_status=exc.status, code=exc.status)
         else:
-            _headers(request, exc)
+            _headers(request, exc, started)
             raise
-    _headers(request, resp)
+    _headers(request, resp, started)
     return resp
 
 
-def _headers(request: web.Request, resp: web.StreamResponse | web.HTTPException) -> None:
+def _headers(
+    request: web.Request, resp: web.StreamResponse | web.HTTPException, started: float
+) -> None:
+    if resp.prepared:  # a stream (server-sent events) sent its own
+        return
+    # the server's own time for the request (browsers' network tab, bench/panel.py)
+    resp.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.3f}"
     resp.headers.setdefault("Content-Security-Policy", CSP)
     resp.headers.setdefault("X-Content-Type-Options", "nosniff")
     resp.headers.setdefault("Referrer-Policy", "same-origin")
