@@ -1,4 +1,5 @@
-"""`meterlink central run | check | report | spool | command` — the central side's command line."""
+"""`meterlink central run | check | report | spool | panel | command`: the central side's
+command line."""
 
 from __future__ import annotations
 
@@ -56,6 +57,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         " fixing the cause); a running consumer writes them within a second, else the next",
     )
 
+    from central.panel import cli as panel_cli
+
+    panel = sub.add_parser(
+        "panel",
+        help="serve the operators' web panel; manage its users (docs/panel.md)",
+        description="Serve the operators' web panel on [panel] listen (coverage, agent status,"
+        " read now), or manage its users: meterlink central panel users add|passwd|role|remove"
+        "|list.",
+    )
+    panel_cli.configure(panel)
+
     cmd = sub.add_parser(
         "command",
         help="send a signed command to an agent and print its reply",
@@ -101,7 +113,14 @@ def run(args: argparse.Namespace) -> int:
     from central.store import StoreError, StoreTooNew, StoreUnavailable
 
     try:
+        if args.config is None:  # only `panel` leaves --config optional on its parser
+            print("meterlink central panel: --config is required", file=sys.stderr)
+            return 2
         cfg = load(args.config)
+        if args.action == "panel":
+            from central.panel.cli import run as panel_run
+
+            return panel_run(cfg, args)
         if args.action == "command":
             return _command(cfg, args)
         if args.action == "run":

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from central.panel.config import PanelConfig
 from central.store.url import parse_url
 from common.config import ConfigError, Secret, build, load_toml
 from common.mqtt import MqttSettings
@@ -25,6 +26,7 @@ __all__ = [
     "CoverageConfig",
     "InfluxConfig",
     "MqttConfig",
+    "PanelConfig",
     "StoreConfig",
     "load",
 ]
@@ -157,6 +159,7 @@ class CentralConfig:
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
     coverage: CoverageConfig = field(default_factory=CoverageConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    panel: PanelConfig = field(default_factory=PanelConfig)
 
 
 def parse_hhmm(text: str) -> dt.time:

@@ -3,9 +3,11 @@
 Starts what is missing — a Mosquitto and an InfluxDB 1.x (`influxd`) on free loopback ports
 when none is given — then the meter simulator with a fleet (default: the documented field
 profile, simulators/fleets/field.toml) on TCP serial servers, `meterlink agent run` for one
-concentrator, and `meterlink central run`. The agent's daily plan reads today's freeze; when
-every archived meter is read or explained (or `--wait` runs out) the demo prints the coverage
-report, sets it beside what the simulator's own answer record says, and says where to look.
+concentrator, `meterlink central run`, and the operators' panel (`meterlink central panel`,
+an operator log-in made for the run, printed with the panel's URL). The agent's daily plan
+reads today's freeze; when every archived meter is read or explained (or `--wait` runs out) the
+demo prints the coverage report, sets it beside what the simulator's own answer record says,
+and says where to look.
 
 Everything runs as child processes of the demo (agent and simulator are separate programs; the
 central side imports neither) and is stopped by PID at the end, unless `--keep-running`.
@@ -21,6 +23,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -113,6 +116,7 @@ class _Stack:
             stdout=kwargs.pop("stdout", log),
             stderr=log,
             cwd=REPO,
+            env=kwargs.pop("env", None),
             preexec_fn=die_with_parent(),  # even if the demo is SIGKILLed
         )
         self.procs.append((name, proc))
@@ -243,8 +247,40 @@ def _central_config(stack: _Stack, host: str, port: int, influx: str, store: str
         f'group = "demo"\n[influx]\napi = "v1"\nurl = "{influx}"\ndatabase = "meterlink"\n'
         f'[consumer]\nspool = "{w}/central-spool.sqlite3"\nflush_interval_s = 0.2\n'
         f"[coverage]\ninterval_s = 2.0\n[store]\nurl = {json.dumps(store)}\n"
+        f'[panel]\nlisten = "127.0.0.1:{free_port()}"\nrefresh_s = 2.0\n'
     )
     return path
+
+
+#: the panel's demo log-in (an operator); its password is new on every run
+PANEL_USER = "demo"
+
+
+def _panel(stack: _Stack, central_conf: Path, env: dict[str, str]) -> tuple[str, str]:
+    """Make the demo's operator and start `meterlink central panel`; its URL and password."""
+    meterlink = [sys.executable, "-m", "meterlink", "central", "panel"]
+    password = secrets.token_urlsafe(12)
+    made = subprocess.run(
+        [*meterlink, "users", "add", PANEL_USER, "--role", "operator", "--password-stdin",
+         "--config", str(central_conf)],
+        input=password.encode(), capture_output=True, cwd=REPO, env=env, check=False,
+    )  # fmt: skip
+    if made.returncode != 0 and b"exists" in made.stderr:  # a store kept from an earlier run
+        made = subprocess.run(
+            [*meterlink, "users", "passwd", PANEL_USER, "--password-stdin", "--config",
+             str(central_conf)],
+            input=password.encode(), capture_output=True, cwd=REPO, env=env, check=False,
+        )  # fmt: skip
+    if made.returncode != 0:
+        raise StackFailed(f"panel user: {made.stderr.decode(errors='replace')}")
+    proc = stack.start("panel", [*meterlink, "--config", str(central_conf)],
+                       stdout=subprocess.PIPE, env=env)  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()  # "panel http://127.0.0.1:PORT/"
+    if not line.startswith("panel "):
+        stack.check()
+        raise StackFailed("the panel did not start: see panel.log")
+    return line.split()[1], password
 
 
 def _open_store(url: str) -> Store:
@@ -369,10 +405,14 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
             )
         print(f"demo: central store {store}")
         central_conf = _central_config(stack, host, port, influx, store_url)
+        # the agents' command key, for the panel's "read now" (a new one each run)
+        env = {**os.environ, "METERLINK_MQTT_COMMAND_KEY": secrets.token_hex(16)}
         stack.start("central", [*meterlink, "central", "run", "--config", str(central_conf)])
         time.sleep(1.0)  # subscribed before the agent publishes its archive and first readings
         stack.start("agent", [*meterlink, "agent", "run", "--config",
-                              str(_agent_config(stack, host, port, buses))])  # fmt: skip
+                              str(_agent_config(stack, host, port, buses))], env=env)  # fmt: skip
+        panel_url, panel_password = _panel(stack, central_conf, env)
+        print(f"demo: panel {panel_url} (log-in {PANEL_USER} / {panel_password}, operator)")
         # the data day is the meters' local date (the agent's default zone is the same,
         # Asia/Shanghai, whatever this machine's zone is)
         day = dt.datetime.now(tz).date().isoformat()
@@ -401,6 +441,10 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
             " item of one attempt; the record counts single replies)"
         )
         _where_to_look(workdir, influx, central_conf)
+        print(
+            f"  panel      {panel_url}  log-in: {PANEL_USER} / {panel_password} (operator;"
+            " docs/panel.md)"
+        )
         print(f"demo: done in {time.monotonic() - started:.0f} s")
         if args.keep_running:
             print("demo: running; Ctrl-C stops everything")
@@ -419,6 +463,6 @@ where to look:
   InfluxDB   {influx}  database "meterlink": measurements reading, round, read_failure,
              coverage, coverage_reason, coverage_streak (docs/influx.md)
   Grafana    deploy/grafana/ (provisioning + dashboard; point the datasource at {influx})
-  logs       {workdir}/{{simulator,agent,central,mosquitto,influxd}}.log
+  logs       {workdir}/{{simulator,agent,central,panel,mosquitto,influxd}}.log
   simulator  {workdir}/answers.jsonl (who answered what)"""
     )

@@ -224,7 +224,11 @@ async def test_the_readme_path(tmp_path: Path) -> None:
                     result: dict[str, Any] = json.loads(done.stdout)
                     return result
 
+                snapshot: dict[str, Any] = {}
+
                 def settled() -> bool:
+                    """The record first, then the report: every meter the record shows
+                    answering by then must be counted read (the agent goes on reading after)."""
                     for proc in (agent, consumer):
                         assert proc.proc is not None
                         assert proc.proc.returncode is None, proc.log()[-3000:]
@@ -234,6 +238,7 @@ async def test_the_readme_path(tmp_path: Path) -> None:
                     now = report()
                     (fleet,) = [s for s in now["scopes"] if s["scope"] == "fleet"]
                     reasons = [f["last_reason"] for f in now["consecutive_failures"]]
+                    snapshot.update(answered=answered, report=now)
                     return (
                         fleet["expected"] == len(archived)  # the archive reached the centre
                         and "unexplained" not in reasons  # every meter tried at least once
@@ -244,13 +249,14 @@ async def test_the_readme_path(tmp_path: Path) -> None:
                     # polling: the state is in other processes (the report command reads it)
                     while not await asyncio.to_thread(settled):  # noqa: ASYNC110
                         await asyncio.sleep(2.0)
-                result = report()
                 assert await agent.stop() == 0, agent.log()[-3000:]
                 assert await consumer.stop() == 0, consumer.log()[-3000:]
+                result = report()  # final: nothing reads or writes any more
     answered, silent = _reachable(records, archive)
     read = read_meters(result)
-    assert read >= answered
+    assert read >= read_meters(snapshot["report"]) >= snapshot["answered"]
     assert not read & silent  # a meter the simulator never let answer is never counted read
+    assert read <= answered  # ... and only meters it did
     (fleet,) = [s for s in result["scopes"] if s["scope"] == "fleet"]
     assert (fleet["expected"], fleet["read"]) == (len(archived), len(read))
     unread = {f["meter"]: f["last_reason"] for f in result["consecutive_failures"]}

@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -89,5 +90,12 @@ async def test_demo_coverage_equals_the_simulators_record(
     assert f"simulator's own record: {len(sim)} of {len(archived)}" in text
     assert f"fleet: {len(sim)}/{len(archived)} read" in text
     assert f"demo: central store {store_args[1] if store_args else 'sqlite:'}" in text
+    # the operators' panel was up, with a log-in made for the run
+    panel = re.search(
+        r"demo: panel (http://127\.0\.0\.1:\d+/) \(log-in demo / (\S+), operator\)", text
+    )
+    assert panel, text[-3000:]
+    assert f"panel      {panel[1]}  log-in: demo / {panel[2]}" in text
+    assert "panel: serving" in (tmp_path / "panel.log").read_text()
     # the demo stopped what it started
     assert "Traceback" not in text
