@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import common.clock
 from agent.config import AgentConfig, MeterConfig
 from common.config import ConfigError, build, load_toml
 
@@ -148,7 +149,7 @@ class ArchiveStore:
             )
             return Archive(saved["version"], dt.datetime.fromisoformat(saved["updated_at"]), meters)
         version = saved["version"] + 1 if saved is not None else 1
-        archive = Archive(version, dt.datetime.now(self._cfg.agent.tz), configured)
+        archive = Archive(version, common.clock.current().now(self._cfg.agent.tz), configured)
         self._save(archive, digest)
         return archive
 
@@ -209,7 +210,9 @@ class ArchiveStore:
             checked = _check(meters, self._buses)
         except ConfigError as exc:
             raise ArchiveUpdateError(str(exc)) from None
-        archive = Archive(self.current.version + 1, dt.datetime.now(self._cfg.agent.tz), checked)
+        archive = Archive(
+            self.current.version + 1, common.clock.current().now(self._cfg.agent.tz), checked
+        )
         self._save(archive, _digest(self._configured()))
         self.current = archive
         return archive

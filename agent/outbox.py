@@ -49,13 +49,13 @@ import json
 import logging
 import math
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, NamedTuple, Self, TypeVar
+
+import common.clock
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -143,7 +143,7 @@ class _Eviction:
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return common.clock.current().now().isoformat(timespec="milliseconds")
 
 
 def _encode(payload: dict[str, Any]) -> str:
@@ -365,7 +365,7 @@ class Outbox:
             )
 
     def _move_aside(self) -> Path:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        stamp = common.clock.current().now().strftime("%Y%m%dT%H%M%SZ")
         for n in range(1000):
             suffix = f".corrupt-{stamp}" + (f"-{n}" if n else "")
             target = self.path.with_name(self.path.name + suffix)
@@ -421,10 +421,10 @@ class Outbox:
     def _insert_event(self, event: str, detail: dict[str, Any]) -> None:
         payload = {"at": _now_iso(), "event": event, "detail": detail}
         with self._transaction():
-            self._insert("events", _encode(payload), time.time())
+            self._insert("events", _encode(payload), common.clock.current().time())
 
     def _put_sync(self, kind: str, texts: list[str]) -> list[int]:
-        now = time.time()
+        now = common.clock.current().time()
         before = self._bytes_used, dict(self._depth)
         try:
             with self._transaction():
@@ -569,7 +569,7 @@ class Outbox:
                 "INSERT INTO dead_letter (id, kind, payload, created_at, failed_at, reason) "
                 "SELECT id, kind, payload, created_at, ?, ? FROM outbox "
                 "WHERE id IN (SELECT value FROM json_each(?))",
-                (time.time(), reason, ids_json),
+                (common.clock.current().time(), reason, ids_json),
             )
             moved = cur.rowcount
             conn.execute(

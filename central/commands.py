@@ -27,7 +27,6 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -35,6 +34,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+import common.clock
 from central.config import MqttConfig
 from common.mqtt import client_arguments
 from protocols.commands import new_command
@@ -138,7 +138,7 @@ class CommandSender:
             command,
             concentrator=concentrator,
             key=self.key,
-            now=datetime.now(UTC).astimezone(),
+            now=common.clock.current().now().astimezone(),
             meter=meter,
             args=args,
         )

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+import common.clock
 
 __all__ = ["DeadLetter", "Spool"]
 
@@ -72,7 +73,7 @@ class Spool:
         with self._lock:
             self._db.execute(
                 "INSERT INTO pending (created, lines, body) VALUES (?, ?, ?)",
-                (time.time(), len(lines), body),
+                (common.clock.current().time(), len(lines), body),
             )
 
     def oldest(self) -> tuple[int, list[str]] | None:
@@ -102,7 +103,7 @@ class Spool:
             self._db.execute(
                 "INSERT INTO dead_letter (at, kind, source, status, error, body)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (time.time(), kind, source, status, error, body),
+                (common.clock.current().time(), kind, source, status, error, body),
             )
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
@@ -135,7 +136,7 @@ class Spool:
                     n = body.count(b"\n") + 1
                     self._db.execute(
                         "INSERT INTO pending (created, lines, body) VALUES (?, ?, ?)",
-                        (time.time(), n, zlib.compress(body, 1)),
+                        (common.clock.current().time(), n, zlib.compress(body, 1)),
                     )
                     moved += n
                 self._db.executemany(

@@ -1,26 +1,30 @@
 """Time for simulated meters: one world clock, and each meter's own clock on top of it.
 
 The world clock is the local time of the fleet's time zone (default Asia/Shanghai: real meters
-keep Beijing time whatever the concentrator's or the simulator's machine says). It runs in real
-time from an anchor, or stands still (`freeze()`), and can be set or advanced by tests without
-sleeping. A meter's clock is the world's time seen through the
-meter's offset and drift (ppm): ``meter = anchor_meter + (world - anchor_world) * (1 + ppm/1e6)``.
+keep Beijing time whatever the concentrator's or the simulator's machine says). It runs from an
+anchor on the run's time source (`common.clock`: real time, or the accelerated clock that all
+processes of a soak share, so freezes fall on the agent's midnights), or stands still
+(`freeze()`), and can be set or advanced by tests without sleeping. A meter's clock is the
+world's time seen through the meter's offset and drift (ppm):
+``meter = anchor_meter + (world - anchor_world) * (1 + ppm/1e6)``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import time
 import zoneinfo
+
+import common.clock
 
 __all__ = ["DEFAULT_TIMEZONE", "MeterClock", "WorldClock", "local_now"]
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 
 
-def local_now(tz: dt.tzinfo) -> dt.datetime:
-    """Now in `tz`, as the naive local time a meter's clock shows."""
-    return dt.datetime.now(tz).replace(tzinfo=None, microsecond=0)
+def local_now(tz: dt.tzinfo, source: common.clock.Clock | None = None) -> dt.datetime:
+    """Now in `tz` on the run's time source, as the naive local time a meter's clock shows."""
+    clock = source if source is not None else common.clock.current()
+    return clock.now(tz).replace(tzinfo=None, microsecond=0)
 
 
 class WorldClock:
@@ -32,16 +36,18 @@ class WorldClock:
         *,
         frozen: bool = False,
         tz: dt.tzinfo | None = None,
+        source: common.clock.Clock | None = None,
     ) -> None:
         self.tz = tz if tz is not None else zoneinfo.ZoneInfo(DEFAULT_TIMEZONE)
-        self._anchor = start if start is not None else local_now(self.tz)
-        self._mono = time.monotonic()
+        self.source = source if source is not None else common.clock.current()
+        self._anchor = start if start is not None else local_now(self.tz, self.source)
+        self._since = self.source.time()
         self._frozen = frozen
 
     def now(self) -> dt.datetime:
         if self._frozen:
             return self._anchor
-        return self._anchor + dt.timedelta(seconds=time.monotonic() - self._mono)
+        return self._anchor + dt.timedelta(seconds=self.source.time() - self._since)
 
     @property
     def frozen(self) -> bool:
@@ -50,7 +56,7 @@ class WorldClock:
     def set(self, when: dt.datetime) -> None:
         """Jump to `when` (keeps running if it was running)."""
         self._anchor = when
-        self._mono = time.monotonic()
+        self._since = self.source.time()
 
     def advance(self, seconds: float) -> None:
         self.set(self.now() + dt.timedelta(seconds=seconds))
@@ -63,7 +69,7 @@ class WorldClock:
     def run(self) -> None:
         """Let the clock run in real time from where it stands."""
         self._anchor = self.now()
-        self._mono = time.monotonic()
+        self._since = self.source.time()
         self._frozen = False
 
 

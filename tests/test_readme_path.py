@@ -9,17 +9,19 @@ meter it shows silent may be."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import re
 import subprocess
 import sys
 import zoneinfo
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import common.clock
+from tests.fixtures.clock import clear_of_midnight, on_clock
 from tests.fixtures.processes import SimProcess, meterlink
 from tests.fixtures.services import running_influxdb, running_mosquitto
 
@@ -112,16 +114,15 @@ def _reachable(records: list[Path], archive: list[dict[str, Any]]) -> tuple[set[
     return answered, asked - answered
 
 
-async def _clear_of_midnight() -> None:
-    """The daily plan reads today's freeze (Beijing date): do not straddle midnight."""
-    now = dt.datetime.now(BEIJING)
-    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), BEIJING)
-    if (midnight - now).total_seconds() < 150:
-        await asyncio.sleep((midnight - now).total_seconds() + 5)
+@pytest.fixture(autouse=True)
+def _clear_of_midnight() -> Iterator[None]:
+    """The daily plan reads today's freeze (Beijing date): every process of the test runs on a
+    clock that starts at 10:00 today, so none straddles a midnight or waits for one."""
+    with on_clock(clear_of_midnight(BEIJING)):
+        yield
 
 
 async def test_the_readme_path(tmp_path: Path) -> None:
-    await _clear_of_midnight()
     work = tmp_path
     # meterlink sim fleet --example > my.toml ; meterlink sim fleet --archive --fleet my.toml
     example = _cli("sim", "fleet", "--example", cwd=work)
@@ -213,7 +214,7 @@ async def test_the_readme_path(tmp_path: Path) -> None:
                           work / "agent.log") as agent,
             ):  # fmt: skip
                 records = [work / "pty.jsonl", work / "tcp.jsonl"]
-                day = dt.datetime.now(BEIJING).date().isoformat()
+                day = common.clock.current().now(BEIJING).date().isoformat()
 
                 def report() -> dict[str, Any]:
                     done = _cli(

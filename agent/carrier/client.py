@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import common.clock
 from agent.carrier.errors import (
     ModuleDown,
     ModuleReset,
@@ -1075,7 +1076,7 @@ class CarrierClient(Dlt645Client):
         elif frame.afn == 0x06:
             self._answer(frame, q.Confirm())  # every AFN06 report is confirmed, whatever it is
         elif isinstance(message, q.ClockRequest):
-            now = dt.datetime.now().replace(microsecond=0)
+            now = dt.datetime.fromtimestamp(common.clock.current().time()).replace(microsecond=0)
             self._answer(frame, q.ClockAnswer(now))
         elif isinstance(message, q.CorrectionRequest):
             self._answer(frame, q.CorrectionAnswer(message.frame))

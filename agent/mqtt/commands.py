@@ -8,14 +8,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
 
+import common.clock
 from agent.mqtt.client import (
     ConnectionState,
     LinkStats,
@@ -148,8 +147,8 @@ class CommandChannel:
         try:
             if self._key is None:
                 raise CommandRejected("no command key configured: every command is refused")
-            verify_command(command, self._key, now=datetime.now(UTC))
-            self._nonces.check_and_remember(command["nonce"], now=time.time())
+            verify_command(command, self._key, now=common.clock.current().now())
+            self._nonces.check_and_remember(command["nonce"], now=common.clock.current().time())
         except CommandRejected as exc:
             log.warning("command %s refused: %s", command["command"], exc)
             return self._refusal("unauthorized", str(exc), command)

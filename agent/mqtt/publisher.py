@@ -9,10 +9,10 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+import common.clock
 from agent.mqtt.client import LinkStats, PublishRefused, Sender, _Client, _now_iso
 from agent.mqtt.messages import _Outgoing, _readings_batch, _readings_outgoing, _row_messages
 from agent.mqtt.settings import (
@@ -348,7 +348,7 @@ class OutboxPublisher:
         self._on_progress()
 
     async def _acked(self, kind: str, rows: list[OutboxRow]) -> None:
-        now = time.time()
+        now = common.clock.current().time()
         await self._outbox.ack([r.id for r in rows])
         ages = [max(0.0, now - r.created_at) for r in rows]
         self.publish_latency_s = max(ages)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
-import time
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import common.clock
 from agent.archive import Archive
 from agent.health import HealthTracker
 from agent.poller import BusPoller
 from agent.state import PlanState
+from common.clock import Clock as TimeSource
 from protocols.dlt645 import Edition
 from protocols.measurements import Measurement
 
@@ -32,20 +32,22 @@ class Sink(Protocol):
 
 
 class Clock:
-    """Local time of the meters' zone, and sleeping until a local time."""
+    """Local time of the meters' zone, and sleeping until a local time, on the process's
+    time source (`common.clock`: the real clock, or a run's accelerated one)."""
 
-    def __init__(self, tz: zoneinfo.ZoneInfo) -> None:
+    def __init__(self, tz: zoneinfo.ZoneInfo, source: TimeSource | None = None) -> None:
         self.tz = tz
+        self.source = source if source is not None else common.clock.current()
 
     def now(self) -> dt.datetime:
-        return dt.datetime.now(self.tz)
+        return self.source.now(self.tz)
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        return self.source.monotonic()
 
     async def sleep_until(self, when: dt.datetime) -> None:
-        while (left := (when - self.now()).total_seconds()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(min(left, 60.0))  # re-check: wall clock can be stepped
+        while (left := (when - self.now()).total_seconds()) > 0:
+            await self.source.sleep(min(left, 60.0))  # re-check: wall clock can be stepped
 
 
 @dataclass

@@ -31,6 +31,7 @@ import jinja2
 from aiohttp import web
 from markupsafe import Markup
 
+import common.clock
 from central.commands import CommandSender, CommandTimeout
 from central.config import CentralConfig
 from central.coverage import DayCoverage, ScopeCoverage, Streak
@@ -86,7 +87,7 @@ class Services:
         return zoneinfo.ZoneInfo(self.cfg.panel.timezone)
 
     def today(self) -> str:
-        return dt.datetime.now(self.tz).date().isoformat()
+        return common.clock.current().now(self.tz).date().isoformat()
 
     async def command(
         self, concentrator: str, command: str, meter: str, args: Mapping[str, Any]

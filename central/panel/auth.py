@@ -7,7 +7,6 @@ token; every action, refusal and log-in is a row of ``panel_audit``.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import re
@@ -19,6 +18,7 @@ from typing import Any, Literal
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+import common.clock
 from central.store import Migration, Schema, Store, Tx
 
 __all__ = [
@@ -102,7 +102,7 @@ class Session:
 
 
 def _now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return common.clock.current().now().isoformat(timespec="seconds")
 
 
 def _token_hash(token: str) -> str:

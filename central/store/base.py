@@ -27,7 +27,6 @@ later), `StoreTooNew`, and `StoreError` for the rest.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import random
 import sqlite3
@@ -38,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+import common.clock
 from central.store.url import Dialect, StoreURL
 
 __all__ = [
@@ -390,7 +390,7 @@ class Store(ABC):
                         schema.component,
                         m.version,
                         m.description,
-                        dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        common.clock.current().now().isoformat(timespec="seconds"),
                         self.name,
                     ),
                 )

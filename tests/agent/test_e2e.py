@@ -13,34 +13,34 @@ import signal
 import sqlite3
 import sys
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import common.clock
 from protocols.commands import new_command
 from simulators import Fleet, parse_fleet, serve_fleet
 from tests.agent.helpers_mqtt import CONCENTRATOR, KEY, Collector, Requester, eventually
+from tests.fixtures.clock import clear_of_midnight, on_clock
 from tests.fixtures.services import Mosquitto, free_port, running_mosquitto
 
 pytestmark = pytest.mark.slow
 
 
 def _now() -> dt.datetime:
-    """Wall-clock local time of the meters (the agent runs with timezone UTC here)."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    """The run's local time of the meters (the agent runs with timezone UTC here)."""
+    return common.clock.current().now(dt.UTC).replace(tzinfo=None, microsecond=0)
 
 
-async def _clear_of_midnight() -> None:
-    """The daily plan reads today's 00:00 freeze; do not straddle midnight."""
-    now = _now()
-    to_midnight = (
-        dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time()) - now
-    ).total_seconds()
-    if to_midnight < 120:
-        await asyncio.sleep(to_midnight + 5)
+@pytest.fixture(autouse=True)
+def _clear_of_midnight() -> Iterator[None]:
+    """The daily plan reads today's 00:00 freeze: simulator, agent and test share a clock that
+    starts at 10:00 today, so no test straddles a midnight (and none waits for one to pass)."""
+    with on_clock(clear_of_midnight(dt.UTC)):
+        yield
 
 
 FLEET = """
@@ -152,7 +152,6 @@ enabled = false
 async def _field(
     tmp: Path, *, transport: str, count: int = 12, dead: float = 0.1, intermittent: float = 0.0
 ) -> AsyncIterator[tuple[Fleet, str, Path]]:
-    await _clear_of_midnight()
     fleet = parse_fleet(
         FLEET.format(start=_now().isoformat(), count=count, dead=dead, intermittent=intermittent)
     )
@@ -368,7 +367,7 @@ async def test_signed_read_command_end_to_end(tmp_path: Path) -> None:
                         "read",
                         concentrator=CONCENTRATOR,
                         key=KEY,
-                        now=dt.datetime.now(dt.UTC),
+                        now=common.clock.current().now(),
                         meter="000000000002",
                         args={"items": ["energy_import_total_kwh", "04000503"]},
                     )
