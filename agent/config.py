@@ -80,8 +80,13 @@ class MqttConfig(LinkSettings):
 
 @dataclass(frozen=True)
 class OutboxConfig:
-    max_mb: int = 64
+    max_mb: float = 64
+    """disk budget in MiB (a fraction for a concentrator with a tiny flash, or a soak)"""
     eviction: Literal["oldest_readings"] = "oldest_readings"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_mb < 1 << 20:
+            raise ValueError("max_mb must be a positive number of MiB")
 
 
 @dataclass(frozen=True)

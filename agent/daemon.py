@@ -284,7 +284,7 @@ class Agent:
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         self.outbox = await Outbox.open(
             cfg.agent.state_dir / "outbox.sqlite",
-            max_bytes=cfg.outbox.max_mb * 1024 * 1024,
+            max_bytes=int(cfg.outbox.max_mb * 1024 * 1024),
             eviction=cfg.outbox.eviction,
             on_evicted=self._evicted,
         )
