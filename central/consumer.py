@@ -196,7 +196,7 @@ class Consumer:
         kind = where[1]
         before = batch.converted.readings
         try:
-            payload = json.loads(body)
+            payload = json.loads(body, object_pairs_hook=_unique_keys)
             validate(kind, payload)
             if payload["concentrator"] != where[0]:
                 raise PayloadInvalid(kind, "concentrator differs from the topic's", "/concentrator")
@@ -357,9 +357,23 @@ def _has_nul(value: object) -> bool:
     return False
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object with a key twice is refused: parsers differ on which value wins."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise NotConvertible(f"duplicate key {key[:80]!r} in a JSON object")
+            seen.add(key)
+    return out
+
+
 def _rejection(kind: str, exc: Exception) -> str:
     if isinstance(exc, PayloadInvalid | NotConvertible):
-        return str(exc)
+        return str(exc)[:1000]
+    if isinstance(exc, UnicodeDecodeError):
+        return f"{kind} payload is not UTF-8 (byte {exc.start}: {exc.reason})"
     if isinstance(exc, json.JSONDecodeError):
         return f"{kind} payload is not JSON: {exc}"
     return f"{kind} payload not convertible: {type(exc).__name__}: {exc}"

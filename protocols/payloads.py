@@ -359,9 +359,22 @@ class PayloadInvalid(ValueError):
     """A payload that does not match its schema; `path` locates the first problem."""
 
     def __init__(self, kind: str, message: str, path: str) -> None:
-        super().__init__(f"{kind} payload invalid at {path or '/'}: {message}")
+        super().__init__(f"{kind} payload invalid at {_clip(path) or '/'}: {_clip(message)}")
         self.kind = kind
         self.path = path
+
+
+MAX_DETAIL = 240
+"""characters of a schema message or path kept in an error: a 4 MB value is named, not quoted"""
+
+
+def _clip(text: str) -> str:
+    """One line, at most about `MAX_DETAIL` characters: both ends kept, the middle counted."""
+    text = text.replace("\n", " ").replace("\r", " ")
+    if len(text) <= MAX_DETAIL:
+        return text
+    half = MAX_DETAIL // 2
+    return f"{text[:half]}…({len(text) - 2 * half} characters)…{text[-half:]}"
 
 
 @cache
