@@ -13,11 +13,12 @@ fleet's `seed` and the names of bus and meter, so the same file gives the same f
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import tomllib
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,8 @@ def parse_fleet(
     if world is None:
         start = doc.get("start")
         if isinstance(start, str):
-            start = dt.datetime.fromisoformat(start)
+            with _named("start"):
+                start = dt.datetime.fromisoformat(start)
         if start is not None and not isinstance(start, dt.datetime):
             raise FleetError("start: expected a local date-time like 2026-03-01T10:00:00")
         if isinstance(start, dt.datetime) and start.tzinfo is not None:
@@ -187,11 +189,12 @@ def parse_fleet(
             )
         world = WorldClock(start, frozen=bool(doc.get("frozen", False)), tz=_zone(doc))
     key_hex = doc.get("master_key")
-    master_key = (
-        bytes.fromhex(key_hex)
-        if isinstance(key_hex, str)
-        else hashlib.sha256(f"meterlink-sim-master/{seed}".encode()).digest()[:16]
-    )
+    with _named("master_key"):
+        master_key = (
+            bytes.fromhex(key_hex)
+            if isinstance(key_hex, str)
+            else hashlib.sha256(f"meterlink-sim-master/{seed}".encode()).digest()[:16]
+        )
     if len(master_key) != 16:
         raise FleetError("master_key: 32 hex digits (16 bytes) expected")
     recorder = recorder if recorder is not None else Recorder()
@@ -201,9 +204,9 @@ def parse_fleet(
         _known(district, _DISTRICT_KEYS, path)
         d_name = str(district.get("name", f"district{d_index + 1}"))
         for b_index, bus_doc in enumerate(_list(district, "bus", path)):
-            buses.append(
-                _bus(bus_doc, f"{path}.bus[{b_index}]", d_name, seed, world, master_key, recorder)
-            )
+            where = f"{path}.bus[{b_index}]"
+            with _named(where):
+                buses.append(_bus(bus_doc, where, d_name, seed, world, master_key, recorder))
     names = [b.name for b in buses]
     if len(set(names)) != len(names):
         raise FleetError("bus names must be unique across the fleet")
@@ -220,7 +223,8 @@ def parse_fleet(
         except (ValueError, TypeError) as exc:
             raise FleetError(f"inject[{i}]: {exc}") from None
     for i, entry in enumerate(_list(doc, "purchase", "")):
-        _card_purchase(fleet, entry, f"purchase[{i}]")
+        with _named(f"purchase[{i}]"):
+            _card_purchase(fleet, entry, f"purchase[{i}]")
     return fleet
 
 
@@ -244,6 +248,23 @@ def _card_purchase(fleet: Fleet, doc: Mapping[str, Any], path: str) -> None:
     if not isinstance(amount, int | float) or amount <= 0:
         raise FleetError(f"{path}.amount_yuan: a positive number")
     meter.schedule_card_purchase(when.replace(tzinfo=None), round(amount * 100))
+
+
+_BAD_VALUE = (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError)
+"""what a value of the wrong type or range raises deep inside the builders"""
+
+
+@contextlib.contextmanager
+def _named(path: str) -> Iterator[None]:
+    """A wrong value the checks above did not foresee still ends as a `FleetError` that names
+    the table it is in (never a traceback)."""
+    try:
+        yield
+    except FleetError:
+        raise
+    except _BAD_VALUE as exc:
+        detail = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise FleetError(f"{path}: a value of the wrong type or range ({detail[:200]})") from None
 
 
 def _zone(doc: Mapping[str, Any]) -> zoneinfo.ZoneInfo:
@@ -299,7 +320,9 @@ def _bus(
     baud = int(doc.get("baud", _DEFAULT_BAUD[protocol]))
     bus = Bus(name, world, [], seed, district, protocol, baud, faults, recorder, carrier=carrier)
     for r_index, rule in enumerate(_list(doc, "meters", path)):
-        bus.meters.extend(_meters(rule, f"{path}.meters[{r_index}]", bus, seed, master_key))
+        where = f"{path}.meters[{r_index}]"
+        with _named(where):
+            bus.meters.extend(_meters(rule, where, bus, seed, master_key))
     units = [m.identity.unit_id for m in bus.meters if protocol == "modbus"]
     if len(set(units)) != len(units):
         raise FleetError(f"{path}: Modbus unit ids repeat on one bus")
