@@ -42,7 +42,14 @@ from central.spool import Spool
 from central.store import StoreUnavailable, open_store
 from central.writers import WriteUnavailable, make_writer
 from common.mqtt import client_arguments
-from protocols.payloads import TOPIC_ROOT, PayloadInvalid, kind_of_topic, validate
+from protocols.payloads import (
+    TOPIC_ROOT,
+    DuplicateKey,
+    PayloadInvalid,
+    kind_of_topic,
+    loads,
+    validate,
+)
 
 __all__ = ["Consumer", "ConsumerStats"]
 
@@ -196,7 +203,7 @@ class Consumer:
         kind = where[1]
         before = batch.converted.readings
         try:
-            payload = json.loads(body, object_pairs_hook=_unique_keys)
+            payload = loads(body)
             validate(kind, payload)
             if payload["concentrator"] != where[0]:
                 raise PayloadInvalid(kind, "concentrator differs from the topic's", "/concentrator")
@@ -357,20 +364,8 @@ def _has_nul(value: object) -> bool:
     return False
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """A JSON object with a key twice is refused: parsers differ on which value wins."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise NotConvertible(f"duplicate key {key[:80]!r} in a JSON object")
-            seen.add(key)
-    return out
-
-
 def _rejection(kind: str, exc: Exception) -> str:
-    if isinstance(exc, PayloadInvalid | NotConvertible):
+    if isinstance(exc, PayloadInvalid | NotConvertible | DuplicateKey):
         return str(exc)[:1000]
     if isinstance(exc, UnicodeDecodeError):
         return f"{kind} payload is not UTF-8 (byte {exc.start}: {exc.reason})"

@@ -19,6 +19,7 @@ frozen data (the freeze stamp), converted with the concentrator's time zone.
 
 from __future__ import annotations
 
+import json
 import re
 from enum import StrEnum
 from functools import cache
@@ -30,10 +31,12 @@ __all__ = [
     "KINDS",
     "SCHEMAS",
     "TOPIC_ROOT",
+    "DuplicateKey",
     "FailureReason",
     "PayloadInvalid",
     "accepts",
     "kind_of_topic",
+    "loads",
     "schema_id",
     "topic",
     "validate",
@@ -362,6 +365,28 @@ class PayloadInvalid(ValueError):
         super().__init__(f"{kind} payload invalid at {_clip(path) or '/'}: {_clip(message)}")
         self.kind = kind
         self.path = path
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names a key twice: parsers differ on which value wins, so neither does."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(f"duplicate key {_clip(repr(key))} in a JSON object")
+            seen.add(key)
+    return out
+
+
+def loads(raw: str | bytes | bytearray) -> Any:
+    """JSON as a payload boundary takes it: UTF-8 only (UnicodeDecodeError), no key twice
+    (`DuplicateKey`); too deep a nesting raises RecursionError, like json.loads."""
+    text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+    return json.loads(text, object_pairs_hook=_unique_keys)
 
 
 MAX_DETAIL = 240

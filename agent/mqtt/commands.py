@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from agent.mqtt.client import (
 )
 from agent.mqtt.settings import MAX_COMMANDS_IN_FLIGHT, LinkSettings
 from protocols.commands import CommandRejected, NonceCache, NonceMemory, verify_command
-from protocols.payloads import TOPIC_ROOT, PayloadInvalid, validate
+from protocols.payloads import TOPIC_ROOT, PayloadInvalid, loads, validate
 
 log = logging.getLogger(__package__)  # "agent.mqtt", as before the split into modules
 
@@ -131,12 +130,19 @@ class CommandChannel:
         """The reply to one command payload (bytes or text as received); never raises."""
         self._stats.commands_received += 1
         try:
-            command = json.loads(raw) if isinstance(raw, str | bytes | bytearray) else raw
-        except ValueError as exc:
-            log.warning("command is not JSON: %s", exc)
-            return self._refusal("invalid", f"payload is not JSON: {exc}", None)
+            command = loads(raw) if isinstance(raw, str | bytes | bytearray) else raw
+        except UnicodeDecodeError as exc:
+            log.warning("command is not UTF-8: %s", exc)
+            return self._refusal("invalid", f"payload is not UTF-8 (byte {exc.start})", None)
+        except (ValueError, RecursionError) as exc:
+            detail = "nested too deep" if isinstance(exc, RecursionError) else str(exc)
+            log.warning("command is not JSON: %s", detail)
+            return self._refusal("invalid", f"payload is not JSON: {detail}", None)
         try:
             validate("cmd", command)
+        except RecursionError:
+            log.warning("invalid command: nested too deep")
+            return self._refusal("invalid", "cmd payload nested too deep", None)
         except PayloadInvalid as exc:
             log.warning("invalid command: %s", exc)
             return self._refusal("invalid", str(exc), command)
