@@ -242,6 +242,22 @@ def _headers(
         resp.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
 
 
+async def _form(request: web.Request) -> Any:
+    """The request's form; a body that is no form (a multipart without its boundary, bytes
+    that are not the charset it claims) is the client's error, 400, not ours."""
+    try:
+        return await request.post()
+    except (ValueError, UnicodeDecodeError, LookupError) as exc:
+        raise web.HTTPBadRequest(text=f"the form could not be read: {exc}"[:200]) from None
+
+
+def _same_token(sent: str, expected: str) -> bool:
+    """Constant-time comparison of a token the client sent (any text: compare_digest refuses
+    non-ASCII str, which made a junk token a 500) with ours."""
+    encoding = ("utf-8", "surrogatepass")
+    return hmac.compare_digest(sent.encode(*encoding), expected.encode(*encoding))
+
+
 @web.middleware
 async def session_mw(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -259,9 +275,9 @@ async def session_mw(
             raise web.HTTPSeeOther("/login?" + urlencode({"next": request.path_qs}))
         raise web.HTTPUnauthorized(text="log in first")
     if request.method not in ("GET", "HEAD"):
-        form = await request.post()
+        form = await _form(request)
         sent = request.headers.get("X-CSRF-Token") or str(form.get("csrf", ""))
-        if not sent or not hmac.compare_digest(sent, session.csrf):
+        if not sent or not _same_token(sent, session.csrf):
             await asyncio.to_thread(
                 audit, svc.store, user=session.user, role=session.role,
                 action=request.path, outcome="refused", detail="missing or wrong CSRF token",
@@ -272,12 +288,17 @@ async def session_mw(
 
 
 # --- log-in --------------------------------------------------------------------------------------
+def _login_error(key: str) -> str:
+    """Only the errors `login` itself redirects with: any other `?error=` is shown as none."""
+    return key if key in ("locked", "bad_login") else ""
+
+
 async def login_page(request: web.Request) -> web.StreamResponse:
     svc = request.app[SERVICES]
     token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
     resp = render(
         request, "login.html", login_csrf=token, next=_safe_next(request.query.get("next", "/")),
-        error=request.query.get("error", ""),
+        error=_login_error(request.query.get("error", "")),
     )  # fmt: skip
     resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=_secure(svc),
                     path="/login")  # fmt: skip
@@ -286,11 +307,11 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 async def login(request: web.Request) -> web.StreamResponse:
     svc = request.app[SERVICES]
-    form = await request.post()
+    form = await _form(request)
     cookie = request.cookies.get(LOGIN_COOKIE, "")
     sent = str(form.get("csrf", ""))
     nxt = _safe_next(str(form.get("next", "/")))
-    if not cookie or not hmac.compare_digest(cookie, sent):
+    if not cookie or not _same_token(cookie, sent):
         raise web.HTTPForbidden(text="log-in form expired: reload the page")
     name, password = str(form.get("user", "")), str(form.get("password", ""))
     now = time.monotonic()
@@ -429,6 +450,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: ``coverage`` when a day's figures changed, ``status`` when an
     agent's status did; a comment every 15 s keeps proxies from closing the stream."""
     svc = request.app[SERVICES]
+    if request.method == "HEAD":  # headers only: a stream's bytes would follow as junk
+        return web.Response(content_type="text/event-stream", headers={"Cache-Control": "no-store"})
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-store",
                                        "X-Accel-Buffering": "no"})  # fmt: skip
@@ -637,7 +660,7 @@ async def act(request: web.Request) -> web.StreamResponse:
     action = svc.registry.actions.get(name)
     if action is None:
         raise web.HTTPNotFound()
-    form = await request.post()
+    form = await _form(request)
     args = {k: str(form.get(k, "")) for k in action.fields}
     target = "/".join(v for v in args.values() if v)
     if not session.can_act or session.role != action.role:
