@@ -50,6 +50,11 @@ EventHook = Callable[[str, str | None, dict[str, Any]], None]
 
 __all__ = ["STAGES", "Agent", "run_agent"]
 
+CLOCK_CHECK_S = 30.0
+"""how often (clock seconds) the wall clock is compared with the monotonic one"""
+CLOCK_STEP_S = 60.0
+"""a difference this large between the two is a step of the clock, not drift or slewing"""
+
 log = logging.getLogger(__name__)
 
 #: share of stop_timeout_s each shutdown stage may take
@@ -143,6 +148,8 @@ class Agent:
         self._plan_tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self.clock_steps = 0
+        """steps of the concentrator's clock seen since start (`_watch_clock`)"""
 
     # --- Sink: what plans produce goes to the outbox ---------------------------------------------
     async def put(self, kind: str, payload: dict[str, Any]) -> int:
@@ -315,6 +322,7 @@ class Agent:
                 others.append(group.create_task(self.link.run(), name="mqtt"))
                 others.append(group.create_task(self._flush_events(), name="events"))
                 others.append(group.create_task(self._watch_reload(group), name="reload"))
+                others.append(group.create_task(self._watch_clock(), name="clock"))
                 if cfg.metrics.listen:
                     others.append(
                         group.create_task(
@@ -355,6 +363,21 @@ class Agent:
         self.nonces.close()
         log.info("agent stopped")
 
+    async def _watch_clock(self) -> None:
+        """The concentrator's clock stepping (an RTC reset after a power cut, NTP correcting a
+        drifted clock) moves the plans' days: one warning and one event per step, counted."""
+        source = self.clock.source
+        wall, mono = source.time(), source.monotonic()
+        while True:
+            await source.sleep(CLOCK_CHECK_S)
+            now_wall, now_mono = source.time(), source.monotonic()
+            step = (now_wall - wall) - (now_mono - mono)
+            if abs(step) >= CLOCK_STEP_S:
+                self.clock_steps += 1
+                log.warning("system clock stepped by %+.0f s", step, extra={"step_s": step})
+                self._event("clock_stepped", None, {"step_s": round(step)})
+            wall, mono = now_wall, now_mono
+
     def _wire_metrics(self) -> None:
         src = self.metrics.sources
         assert self.outbox is not None
@@ -369,6 +392,7 @@ class Agent:
         src["bus_queue"] = lambda: {n: p.queued for n, p in self.pollers.items()}
         src["dead_letters"] = lambda: outbox.dead_letter_rows
         src["link_stats"] = lambda: link.stats
+        src["clock_steps"] = lambda: self.clock_steps
 
 
 def run_agent(config_path: Path) -> int:

@@ -9,6 +9,7 @@ meterlink_meters_offline                  meters currently marked offline
 meterlink_mqtt_connected                  1 while connected to the broker
 meterlink_bus_queue{bus}                  jobs waiting for their bus
 meterlink_outbox_dead_letters             rows set aside (never publishable), still kept
+meterlink_clock_steps_total               steps of the concentrator's own clock (RTC reset, NTP)
 meterlink_mqtt_<counter>_total[{key}]     every MQTT link counter: published, refused, probes,
                                           dead_lettered, commands_received, commands_refused,
                                           responses_sent, responses_dropped, ...
@@ -105,6 +106,12 @@ class AgentMetrics:
         if "dead_letters" in src:
             yield GaugeMetricFamily(
                 "meterlink_outbox_dead_letters", "Rows set aside, kept", value=src["dead_letters"]()
+            )
+        if "clock_steps" in src:
+            yield CounterMetricFamily(
+                "meterlink_clock_steps",
+                "Steps of the concentrator's clock",
+                value=src["clock_steps"](),
             )
         if "link_stats" in src:
             yield from _counters(src["link_stats"]())

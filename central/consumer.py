@@ -124,6 +124,7 @@ class Consumer:
                     for task in tasks:
                         task.cancel()
         finally:
+            self.log_stats()  # the counters once more at stop (a soak reads them from the log)
             await self._close()
 
     async def _start_writer(self) -> None:
@@ -339,19 +340,23 @@ class Consumer:
     async def _log_forever(self) -> None:
         while True:
             await asyncio.sleep(30)
-            s, k = self.stats, self.sink.stats
-            log.info(
-                "messages %d readings %d invalid %d acked %d; written %d spooled %d replayed %d"
-                " dead %d",
-                s.messages,
-                s.readings,
-                s.invalid,
-                s.acked,
-                k.written_lines,
-                k.spooled_lines,
-                k.replayed_lines,
-                k.dead_lines,
-            )
+            self.log_stats()
+
+    def log_stats(self) -> None:
+        s, k = self.stats, self.sink.stats
+        log.info(
+            "messages %d readings %d invalid %d acked %d; written %d spooled %d replayed %d"
+            " dead %d write errors %d",
+            s.messages,
+            s.readings,
+            s.invalid,
+            s.acked,
+            k.written_lines,
+            k.spooled_lines,
+            k.replayed_lines,
+            k.dead_lines,
+            k.write_errors,
+        )
 
 
 def _has_nul(value: object) -> bool:

@@ -18,6 +18,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 import common.clock
+from agent.mqtt.settings import NO_SUBSCRIBERS
 
 
 def _now_iso() -> str:
@@ -88,16 +89,20 @@ class _Client(aiomqtt.Client):
         retain: bool = False,
         properties: Properties | None = None,
         within_s: float,
+        need_subscriber: bool = False,
     ) -> None:
         """QoS 1 publish that returns after a successful PUBACK and raises `PublishRefused`
-        on a refusing one (or `aiomqtt.MqttError` on timeout / disconnection)."""
+        on a refusing one (or `aiomqtt.MqttError` on timeout / disconnection); with
+        `need_subscriber` also on "No matching subscribers" (the message went nowhere)."""
         async with self.publish_lock:
             self.puback_reason = None
             await self.publish(
                 topic_name, payload, qos=1, retain=retain, properties=properties, timeout=within_s
             )
             reason = self._last_reason()
-        if reason is not None and reason.is_failure:
+        if reason is not None and (
+            reason.is_failure or (need_subscriber and reason.value == NO_SUBSCRIBERS)
+        ):
             raise PublishRefused(topic_name, reason)
 
 
@@ -131,6 +136,10 @@ class LinkStats:
     topic"""
     dead_lettered: int = 0
     connect_failures: int = 0
+    connections_lost: int = 0
+    no_subscribers: int = 0
+    """data publishes the broker took with "No matching subscribers": kept, sent again"""
+    """established connections that went down (broker restart, link cut, PUBACK timeout)"""
     commands_received: int = 0
     commands_refused: dict[str, int] = field(default_factory=dict)
     """by reason: invalid, unauthorized, internal_error"""
@@ -160,6 +169,7 @@ class Sender:
         *,
         retain: bool = False,
         properties: Properties | None = None,
+        need_subscriber: bool = False,
     ) -> None:
         try:
             await client.publish_acked(
@@ -168,9 +178,12 @@ class Sender:
                 retain=retain,
                 properties=properties or _publish_properties(),
                 within_s=self._publish_timeout_s,
+                need_subscriber=need_subscriber,
             )
-        except PublishRefused:
+        except PublishRefused as exc:
             self._stats.publishes_refused += 1
+            if exc.reason.value == NO_SUBSCRIBERS:
+                self._stats.no_subscribers += 1
             raise
         self._stats.bump(self._stats.published, kind)
 

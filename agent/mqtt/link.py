@@ -265,6 +265,7 @@ class MqttLink:
     def _went_down(self, reason: str, delay: float) -> None:
         """Log state changes once: losing the connection, or the first failed attempt."""
         if self._state == "up":
+            self.stats.connections_lost += 1
             log.warning(
                 "MQTT connection lost (%s); reconnecting with backoff up to %g s",
                 reason,

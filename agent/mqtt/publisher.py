@@ -17,6 +17,7 @@ from agent.mqtt.client import LinkStats, PublishRefused, Sender, _Client, _now_i
 from agent.mqtt.messages import _Outgoing, _readings_batch, _readings_outgoing, _row_messages
 from agent.mqtt.settings import (
     MIN_PAYLOAD_BYTES,
+    NO_SUBSCRIBERS,
     PUBLISH_OVERHEAD,
     PUMPED_KINDS,
     TRANSIENT_REFUSALS,
@@ -181,7 +182,9 @@ class OutboxPublisher:
         """Publish one message; False when the broker refused it (the rows stay)."""
         self._flight = m
         try:
-            await self._sender.send(client, m.kind, self._topics[m.kind], m.payload)
+            await self._sender.send(
+                client, m.kind, self._topics[m.kind], m.payload, need_subscriber=True
+            )
         except PublishRefused as exc:
             self._flight = None
             await self._refused(m, exc, probing=probing)
@@ -212,7 +215,7 @@ class OutboxPublisher:
         self._stats.bump(self._stats.refused, m.kind)
         code = exc.reason.value
         if code in TRANSIENT_REFUSALS:
-            pass  # the broker's rate limit: it passes, this message is not to blame
+            pass  # a rate limit, nobody subscribed yet: it passes, the message is not to blame
         elif probing:
             # the next message was refused as well: the topic, not the head, is refused
             # (an ACL); every row stays, and the next probe is `dead_letter_after` refusals away
@@ -229,7 +232,14 @@ class OutboxPublisher:
             state.condemned = True
         else:
             self._strike(m, f"PUBACK {exc.reason} (0x{code:02X})")
-        if state.refusals == 0:
+        if state.refusals == 0 and code == NO_SUBSCRIBERS:
+            log.warning(
+                "no central instance is subscribed to %s messages (a broker restart before the"
+                " centre reconnected, or the centre is down): the rows stay in the outbox,"
+                " retried with backoff",
+                m.kind,
+            )
+        elif state.refusals == 0:
             log.error(
                 "%s; the %s rows stay in the outbox, retried with backoff (other kinds go on)",
                 exc,

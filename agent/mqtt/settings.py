@@ -19,9 +19,15 @@ MIN_PAYLOAD_BYTES: Final = 4096
 PUBLISH_OVERHEAD: Final = 64
 """bytes of a PUBLISH packet besides its topic and payload (fixed header, packet id, our
 properties), with room to spare: subtracted from a broker's Maximum Packet Size"""
-TRANSIENT_REFUSALS: Final = frozenset({0x97})
-"""PUBACK reason codes that say nothing about the message: 0x97 Quota exceeded (a rate limit).
-Every other failure code counts against the message (see `OutboxPublisher._strike`)."""
+NO_SUBSCRIBERS: Final = 0x10
+"""PUBACK "No matching subscribers": the broker took the message and dropped it, nobody listens.
+For the data the centre must get (readings, rounds, events) that is a refusal: after a broker
+restart Mosquitto 2.0 restores the central instances' sessions but queues nothing for them
+until they reconnect, and says so with this code (found by the soak, docs/reliability.md)."""
+TRANSIENT_REFUSALS: Final = frozenset({0x97, NO_SUBSCRIBERS})
+"""PUBACK reason codes that say nothing about the message: 0x97 Quota exceeded (a rate limit),
+0x10 nobody subscribed yet. Every other failure code counts against the message (see
+`OutboxPublisher._strike`)."""
 
 
 def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) -> float:
