@@ -545,7 +545,7 @@ class OrderBook:
         if kind is not None:
             sql += " AND kind = ?"
             params.append(kind)
-        return [_order(r) for r in self.store.rows(sql + " ORDER BY seq", params)]
+        return [_order(r) for r in self.store.rows(sql + " ORDER BY seq, order_id", params)]
 
     def days(self) -> list[str]:
         return [
