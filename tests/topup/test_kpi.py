@@ -30,7 +30,7 @@ T0 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=TZ).timestamp()
 
 
 def order(order_id: str, state: State, **kw: Any) -> Order:
-    base: dict[str, Any] = dict(
+    base: dict[str, Any] = dict(  # noqa: C408 - the Order's keyword names
         order_id=order_id, kind="topup", seq=0, meter=f"m-{order_id}", concentrator="c-1",
         address="000000000001", mode="local", district="east", manufacturer="acme",
         model="DDZY666", install_year=2014, customer="1", amount_fen=1000, purchase_count=1,
@@ -58,7 +58,7 @@ ORDERS = [
         reason="out_of_band_purchase",
         reason_class="business",
         **WEST,
-    ),  # fmt: skip
+    ),
     order("o5", State.QUEUED, attempts=0, touched=False),
     order("o6", State.VERIFYING, **WEST),
     order("o7", State.CANCELLED, attempts=0, touched=False),
@@ -71,7 +71,7 @@ ORDERS = [
         amount_fen=None,
         reason="relay_fault",
         reason_class="archive",
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -104,7 +104,7 @@ def test_report_and_reconciliation_from_the_store(tmp_path: Path) -> None:
     store = open_store(url)
     book = OrderBook(store, TZ)
     book.migrate()
-    book.insert_many([o for o in ORDERS])
+    book.insert_many(ORDERS)
     doc = reconciliation(book, DAY)
     store.close()
     assert doc["totals"]["confirmed_topups"] == 2
