@@ -154,7 +154,10 @@ class Executor:
         short) or cancel them (their orders are taken up again by the read-back rule)."""
         try:
             while not stop.is_set():
-                self.tick()
+                try:
+                    self.tick()
+                except Exception:  # the store was busy or down: the next pass tries again
+                    log.exception("top-up scheduler")
                 await self._sleep(stop)
         finally:
             for task in list(self.running.values()):
@@ -169,7 +172,8 @@ class Executor:
         now = self.clock()
         for order in self.book.expired(now=now):
             if order.meter not in self.running and self.book.take_expired(order, now=now):
-                self._end_at_deadline(order)
+                with contextlib.suppress(_Stop, OrderCancelled):
+                    self._end_at_deadline(order)
         free = self.cfg.concurrency - len(self.running)
         if free <= 0:
             return 0
@@ -397,6 +401,10 @@ class Executor:
             security_args([auth_step(auth), read_step()], not_after=self._not_after(order)),
         )  # fmt: skip
         state = first.purchase_state()
+        if state.local_prepaid is False and not order.uncertain:
+            self._finish(order, State.FAILED, "profile_remote_mode",
+                         "status word 3 bits 9-8 = 00: the meter is in remote mode; a person"
+                         " confirms the mode, billing resubmits on the remote path")  # fmt: skip
         if state.purchase_count is not None:
             if order.purchase_count is None:  # the service assigns the count: meter's + 1
                 self.book.update(order, now=self.clock(), purchase_count=state.purchase_count + 1,
@@ -412,10 +420,6 @@ class Executor:
             return
         if state.purchase_count is None:
             self._comm_wait(order, "readback_incomplete", "the purchase count was not read")
-        if state.local_prepaid is False:
-            self._finish(order, State.FAILED, "profile_remote_mode",
-                         "status word 3 bits 9-8 = 00: the meter is in remote mode; a person"
-                         " confirms the mode, billing resubmits on the remote path")  # fmt: skip
         if self.book.esam_failures_on(order.meter, order.day) >= (
             self.cfg.esam_failures_per_meter_day
         ):

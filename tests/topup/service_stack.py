@@ -135,7 +135,9 @@ class ServiceStack:
         self.service = None
 
     async def restart_agent(self) -> None:
-        assert await self.agent.stop() == 0, self.agent.log()[-2000:]
+        """Stop the agent (unless it is dead already) and start it again."""
+        if self.agent.proc is not None and self.agent.proc.returncode is None:
+            assert await self.agent.stop() == 0, self.agent.log()[-2000:]
         self.restarts += 1
         seen = Collector(self.broker, filters=(f"meterlink/v1/{CONCENTRATOR}/status",))
         async with seen:
@@ -186,6 +188,9 @@ class ServiceStack:
                     return order
                 await asyncio.sleep(0.1)
 
+    async def view(self, order_id: str, kind: str = "topups") -> dict[str, Any]:
+        return await self.order(order_id, kind)
+
     def credits(self, meter: str) -> list[tuple[int, int]]:
         return [(c.purchase_count, c.amount_fen) for c in self.fleet.credits.records(meter)]
 
@@ -211,9 +216,10 @@ async def service_stack(
     tmp_path: Path,
     fleet_toml: str | None = None,
     *,
-    topup_options: str = "",
+    topup: dict[str, Any] | None = None,
     agent_reply_timeout_ms: int = 200,
 ) -> AsyncIterator[ServiceStack]:
+    """`topup`: [topup] keys over the test defaults (short retries and waits)."""
     fleet = parse_fleet(fleet_toml or fleet_text())
     archive = tmp_path / "archive.json"
     archive.write_text(json.dumps(fleet.archive()))
@@ -240,14 +246,17 @@ async def service_stack(
                 "[plans.daily]\nenabled = false\n[plans.clock]\nenabled = false\n"
             )
             central_config = tmp_path / "central.toml"
+            options: dict[str, Any] = {
+                "listen": "127.0.0.1:0", "archive": str(topup_archive_path), "hsm_url": hsm_url,
+                "hsm_timeout_s": 3, "influx_interval_s": 0, "poll_s": 0.2,
+                "retry_initial_s": 0.2, "retry_max_s": 1, "hsm_retry_s": 0.3,
+                "command_timeout_s": 15, **(topup or {}),
+            }  # fmt: skip
             central_config.write_text(
                 f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
                 'client_id = "test-topup-central"\nreconnect_min_s = 0.2\n'
-                f'[store]\nurl = "sqlite://{tmp_path}/central.sqlite3"\n'
-                f'[topup]\nlisten = "127.0.0.1:0"\narchive = "{topup_archive_path}"\n'
-                f'hsm_url = "{hsm_url}"\nhsm_timeout_s = 3\ninflux_interval_s = 0\n'
-                "poll_s = 0.2\nretry_initial_s = 0.2\nretry_max_s = 1\nhsm_retry_s = 0.3\n"
-                "command_timeout_s = 15\n" + topup_options
+                f'[store]\nurl = "sqlite://{tmp_path}/central.sqlite3"\n[topup]\n'
+                + "".join(f"{k} = {json.dumps(v)}\n" for k, v in options.items())
             )
             async with (
                 Collector(broker, filters=(f"meterlink/v1/{CONCENTRATOR}/status",)) as seen,
