@@ -90,7 +90,8 @@ class ServiceStack:
     url: str = ""
     http: aiohttp.ClientSession | None = None
     restarts: int = 0
-    submitted: dict[str, float] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    """more environment for the service (e.g. METERLINK_TOPUP_WEBHOOK_SECRET)"""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -101,7 +102,7 @@ class ServiceStack:
         process = MeterlinkProcess(
             ["central", "topup", "serve", "--config", str(self.central_config)],
             self.tmp / f"topup-{self.restarts}.log",
-            {"METERLINK_MQTT_COMMAND_KEY": KEY, "METERLINK_TOPUP_TOKENS": TOKEN},
+            {"METERLINK_MQTT_COMMAND_KEY": KEY, "METERLINK_TOPUP_TOKENS": TOKEN, **self.env},
         )
         await process.start(stdout=asyncio.subprocess.PIPE)
         assert process.proc is not None
@@ -218,6 +219,7 @@ async def service_stack(
     *,
     topup: dict[str, Any] | None = None,
     agent_reply_timeout_ms: int = 200,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[ServiceStack]:
     """`topup`: [topup] keys over the test defaults (short retries and waits)."""
     fleet = parse_fleet(fleet_toml or fleet_text())
@@ -272,7 +274,7 @@ async def service_stack(
                     within=30,
                 )
                 stack = ServiceStack(tmp_path, fleet, broker, hsm, hsm_url, agent, agent_config,
-                                     central_config, http=http)  # fmt: skip
+                                     central_config, http=http, env=env or {})  # fmt: skip
                 await stack.start_service()
                 try:
                     yield stack

@@ -5,6 +5,7 @@ resubmission, refusals at acceptance, cancelling, the bearer token."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,69 @@ async def test_lost_reply_is_confirmed_by_read_back_across_a_restart(tmp_path: P
         done = await s.terminal("L-2")
         assert done["state"] == "confirmed", done
         assert len(s.credits(LOCAL_2)) == 1
+
+
+async def test_webhook_signed_and_retried_and_the_reconciliation_pull(tmp_path: Path) -> None:
+    """Billing's endpoint refuses the first delivery (500): the service retries with backoff
+    and the second one, signed with the shared secret, is taken; billing can also pull the
+    day's reconciliation (JSON and CSV)."""
+    import asyncio
+    import time
+
+    from aiohttp import web
+
+    from central.topup.webhook import verify
+
+    secret = "webhook-secret-for-the-test"
+    received: list[tuple[bytes, str]] = []
+    answers = [500]
+    got = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        received.append((body, request.headers["X-Meterlink-Signature"]))
+        status = answers.pop(0) if answers else 200
+        if status == 200:
+            got.set()
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_post("/billing/topup-result", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    options = {
+        "webhook_url": f"http://127.0.0.1:{port}/billing/topup-result",
+        "webhook_retry_initial_s": 0.2,
+        "webhook_retry_max_s": 1,
+    }
+    try:
+        async with service_stack(
+            tmp_path, topup=options, env={"METERLINK_TOPUP_WEBHOOK_SECRET": secret}
+        ) as s:
+            await s.topup("W-1", LOCAL, 1500)
+            order = await s.terminal("W-1")
+            assert order["state"] == "confirmed"
+            await asyncio.wait_for(got.wait(), 30)
+            assert len(received) == 2  # refused once, then delivered
+            for body, signature in received:
+                assert verify(secret.encode(), body, signature, now=time.time())
+                assert not verify(b"another secret", body, signature, now=time.time())
+            delivered = json.loads(received[-1][0])
+            assert (delivered["event"], delivered["order"]["order_id"]) == ("order.terminal", "W-1")
+            assert delivered["order"]["state"] == "confirmed"
+            status, doc = await s.get(f"/v1/reconciliation?day={order['day']}")
+            assert status == 200
+            assert (doc["totals"]["confirmed_topups"], doc["totals"]["credited_fen"]) == (1, 1500)
+            assert doc["orders"][0]["readback_amount_fen"] == 1500
+            assert s.http is not None
+            async with s.http.get(
+                f"{s.url}/v1/reconciliation?day={order['day']}&format=csv", headers=s.headers
+            ) as r:
+                text = await r.text()
+            assert "# credited_fen,1500" in text
+            assert "W-1,topup," in text
+    finally:
+        await runner.cleanup()
