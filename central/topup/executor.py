@@ -215,7 +215,7 @@ class Executor:
     # --- one claim -----------------------------------------------------------------------------
     async def drive(self, order: Order) -> None:
         """Attempts until the order is released (waiting) or terminal (raises `_Stop`)."""
-        if order.state is State.ACCEPTED:
+        if order.state is State.ACCEPTED:  # claimed by another path than `claim`
             self.book.update(order, now=self.clock(), state=State.QUEUED)
         immediate = 0
         while True:
@@ -319,10 +319,17 @@ class Executor:
             self._wait(order, self.cfg.hsm_retry_s, exc.reason.value, str(exc))
             raise AssertionError("unreachable") from None
 
-    async def _command(self, order: Order, what: str, args: dict[str, Any]) -> SecurityResult:
+    async def _command(
+        self,
+        order: Order,
+        what: str,
+        args: dict[str, Any],
+        after: dict[str, Any] | None = None,
+    ) -> SecurityResult:
         """Send one security command; its exchange is in the audit trail before anything is
-        decided on it. No reply → the order waits (`_Stop`), in VERIFYING if `uncertain`."""
-        if not order.touched:
+        decided on it (with `after`, changes of the order, in the same transaction). No reply
+        → the order waits (`_Stop`), in VERIFYING if `uncertain`."""
+        if not order.touched:  # a cancel and the first send are serialised in the store
             self.book.update(order, now=self.clock(), touched=True)
         wait_s = max(1.0, min(self.cfg.command_timeout_s, order.deadline - self.clock() + 5.0))
         try:
@@ -343,7 +350,7 @@ class Executor:
         result = parse_security_reply(payload)
         self.book.record(
             order, at=self.clock(), what=what, ok=result.ok, reason=result.reason,
-            detail=result.detail, request=args, reply=payload,
+            detail=result.detail, request=args, reply=payload, changes=after,
         )  # fmt: skip
         if not result.steps and result.reason in ("invalid", "unauthorized"):
             self._comm_wait(order, "agent_refused", f"{result.reason}: {result.detail}")
@@ -392,10 +399,11 @@ class Executor:
     async def _local_attempt(self, order: Order) -> None:
         assert order.amount_fen is not None
         assert order.customer is not None
-        self.book.update(
-            order, now=self.clock(), state=State.AUTHENTICATING, attempts=order.attempts + 1
-        )
         auth = await self._hsm(order, "identity_auth", self.hsm.identity_auth(order.address))
+        self.book.update(
+            order, now=self.clock(), state=State.AUTHENTICATING, attempts=order.attempts + 1,
+            touched=True,
+        )  # fmt: skip
         first = await self._command(
             order, "auth+readback",
             security_args([auth_step(auth), read_step()], not_after=self._not_after(order)),
@@ -428,7 +436,6 @@ class Executor:
                          " today")  # fmt: skip
         assert first.random2 is not None
         assert order.purchase_count is not None
-        self.book.update(order, now=self.clock(), state=State.CREDITING)
         opening = state.purchase_count == 0
         purse = self.hsm.open_account if opening else self.hsm.increase_purse
         macs = await self._hsm(
@@ -438,13 +445,13 @@ class Executor:
         )  # fmt: skip
         session_end = (first.session or {}).get("expires_at")
         op = open_step(macs) if opening else topup_step(macs)
-        self.book.update(order, now=self.clock(), uncertain=True)
+        self.book.update(order, now=self.clock(), state=State.CREDITING, uncertain=True)
         second = await self._command(
             order, "topup+readback",
             security_args([op, read_step()], session=first.random2,
                           not_after=self._not_after(order, session_end)),
+            after={"state": State.VERIFYING},
         )  # fmt: skip
-        self.book.update(order, now=self.clock(), state=State.VERIFYING)
         after = second.purchase_state()
         verdict = self._settle(order, after)
         if verdict is Verdict.CONFIRMED:
@@ -556,11 +563,11 @@ class Executor:
         return state.relay_command_open is False and state.relay_open is False
 
     async def _relay_attempt(self, order: Order, command: str, *, restore: bool = False) -> None:
+        auth = await self._hsm(order, "identity_auth", self.hsm.identity_auth(order.address))
         self.book.update(
-            order, now=self.clock(), attempts=order.attempts + 1,
+            order, now=self.clock(), attempts=order.attempts + 1, touched=True,
             state=State.AUTHENTICATING if not restore else State.VERIFYING,
         )  # fmt: skip
-        auth = await self._hsm(order, "identity_auth", self.hsm.identity_auth(order.address))
         first = await self._command(
             order, "auth+relay-state",
             security_args([auth_step(auth), read_step(RELAY_ITEMS)],
@@ -596,8 +603,8 @@ class Executor:
             order, f"relay:{command}+relay-state",
             security_args([relay_step(cipher), read_step(RELAY_ITEMS)], session=first.random2,
                           not_after=self._not_after(order, session_end)),
+            after={"state": State.VERIFYING},
         )  # fmt: skip
-        self.book.update(order, now=self.clock(), state=State.VERIFYING)
         after = second.purchase_state()
         if self._satisfied(command, after):
             self._relay_done(order, command, after)

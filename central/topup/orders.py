@@ -97,7 +97,9 @@ CREATE TABLE IF NOT EXISTS topup_order (
     notify_state TEXT NOT NULL, notify_attempts BIGINT NOT NULL,
     notify_next_at DOUBLE PRECISION, notify_error TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS topup_order_active ON topup_order (state, meter);
+CREATE INDEX IF NOT EXISTS topup_order_active ON topup_order (meter, state);
+CREATE INDEX IF NOT EXISTS topup_order_queue ON topup_order (seq)
+    WHERE state IN ('accepted', 'queued', 'authenticating', 'crediting', 'verifying');
 CREATE INDEX IF NOT EXISTS topup_order_day ON topup_order (day, state);
 CREATE INDEX IF NOT EXISTS topup_order_meter_count ON topup_order (meter, purchase_count);
 CREATE INDEX IF NOT EXISTS topup_order_notify ON topup_order (notify_state, notify_next_at);
@@ -297,6 +299,8 @@ _ORDER_COLUMNS = (
     "notify_error",
 )  # fmt: skip
 _SELECT = f"SELECT {', '.join(_ORDER_COLUMNS)} FROM topup_order"  # noqa: S608 - constants
+_ACTIVE_SQL = "('accepted', 'queued', 'authenticating', 'crediting', 'verifying')"
+_NO_COUNT = 4294967296  # an order without a count yet sorts after every counted one
 _BOOLS = {"count_assigned", "touched", "uncertain", "credited"}
 
 
@@ -584,30 +588,28 @@ class OrderBook:
 
         def write(tx: Tx) -> list[Order]:
             tx.lock("topup.claim")
+            # the head of each meter's queue (no active order of the meter before it by
+            # (purchase count, acceptance)), runnable now, in acceptance order
             rows = tx.rows(
-                f"{_SELECT} WHERE state IN ('accepted', 'queued', 'authenticating',"
-                " 'crediting', 'verifying')"
-                " ORDER BY meter, coalesce(purchase_count, 4294967296), seq"
+                f"{_SELECT} o WHERE o.state IN {_ACTIVE_SQL}"  # noqa: S608 - constants
+                " AND o.next_at <= ? AND o.deadline > ?"
+                " AND (o.lease_holder IS NULL OR o.lease_until <= ?)"
+                f" AND NOT EXISTS (SELECT 1 FROM topup_order p WHERE p.meter = o.meter"
+                f" AND p.state IN {_ACTIVE_SQL} AND (coalesce(p.purchase_count, {_NO_COUNT})"
+                f" < coalesce(o.purchase_count, {_NO_COUNT}) OR (coalesce(p.purchase_count,"
+                f" {_NO_COUNT}) = coalesce(o.purchase_count, {_NO_COUNT}) AND p.seq < o.seq)))"
+                " ORDER BY o.seq LIMIT ?",
+                (now, now, now, limit + len(busy)),
             )
-            out: list[Order] = []
-            seen: set[str] = set()
-            for row in rows:
-                order = _order(row)
-                if order.meter in seen:
-                    continue
-                seen.add(order.meter)
-                if order.meter in busy or order.next_at > now or order.deadline <= now:
-                    continue
-                if order.lease_holder is not None and (order.lease_until or 0) > now:
-                    continue
-                out.append(order)
-                if len(out) >= limit:
-                    break
+            out = [o for o in map(_order, rows) if o.meter not in busy][:limit]
             for order in out:
                 order.lease_holder, order.lease_until = self.holder, now + self.lease_s
+                if order.state is State.ACCEPTED:
+                    order.state = State.QUEUED
                 tx.execute(
-                    "UPDATE topup_order SET lease_holder = ?, lease_until = ? WHERE order_id = ?",
-                    (order.lease_holder, order.lease_until, order.order_id),
+                    "UPDATE topup_order SET lease_holder = ?, lease_until = ?, state = ?"
+                    " WHERE order_id = ?",
+                    (order.lease_holder, order.lease_until, order.state.value, order.order_id),
                 )
             return out
 
@@ -681,10 +683,14 @@ class OrderBook:
         detail: str,
         request: Mapping[str, Any],
         reply: Mapping[str, Any],
+        changes: Mapping[str, Any] | None = None,
     ) -> Exchange:
-        """Append one exchange to the order's audit trail (before acting on it)."""
+        """Append one exchange to the order's audit trail (before acting on it), with
+        `changes` of the order in the same transaction."""
 
         def write(tx: Tx) -> Exchange:
+            if changes:
+                self._set(tx, order, at, **changes)
             row = tx.one(
                 "SELECT coalesce(max(n), 0) + 1 FROM topup_exchange WHERE order_id = ?",
                 (order.order_id,),
@@ -700,7 +706,10 @@ class OrderBook:
             return Exchange(order.order_id, n, at, order.attempts, what, ok, reason, detail,
                             dict(request), dict(reply))  # fmt: skip
 
-        return self.store.write(write)
+        exchange = self.store.write(write)
+        if changes:
+            self._changed(order)
+        return exchange
 
     def expired(self, *, now: float) -> list[Order]:
         """Active orders past their deadline that no instance holds (the caller ends them)."""
