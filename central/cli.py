@@ -1,4 +1,4 @@
-"""`meterlink central run | check | report | spool | panel | command`: the central side's
+"""`meterlink central run | check | report | spool | panel | topup | command`: the central side's
 command line."""
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     rep.add_argument(
         "--min-days", type=int, help="consecutive-failure list threshold (default: config)"
     )
+    rep.add_argument(
+        "--topups",
+        action="store_true",
+        help="the remote top-up success rate (远程充值成功率) of --day instead (docs/topup.md)",
+    )
 
     sp = sub.add_parser("spool", help="show what waits for InfluxDB and the dead letters")
     sp.add_argument("--config", type=Path, required=True)
@@ -67,6 +72,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "|list.",
     )
     panel_cli.configure(panel)
+
+    from central.topup import cli as topup_cli
+
+    topup = sub.add_parser(
+        "topup",
+        help="the remote top-up order service: serve the billing API, reconcile a day",
+        description="Remote top-up (远程充值) and relay orders (停复电) for billing:"
+        " `serve` runs the HTTP API and executes the orders ([topup] section); `reconcile`"
+        " prints a day's totals and orders (docs/topup.md).",
+    )
+    topup_cli.configure(topup)
 
     cmd = sub.add_parser(
         "command",
@@ -123,6 +139,12 @@ def run(args: argparse.Namespace) -> int:
             return panel_run(cfg, args)
         if args.action == "command":
             return _command(cfg, args)
+        if args.action == "topup":
+            from central.topup.cli import run as topup_run
+
+            return topup_run(cfg, args)
+        if args.action == "report" and args.topups:
+            return _report_topups(cfg, args)
         if args.action == "run":
             return _run(cfg, args.log_level)
         if args.action == "check":
@@ -212,6 +234,43 @@ def _report(cfg: CentralConfig, args: argparse.Namespace) -> int:
         store.close()
     min_days = args.min_days if args.min_days is not None else cfg.coverage.streak_min_days
     sys.stdout.write(render(cov, args.format, min_days=min_days))
+    return 0
+
+
+def _report_topups(cfg: CentralConfig, args: argparse.Namespace) -> int:
+    import zoneinfo
+
+    from central.store import open_store
+    from central.topup.kpi import compute, render
+    from central.topup.orders import OrderBook
+
+    store = open_store(
+        cfg.store.url,
+        password=cfg.store.password,
+        connect_timeout_s=cfg.store.connect_timeout_s,
+        name="meterlink central report",
+    )
+    try:
+        book = OrderBook(store, zoneinfo.ZoneInfo(cfg.topup.timezone))
+        book.migrate()
+        day = args.day
+        if day is None:
+            days = book.days()
+            if not days:
+                print("meterlink central: no top-up order yet", file=sys.stderr)
+                return 1
+            day = days[-1]
+        try:
+            dt.date.fromisoformat(day)
+        except ValueError:
+            print(f"meterlink central: --day {day!r} is not YYYY-MM-DD", file=sys.stderr)
+            return 2
+        orders = book.orders_of_days([day])
+        if args.concentrator:
+            orders = [o for o in orders if o.concentrator == args.concentrator]
+    finally:
+        store.close()
+    sys.stdout.write(render(compute(day, orders), args.format))
     return 0
 
 

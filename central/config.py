@@ -3,7 +3,8 @@
 `deploy/central.example.toml` is the commented reference; a test loads it. Secrets come only from
 the environment (the rule is in `common.config`): ``METERLINK_MQTT_PASSWORD``,
 ``METERLINK_MQTT_COMMAND_KEY``, ``METERLINK_INFLUX_PASSWORD``, ``METERLINK_INFLUX_TOKEN``,
-``METERLINK_STORE_PASSWORD``.
+``METERLINK_STORE_PASSWORD``, ``METERLINK_TOPUP_TOKENS``,
+``METERLINK_TOPUP_WEBHOOK_SECRET``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 from central.panel.config import PanelConfig
 from central.store.url import parse_url
+from central.topup.config import TopupConfig
 from common.config import ConfigError, Secret, build, load_toml
 from common.mqtt import MqttSettings
 
@@ -28,6 +30,7 @@ __all__ = [
     "MqttConfig",
     "PanelConfig",
     "StoreConfig",
+    "TopupConfig",
     "load",
 ]
 
@@ -160,6 +163,7 @@ class CentralConfig:
     coverage: CoverageConfig = field(default_factory=CoverageConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     panel: PanelConfig = field(default_factory=PanelConfig)
+    topup: TopupConfig = field(default_factory=TopupConfig)
 
 
 def parse_hhmm(text: str) -> dt.time:

@@ -4,9 +4,12 @@ Starts what is missing — a Mosquitto and an InfluxDB 1.x (`influxd`) on free l
 when none is given — then the meter simulator with a fleet (default: the documented field
 profile, simulators/fleets/field.toml) on TCP serial servers, `meterlink agent run` for one
 concentrator, `meterlink central run`, and the operators' panel (`meterlink central panel`,
-an operator log-in made for the run, printed with the panel's URL). The agent's daily plan
+an operator log-in made for the run, printed with the panel's URL), the software encryption
+machine and the top-up order service (`meterlink central topup serve`), which gets top-ups and
+relay orders for the fleet's prepaid meters through its billing API. The agent's daily plan
 reads today's freeze; when every archived meter is read or explained (or `--wait` runs out) the
 demo prints the coverage report, sets it beside what the simulator's own answer record says,
+then the remote top-up success rate (远程充值成功率) beside the simulator's own credit record,
 and says where to look.
 
 Everything runs as child processes of the demo (agent and simulator are separate programs; the
@@ -39,6 +42,7 @@ from central.ledger import Ledger
 from central.report import render
 from central.store import Store, StoreError, open_store, parse_url
 from common.config import EX_CONFIG, Secret
+from meterlink.demo_topup import TopupDemo
 from meterlink.services import InfluxDB1, Mosquitto, die_with_parent, free_port
 from simulators import FleetError, load_fleet
 
@@ -47,6 +51,8 @@ __all__ = ["configure", "run"]
 REPO = Path(__file__).resolve().parent.parent
 FIELD_FLEET = REPO / "simulators" / "fleets" / "field.toml"
 CONCENTRATOR = "demo-c1"
+#: every top-up and relay order of the demo is terminal this long after it was submitted
+TOPUP_DEADLINE_S = 45.0
 #: DIs whose intact answer means the meter gave its daily energy (2007 frozen import energy,
 #: 1997 import energy totals); the simulator's record is checked against these
 ENERGY_DIS = ("0506", "901F", "9010")
@@ -164,8 +170,9 @@ def _influxd(stack: _Stack) -> str:
     return db.url
 
 
-def _simulator(stack: _Stack, fleet: Path) -> list[tuple[str, str, str]]:
-    """Serve the fleet on TCP; returns (bus, protocol, host:port) per bus."""
+def _simulator(stack: _Stack, fleet: Path) -> tuple[list[tuple[str, str, str]], str]:
+    """Serve the fleet on TCP; returns (bus, protocol, host:port) per bus and the control
+    channel's URL (faults, credits: the top-up part)."""
     meterlink = [sys.executable, "-m", "meterlink"]
     archive = subprocess.run(
         [*meterlink, "sim", "fleet", "--archive", "--fleet", str(fleet)],
@@ -177,15 +184,20 @@ def _simulator(stack: _Stack, fleet: Path) -> list[tuple[str, str, str]]:
     proc = stack.start(
         "simulator",
         [*meterlink, "sim", "serve", "--fleet", str(fleet), "--tcp", "127.0.0.1:0",
-         "--record", str(record)],
+         "--record", str(record), "--control", "127.0.0.1:0", "--credits",
+         str(stack.workdir / "credits.jsonl")],
         stdout=subprocess.PIPE,
     )  # fmt: skip
+    (stack.workdir / "credits.jsonl").unlink(missing_ok=True)
     buses = []
+    control = ""
     assert proc.stdout is not None
     for raw in proc.stdout:
         line = raw.decode().strip()
         if line == "ready":
             break
+        if line.startswith("control "):  # "control http://127.0.0.1:40123"
+            control = line.split()[1]
         # "bus east-1 (dlt645) tcp 127.0.0.1:34879 meters=256"
         parts = line.split()
         if parts and parts[0] == "bus":
@@ -193,7 +205,7 @@ def _simulator(stack: _Stack, fleet: Path) -> list[tuple[str, str, str]]:
     if not buses:
         stack.check()
         raise RuntimeError("the simulator announced no bus")
-    return buses
+    return buses, control
 
 
 def _agent_config(stack: _Stack, host: str, port: int, buses: list[tuple[str, str, str]]) -> Path:
@@ -394,7 +406,7 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
             host, port = _mosquitto(stack)
         influx = args.influx or _influxd(stack)
         print(f"demo: broker mqtt://{host}:{port}, InfluxDB {influx} (database meterlink)")
-        buses = _simulator(stack, args.fleet)
+        buses, control = _simulator(stack, args.fleet)
         print(
             f"demo: simulator {args.fleet.name}: " + ", ".join(f"{b} at {w}" for b, _, w in buses)
         )
@@ -404,13 +416,22 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
                 " demo run; today's figures include it (use an empty database to start afresh)"
             )
         print(f"demo: central store {store}")
+        topup = TopupDemo(load_fleet(args.fleet), args.fleet, CONCENTRATOR)
+        topup.start_hsm(stack)
         central_conf = _central_config(stack, host, port, influx, store_url)
-        # the agents' command key, for the panel's "read now" (a new one each run)
+        with central_conf.open("a") as conf:
+            conf.write(topup.config_section(workdir, free_port()))
+        # the agents' command key, for the panel's "read now" and the top-up service (a new
+        # one each run)
         env = {**os.environ, "METERLINK_MQTT_COMMAND_KEY": secrets.token_hex(16)}
         stack.start("central", [*meterlink, "central", "run", "--config", str(central_conf)])
         time.sleep(1.0)  # subscribed before the agent publishes its archive and first readings
         stack.start("agent", [*meterlink, "agent", "run", "--config",
                               str(_agent_config(stack, host, port, buses))], env=env)  # fmt: skip
+        print(f"demo: top-up service {topup.start_service(stack, central_conf, env)}"
+              f" (encryption machine {topup.hsm_url})")  # fmt: skip
+        topup.submit(control, TOPUP_DEADLINE_S)
+        print(f"demo: {len(topup.orders)} top-up and relay orders submitted through the API")
         panel_url, panel_password = _panel(stack, central_conf, env)
         print(f"demo: panel {panel_url} (log-in {PANEL_USER} / {panel_password}, operator)")
         # the data day is the meters' local date (the agent's default zone is the same,
@@ -440,6 +461,10 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
             f" their energy intact; coverage counts {cov.fleet().read} read (a read needs every"
             " item of one attempt; the record counts single replies)"
         )
+        final = topup.wait(stack, TOPUP_DEADLINE_S + 15)
+        print()
+        for line in topup.report(control, final, store):
+            print(line)
         _where_to_look(workdir, influx, central_conf)
         print(
             f"  panel      {panel_url}  log-in: {PANEL_USER} / {panel_password} (operator;"
@@ -461,8 +486,11 @@ def _where_to_look(workdir: Path, influx: str, central_conf: Path) -> None:
 where to look:
   report     meterlink central report --config {central_conf} [--format csv|json]
   InfluxDB   {influx}  database "meterlink": measurements reading, round, read_failure,
-             coverage, coverage_reason, coverage_streak (docs/influx.md)
+             coverage, coverage_reason, coverage_streak, topup, topup_reason,
+             topup_meter (docs/influx.md)
+  top-ups    meterlink central report --topups --config {central_conf};
+             meterlink central topup reconcile --day DAY --config {central_conf}
   Grafana    deploy/grafana/ (provisioning + dashboard; point the datasource at {influx})
-  logs       {workdir}/{{simulator,agent,central,panel,mosquitto,influxd}}.log
+  logs       {workdir}/{{simulator,agent,central,panel,topup,hsm,mosquitto,influxd}}.log
   simulator  {workdir}/answers.jsonl (who answered what)"""
     )

@@ -97,5 +97,13 @@ async def test_demo_coverage_equals_the_simulators_record(
     assert panel, text[-3000:]
     assert f"panel      {panel[1]}  log-in: demo / {panel[2]}" in text
     assert "panel: serving" in (tmp_path / "panel.log").read_text()
+    # top-ups and relay orders through the billing API: every one terminal, the rate line
+    # beside the simulator's credit record, no meter credited twice
+    assert re.search(r"top-ups: 远程充值成功率 \S+: [\d.]+ % \(\d+/\d+\)", text), text[-3000:]
+    assert "waiting 0; 停复电成功率" in text, text[-3000:]
+    assert "meters credited twice for one purchase count: 0 (none)" in text
+    credited = re.search(r"(\d+) remote credits on (\d+) meters \(confirmed top-ups: (\d+)\)", text)
+    assert credited, text[-3000:]
+    assert credited[1] == credited[2] == credited[3]
     # the demo stopped what it started
     assert "Traceback" not in text

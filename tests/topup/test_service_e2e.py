@@ -1,0 +1,195 @@
+"""The order service end to end with real processes (broker, agent, `meterlink central topup
+serve`; the simulator and the encryption machine in the test's process): a confirmed top-up,
+a lost reply confirmed by read-back without a second credit, relay orders, idempotent
+resubmission, refusals at acceptance, cancelling, the bearer token."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.topup.service_stack import check_audit, service_stack
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+LOCAL = "000000000001"
+LOCAL_2 = "000000000002"
+REMOTE = "000000000101"
+
+
+async def test_top_up_relay_idempotency_and_cancel(tmp_path: Path) -> None:
+    async with service_stack(tmp_path) as s:
+        n = s.count(LOCAL)
+        created = await s.topup("T-1", LOCAL, 5000)
+        assert created["state"] == "accepted"
+        order = await s.terminal("T-1")
+        assert (order["state"], order["purchase_count"], order["attempts"]) == (
+            "confirmed", n + 1, 1,
+        ), order  # fmt: skip
+        assert order["purchase_count_assigned"] is True
+        assert s.credits(LOCAL) == [(n + 1, 5000)]
+        assert [e["what"] for e in order["exchanges"]] == ["auth+readback", "topup+readback"]
+        check_audit(order)
+        assert order["result"]["readback"]["purchase_count"] == n + 1
+
+        # the same order again: 200 and the same order; another body: 409
+        wallet = s.fleet.meter(LOCAL).wallet
+        assert wallet is not None
+        body = {"order_id": "T-1", "meter": LOCAL, "customer": wallet.customer_number,
+                "amount_fen": 5000}  # fmt: skip
+        status, again = await s.post("/v1/topups", body)
+        assert (status, again["state"], again["accepted_at"]) == (
+            200, "confirmed", order["accepted_at"],
+        )  # fmt: skip
+        status, conflict = await s.post("/v1/topups", {**body, "amount_fen": 5001})
+        assert (status, conflict["error"]["code"]) == (409, "order_id_conflict")
+        # a second order for the same (meter, purchase count) is refused at acceptance
+        status, taken = await s.post(
+            "/v1/topups", {**body, "order_id": "T-2", "purchase_count": n + 1}
+        )
+        assert (status, taken["error"]["code"]) == (409, "purchase_count_taken")
+        status, unknown = await s.post("/v1/topups", {**body, "order_id": "T-3", "meter": "x"})
+        assert (status, unknown["error"]["code"]) == (422, "unknown_meter")
+        status, bad = await s.post("/v1/topups", {**body, "order_id": "T-4", "amount_fen": -1})
+        assert status == 400, bad
+        assert s.credits(LOCAL) == [(n + 1, 5000)]
+
+        # relay orders on the remote meter: trip, then close, verified by status word 3
+        status, trip = await s.post(
+            "/v1/relay-orders", {"order_id": "R-1", "meter": REMOTE, "action": "trip"}
+        )
+        assert status == 201, trip
+        tripped = await s.terminal("R-1", "relay-orders")
+        assert tripped["state"] == "confirmed", tripped
+        assert tripped["result"]["relay_open"] is True
+        assert s.fleet.meter(REMOTE).relay.open
+        check_audit(tripped)
+        status, _ = await s.post(
+            "/v1/relay-orders", {"order_id": "R-1", "meter": REMOTE, "action": "trip"}
+        )
+        assert status == 200
+        await s.post("/v1/relay-orders", {"order_id": "R-2", "meter": REMOTE, "action": "close"})
+        closed = await s.terminal("R-2", "relay-orders")
+        assert closed["state"] == "confirmed", closed
+        assert not s.fleet.meter(REMOTE).relay.open
+
+        # cancel: only before anything reached the meter (the machine is down: nothing sent)
+        s.hsm.fail(160, "error")
+        await s.topup("T-5", LOCAL_2, 1200)
+        status, cancelled = await s.post("/v1/topups/T-5/cancel", {})
+        assert (status, cancelled["state"]) == (200, "cancelled"), cancelled
+        s.hsm.heal()
+        status, refused = await s.post("/v1/topups/T-1/cancel", {})
+        assert (status, refused["error"]["code"]) == (409, "not_cancellable")
+        assert s.credits(LOCAL_2) == []
+
+        # lists by day and state; the token
+        status, listing = await s.get(f"/v1/topups?day={order['day']}&state=confirmed")
+        assert [o["order_id"] for o in listing["orders"]] == ["T-1"]
+        assert s.http is not None
+        async with s.http.get(f"{s.url}/v1/topups/T-1") as r:
+            assert r.status == 401
+        async with s.http.get(
+            f"{s.url}/v1/topups/T-1", headers={"Authorization": "Bearer wrong"}
+        ) as r:
+            assert r.status == 401
+
+
+async def test_lost_reply_is_confirmed_by_read_back_across_a_restart(tmp_path: Path) -> None:
+    """§E #1 through the service: the meter credits, its reply is lost; the read-back (in the
+    same command) shows count = target and the amount → confirmed, never resent. The service
+    is killed while an order waits and taken up again after a restart."""
+    async with service_stack(tmp_path) as s:
+        n = s.count(LOCAL)
+        rule = s.fleet.inject(LOCAL, "drop_reply", on="topup")
+        await s.topup("L-1", LOCAL, 3300)
+        order = await s.terminal("L-1")
+        assert rule.hits == 1
+        # the read-back in the same command settles it: confirmed, nothing sent again
+        assert (order["state"], order["attempts"]) == ("confirmed", 1), order
+        assert s.credits(LOCAL) == [(n + 1, 3300)]
+        whats = [e["what"] for e in order["exchanges"]]
+        assert whats == ["auth+readback", "topup+readback"], whats
+        lost = order["exchanges"][1]["reply"]["result"]["steps"][0]
+        assert (lost["reason"], lost["sent"]) == ("no_reply", True)
+        check_audit(order)
+
+        # the machine is down: the order waits (nothing sent); the service is killed and
+        # started again; the order is executed once the machine is back
+        s.hsm.fail(160, "error")
+        await s.topup("L-2", LOCAL_2, 700)
+        await s.kill_service()
+        await s.start_service()
+        waiting = await s.order("L-2")
+        assert waiting["state"] in ("accepted", "queued", "authenticating"), waiting
+        s.hsm.heal()
+        done = await s.terminal("L-2")
+        assert done["state"] == "confirmed", done
+        assert len(s.credits(LOCAL_2)) == 1
+
+
+async def test_webhook_signed_and_retried_and_the_reconciliation_pull(tmp_path: Path) -> None:
+    """Billing's endpoint refuses the first delivery (500): the service retries with backoff
+    and the second one, signed with the shared secret, is taken; billing can also pull the
+    day's reconciliation (JSON and CSV)."""
+    import asyncio
+    import time
+
+    from aiohttp import web
+
+    from central.topup.webhook import verify
+
+    secret = "webhook-secret-for-the-test"
+    received: list[tuple[bytes, str]] = []
+    answers = [500]
+    got = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        received.append((body, request.headers["X-Meterlink-Signature"]))
+        status = answers.pop(0) if answers else 200
+        if status == 200:
+            got.set()
+        return web.Response(status=status)
+
+    app = web.Application()
+    app.router.add_post("/billing/topup-result", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    options = {
+        "webhook_url": f"http://127.0.0.1:{port}/billing/topup-result",
+        "webhook_retry_initial_s": 0.2,
+        "webhook_retry_max_s": 1,
+    }
+    try:
+        async with service_stack(
+            tmp_path, topup=options, env={"METERLINK_TOPUP_WEBHOOK_SECRET": secret}
+        ) as s:
+            await s.topup("W-1", LOCAL, 1500)
+            order = await s.terminal("W-1")
+            assert order["state"] == "confirmed"
+            await asyncio.wait_for(got.wait(), 30)
+            assert len(received) == 2  # refused once, then delivered
+            for body, signature in received:
+                assert verify(secret.encode(), body, signature, now=time.time())
+                assert not verify(b"another secret", body, signature, now=time.time())
+            delivered = json.loads(received[-1][0])
+            assert (delivered["event"], delivered["order"]["order_id"]) == ("order.terminal", "W-1")
+            assert delivered["order"]["state"] == "confirmed"
+            status, doc = await s.get(f"/v1/reconciliation?day={order['day']}")
+            assert status == 200
+            assert (doc["totals"]["confirmed_topups"], doc["totals"]["credited_fen"]) == (1, 1500)
+            assert doc["orders"][0]["readback_amount_fen"] == 1500
+            assert s.http is not None
+            async with s.http.get(
+                f"{s.url}/v1/reconciliation?day={order['day']}&format=csv", headers=s.headers
+            ) as r:
+                text = await r.text()
+            assert "# credited_fen,1500" in text
+            assert "W-1,topup," in text
+    finally:
+        await runner.cleanup()
