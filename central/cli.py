@@ -47,6 +47,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--min-days", type=int, help="consecutive-failure list threshold (default: config)"
     )
 
+    from central.tariff import cli as tariff_cli
+
+    tariff = sub.add_parser(
+        "tariff",
+        help="tariff execution check: plans, check a day, work orders (docs/tariff.md)",
+        description="The tariff execution check (电价执行正确): replace or show the plans, run"
+        " the check for a data day, list the work orders for technicians, correct a meter.",
+    )
+    tariff_cli.configure(tariff)
+
     sp = sub.add_parser("spool", help="show what waits for InfluxDB and the dead letters")
     sp.add_argument("--config", type=Path, required=True)
     sp.add_argument("--show", type=int, default=10, help="dead letters to print (default 10)")
@@ -129,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
             return _check(cfg, args.config, print_config=args.print_config)
         if args.action == "report":
             return _report(cfg, args)
+        if args.action == "tariff":
+            from central.tariff.cli import run as tariff_run
+
+            return tariff_run(cfg, args)
         return _spool(cfg, args.show, replay_dead=args.replay_dead)
     except ConfigError as exc:
         print(f"meterlink central: {exc}", file=sys.stderr)

@@ -120,7 +120,9 @@ class ArchiveFact:
     updated_at: int
     day_from: str  # the local date of updated_at: the first data day this version is in force
     meters: tuple[tuple[str, str, str, str], ...]  # meter, district, manufacturer, bus
-    digest: str  # `archive_digest(meters)`
+    digest: str  # `archive_digest(meters, extras)`
+    #: per meter (in `meters`' order): model, tariff_plan ("" when the archive has none)
+    extras: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -249,10 +251,17 @@ def _check_day(day: str) -> None:
         raise ValueError(f"data day {day} is outside {FIRST_DAY} .. {LAST_DAY}")
 
 
-def archive_digest(meters: tuple[tuple[str, str, str, str], ...]) -> str:
+def archive_digest(
+    meters: tuple[tuple[str, str, str, str], ...], extras: tuple[tuple[str, str], ...] = ()
+) -> str:
     """The archive's content as coverage uses it (meter, district, manufacturer, bus), in any
-    order: two archives with the same digest expect the same meters the same way."""
-    return hashlib.sha256(json.dumps(sorted(meters)).encode()).hexdigest()
+    order: two archives with the same digest expect the same meters the same way. The model
+    and tariff plan (`extras`, per meter in the same order) count only when an archive has
+    any, so an archive without them keeps the digest it had before they were kept."""
+    if not any(model or plan for model, plan in extras):
+        return hashlib.sha256(json.dumps(sorted(meters)).encode()).hexdigest()
+    rows = sorted([*m, *e] for m, e in zip(meters, extras, strict=True))
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
 def _archive(payload: dict[str, Any], out: Converted) -> None:
@@ -266,12 +275,15 @@ def _archive(payload: dict[str, Any], out: Converted) -> None:
         (m["meter"], m.get("district", ""), m.get("manufacturer", ""), m["bus"])
         for m in payload["meters"]
     )
+    extras = tuple((m.get("model", ""), m.get("tariff_plan", "")) for m in payload["meters"])
     listed = Counter(m[0] for m in meters)
     if len(listed) < len(meters):  # the ledger keys an archive's meters by their id
         twice = min(m for m, n in listed.items() if n > 1)
         raise NotConvertible(f"archive lists meter {twice!r} more than once")
     day_from = updated.date().isoformat()
-    out.archives.append(ArchiveFact(c, version, at, day_from, meters, archive_digest(meters)))
+    out.archives.append(
+        ArchiveFact(c, version, at, day_from, meters, archive_digest(meters, extras), extras)
+    )
     fields = {"version": payload["version"], "meters": len(meters)}
     out.lines.append(f"archive,concentrator={escape_tag(c)} {_fields(fields)} {at}")
 

@@ -48,6 +48,7 @@ from central.panel.registry import (
 )
 from central.panel.svg import Series, bars, line_chart
 from central.store import Store
+from central.tariff.http import get_plans, put_plans
 
 __all__ = ["Services", "make_app", "serve"]
 
@@ -752,6 +753,8 @@ def make_app(svc: Services) -> web.Application:
     r.add_get("/audit", audit_page)
     r.add_get("/section/{key}", section_page)
     r.add_post("/actions/{name}", act)
+    r.add_get("/api/tariff/plans", get_plans)
+    r.add_put("/api/tariff/plans", put_plans)
     r.add_static("/static/", HERE / "static", append_version=False)
     return app
 

@@ -94,7 +94,7 @@ def test_users_are_managed_and_passwords_hashed_with_argon2id(store: Store) -> N
     with pytest.raises(AuthError, match="exists"):
         users.add("vera", "viewer", PASSWORDS["vera"])
     with pytest.raises(AuthError, match="role"):
-        users.add("eve", "admin", PASSWORDS["vera"])
+        users.add("eve", "root", PASSWORDS["vera"])
     token, _ = users.open_session("vera", 1.0)
     assert users.session(token, 600) is not None
     users.set_role("vera", "operator")  # at once, sessions kept
