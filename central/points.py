@@ -125,6 +125,27 @@ class ArchiveFact:
     extras: tuple[tuple[str, str], ...] = ()
 
 
+class Freeze(NamedTuple):
+    """A daily freeze's forward energy (total, T1..Tn), for the tariff check's allocation step."""
+
+    concentrator: str
+    meter: str
+    day: str
+    total: float
+    registers: tuple[float, ...]
+    clock_offset_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TariffRead:
+    """A tariff set-up an agent read (`protocols.tariff.TariffSetup.to_payload()`)."""
+
+    concentrator: str
+    meter: str
+    read_at: int
+    setup: dict[str, Any]
+
+
 @dataclass
 class Converted:
     lines: list[str] = field(default_factory=list)
@@ -132,6 +153,8 @@ class Converted:
     failures: list[Failure] = field(default_factory=list)
     archives: list[ArchiveFact] = field(default_factory=list)
     readings: int = 0
+    freezes: list[Freeze] = field(default_factory=list)
+    tariffs: list[TariffRead] = field(default_factory=list)
 
 
 def _fields(pairs: Mapping[str, object]) -> str:
@@ -186,7 +209,30 @@ def _readings(payload: dict[str, Any], out: Converted) -> None:
                     c, r["meter"], day, day_start, read_at, frozenset(values), quality == "backfill"
                 )
             )
+            if _TOTAL in values:
+                _freeze(c, r, day, values, out)
     out.readings += len(payload["readings"])
+
+
+_TOTAL = "energy_import_total_kwh"
+_REGISTERS = tuple(f"energy_import_t{i}_kwh" for i in range(1, 5))
+
+
+def _freeze(c: str, r: dict[str, Any], day: str, values: dict[str, Any], out: Converted) -> None:
+    """The per-tariff energy of a daily freeze (T1.. as far as the freeze has them)."""
+    registers = []
+    for name in _REGISTERS:
+        v = values.get(name)
+        if v is None or not isinstance(v["value"], int | float):
+            break
+        registers.append(float(v["value"]))
+    total = values[_TOTAL]["value"]
+    if registers and isinstance(total, int | float):
+        offset = r.get("clock_offset_s")
+        out.freezes.append(
+            Freeze(c, r["meter"], day, float(total), tuple(registers),
+                   float(offset) if isinstance(offset, int | float) else None)
+        )  # fmt: skip
 
 
 def _rounds(payload: dict[str, Any], out: Converted) -> None:
@@ -300,12 +346,13 @@ _CONVERTERS = {
 def convert(kind: str, payload: dict[str, Any], out: Converted) -> None:
     """Add the points and facts of one schema-valid payload to `out`: all of them, or — when
     a value cannot be stored — none, raising `NotConvertible`."""
-    marks = (len(out.lines), len(out.reads), len(out.failures), len(out.archives), out.readings)
+    marks = (len(out.lines), len(out.reads), len(out.failures), len(out.archives), out.readings,
+             len(out.freezes), len(out.tariffs))  # fmt: skip
     try:
         _CONVERTERS[kind](payload, out)
     except Exception as exc:
         del out.lines[marks[0] :], out.reads[marks[1] :], out.failures[marks[2] :]
-        del out.archives[marks[3] :]
+        del out.archives[marks[3] :], out.freezes[marks[5] :], out.tariffs[marks[6] :]
         out.readings = marks[4]
         raise NotConvertible(
             f"{kind} payload not convertible: {type(exc).__name__}: {exc}"

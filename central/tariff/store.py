@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from central.points import Converted
 from central.store import Migration, Schema, Store, Tx
 from central.tariff.plans import PlanBook, parse_plans
 
@@ -205,6 +206,13 @@ class TariffStore:
             )  # fmt: skip
 
         self.store.write(write)
+
+    def apply_converted(self, facts: Converted) -> None:
+        """The freezes and set-ups of a consumer batch (`central.points.convert`)."""
+        self.apply(
+            [SetupFact(t.concentrator, t.meter, t.read_at, t.setup) for t in facts.tariffs],
+            [FreezeFact(*f) for f in facts.freezes],
+        )
 
     # --- what the check reads ------------------------------------------------------------------
     def setups_until(self, until: int, since: int) -> dict[tuple[str, str], list[dict[str, Any]]]:
