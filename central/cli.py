@@ -46,6 +46,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     rep.add_argument(
         "--min-days", type=int, help="consecutive-failure list threshold (default: config)"
     )
+    rep.add_argument(
+        "--tariff",
+        action="store_true",
+        help="the tariff execution rate 电价执行正确率 instead (checks the day; docs/tariff.md)",
+    )
 
     from central.tariff import cli as tariff_cli
 
@@ -208,6 +213,11 @@ def _report(cfg: CentralConfig, args: argparse.Namespace) -> int:
         name="meterlink central report",
     )
     try:
+        if args.tariff:
+            from central.tariff.cli import report as tariff_report
+            from central.tariff.store import TariffStore
+
+            return tariff_report(cfg, store, TariffStore(store), args.day, args.format)
         ledger = Ledger(store)
         day = args.day
         if day is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -23,6 +24,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     plans.add_argument("--by", default="cli", help="who replaces them (kept with the plans)")
     plans.add_argument("--history", action="store_true", help="list every plan file put in force")
 
+    chk = sub.add_parser(
+        "check", help="check every meter with a plan for a data day, store the outcomes, report"
+    )
+    chk.add_argument("--config", type=Path, required=True)
+    chk.add_argument("--day", help="data day YYYY-MM-DD (default: the latest with data)")
+    chk.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    wo = sub.add_parser(
+        "workorders",
+        help="CSV of the meters a technician must reprogram (meter, concentrator, outcome,"
+        " detail, what to write)",
+    )
+    wo.add_argument("--config", type=Path, required=True)
+    wo.add_argument("--day", help="data day YYYY-MM-DD (default: the latest checked)")
+    wo.add_argument("--output", type=Path, help="write the CSV here (default: stdout)")
+
 
 def _open(cfg: CentralConfig, name: str) -> Store:
     return open_store(
@@ -39,9 +56,68 @@ def run(cfg: CentralConfig, args: argparse.Namespace) -> int:
         tariffs = TariffStore(store)
         if args.tariff_action == "plans":
             return _plans(tariffs, args)
+        if args.tariff_action == "check":
+            return report(cfg, store, tariffs, args.day, args.format)
+        if args.tariff_action == "workorders":
+            return _workorders(tariffs, args)
     finally:
         store.close()
     return 2
+
+
+def _day(day: str | None, known: list[str]) -> str | None:
+    if day is None:
+        if not known:
+            print("meterlink central tariff: no data day yet", file=sys.stderr)
+            return None
+        return known[-1]
+    try:
+        dt.date.fromisoformat(day)
+    except ValueError:
+        print(f"meterlink central tariff: --day {day!r} is not YYYY-MM-DD", file=sys.stderr)
+        return None
+    return day
+
+
+def report(cfg: CentralConfig, store: Store, tariffs: TariffStore, day: str | None,
+           fmt: str) -> int:  # fmt: skip
+    """Check `day` (default: the latest day with data), store its outcomes, print the report."""
+    from central.ledger import Ledger
+    from central.tariff.day import check_day
+    from central.tariff.report import render
+
+    ledger = Ledger(store)
+    chosen = _day(day, ledger.known_days())
+    if chosen is None:
+        return 2 if day is not None else 1
+    book = tariffs.plans()
+    if book is None:
+        print("meterlink central tariff: no plans yet: meterlink central tariff plans"
+              " --replace FILE (or PUT /api/tariff/plans)", file=sys.stderr)  # fmt: skip
+        return 1
+    t = cfg.tariff
+    result = check_day(ledger, tariffs, book, chosen, t.settings(), t.timezone)
+    sys.stdout.write(render(result, fmt))
+    return 0
+
+
+def _workorders(tariffs: TariffStore, args: argparse.Namespace) -> int:
+    from central.tariff.report import workorders
+
+    day = _day(args.day, tariffs.outcome_days())
+    if day is None:
+        return 2 if args.day is not None else 1
+    book = tariffs.plans()
+    if book is None:
+        print("meterlink central tariff: no plans yet", file=sys.stderr)
+        return 1
+    text = workorders(day, tariffs.outcomes(day), book)
+    if args.output is not None:
+        args.output.write_text("\ufeff" + text, encoding="utf-8")  # BOM: Excel reads UTF-8
+        print(f"{text.count(chr(10)) - 1} work orders for {day} in {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _plans(tariffs: TariffStore, args: argparse.Namespace) -> int:
