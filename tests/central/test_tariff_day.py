@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import io
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,14 @@ METERS = ("m-ok", "m-bad", "m-unread", "m-local", "m-noplan", "m-unknown")
 
 def _archive() -> Converted:
     meters = tuple((m, "east" if i < 3 else "west", "acme", "b1") for i, m in enumerate(METERS))
-    extras = (("DDZY666", "resident-tou"), ("DDZY666", "resident-tou"), ("DTZY", "resident-tou"),
-              ("DDZY666", "prepaid-local"), ("DDZY666", ""), ("DDZY666", "nope"))  # fmt: skip
+    extras = (
+        ("DDZY666", "resident-tou"),
+        ("DDZY666", "resident-tou"),
+        ("DTZY", "resident-tou"),
+        ("DDZY666", "prepaid-local"),
+        ("DDZY666", ""),
+        ("DDZY666", "nope"),
+    )
     at = int(dt.datetime(2026, 6, 1, tzinfo=dt.UTC).timestamp())
     fact = ArchiveFact("c-1", 1, at, "2026-06-01", meters, archive_digest(meters, extras), extras)
     return Converted(archives=[fact])
@@ -42,15 +49,17 @@ def _load(store: Store) -> tuple[Ledger, TariffStore]:
     bad = good(TOU)
     t1 = tuple(dataclasses.replace(p, hour=9) if p.hour == 8 else p for p in bad.sets[0].tables[1])
     bad = dataclasses.replace(
-        bad, sets=(dataclasses.replace(bad.sets[0], tables={**bad.sets[0].tables, 1: t1}),
-                   bad.sets[1]))  # fmt: skip
+        bad,
+        sets=(dataclasses.replace(bad.sets[0], tables={**bad.sets[0].tables, 1: t1}), bad.sets[1]),
+    )
     local = good(LOCAL)
     v27 = LOCAL.version[1]
     assert v27.prices is not None
-    from decimal import Decimal
-
-    local = dataclasses.replace(local, switch_prices=dt.datetime(2027, 1, 1),
-                                prices_backup=tuple(Decimal(str(p)) for p in v27.prices))  # fmt: skip
+    local = dataclasses.replace(
+        local,
+        switch_prices=dt.datetime(2027, 1, 1),
+        prices_backup=tuple(Decimal(str(p)) for p in v27.prices),
+    )
     facts = Converted()
     for meter, setup in (("m-ok", good(TOU)), ("m-bad", bad), ("m-local", local)):
         facts.tariffs.append(
@@ -64,8 +73,7 @@ def test_a_day_is_checked_stored_and_counted_by_scope(store: Store) -> None:
     ledger, tariffs = _load(store)
     result = check_day(ledger, tariffs, BOOK, D, CheckSettings(), "Asia/Shanghai")
     got = {o.meter: o.outcome for o in result.outcomes}
-    assert got == {"m-ok": "OK", "m-bad": "PARAM_MISMATCH", "m-unread": "NOT_READ",
-                   "m-local": "OK"}  # fmt: skip
+    assert got == {"m-ok": "OK", "m-bad": "PARAM_MISMATCH", "m-unread": "NOT_READ", "m-local": "OK"}
     fleet = result.fleet()
     assert (fleet.meters, fleet.ok, fleet.rate) == (4, 2, 50.0)
     by = {(s.scope, s.key): (s.meters, s.ok) for s in result.scopes}
@@ -79,8 +87,9 @@ def test_a_day_is_checked_stored_and_counted_by_scope(store: Store) -> None:
         "09:00→T3"
     )
     lines = day_lines(result)
-    assert any(ln.startswith("tariff_execution,scope=fleet,key=all ") and "rate=50.0" in ln
-               for ln in lines)  # fmt: skip
+    assert any(
+        ln.startswith("tariff_execution,scope=fleet,key=all ") and "rate=50.0" in ln for ln in lines
+    )
     assert sum(ln.startswith("tariff_outcome,") for ln in lines) == 2
 
 
@@ -90,14 +99,28 @@ def test_report_and_work_orders_from_the_command_line(
     _load(store)
     # the freeze of the day makes it a day with data
     out = Converted()
-    convert("readings", {"concentrator": "c-1", "readings": [{
-        "meter": "m-ok", "item": "daily_freeze", "data_time": f"{D}T00:00:00+08:00",
-        "read_at": f"{D}T00:05:00+08:00",
-        "values": {"energy_import_total_kwh": {"value": 10.0, "unit": "kWh"},
-                   "energy_import_t1_kwh": {"value": 0.0, "unit": "kWh"},
-                   "energy_import_t2_kwh": {"value": 3.0, "unit": "kWh"},
-                   "energy_import_t3_kwh": {"value": 3.0, "unit": "kWh"},
-                   "energy_import_t4_kwh": {"value": 4.0, "unit": "kWh"}}}]}, out)  # fmt: skip
+    convert(
+        "readings",
+        {
+            "concentrator": "c-1",
+            "readings": [
+                {
+                    "meter": "m-ok",
+                    "item": "daily_freeze",
+                    "data_time": f"{D}T00:00:00+08:00",
+                    "read_at": f"{D}T00:05:00+08:00",
+                    "values": {
+                        "energy_import_total_kwh": {"value": 10.0, "unit": "kWh"},
+                        "energy_import_t1_kwh": {"value": 0.0, "unit": "kWh"},
+                        "energy_import_t2_kwh": {"value": 3.0, "unit": "kWh"},
+                        "energy_import_t3_kwh": {"value": 3.0, "unit": "kWh"},
+                        "energy_import_t4_kwh": {"value": 4.0, "unit": "kWh"},
+                    },
+                }
+            ],
+        },
+        out,
+    )
     assert out.freezes[0].registers == (0.0, 3.0, 3.0, 4.0)
     Ledger(store).apply(out, [])
     TariffStore(store).apply_converted(out)
@@ -107,7 +130,8 @@ def test_report_and_work_orders_from_the_command_line(
     text = capsys.readouterr().out
     assert f"data day {D}" in text
     assert "fleet: 2/4 OK = 50.00%" in text
-    assert "m-bad" in text and "set 1 table 1: expected" in text
+    assert "m-bad" in text
+    assert "set 1 table 1: expected" in text
     assert main(["central", "report", "--tariff", "--config", str(config), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["scopes"][0]["rate"] == 50.0
     assert main(["central", "tariff", "workorders", "--config", str(config), "--day", D]) == 0

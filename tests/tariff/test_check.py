@@ -34,13 +34,17 @@ def good(plan: Plan, day: dt.date = DAY, **changes: object) -> TariffSetup:
     setup = TariffSetup(
         read_at=READ_AT.astimezone(dt.UTC),
         meter_time=READ_AT.replace(tzinfo=None),
-        zone_count=len(tou.zones), table_count=len(tou.tables),
-        period_count=max(len(p) for p in tou.tables.values()), tariff_count=v.tariffs,
-        holiday_count=len(v.holidays), sets=(tou, TouSet()),
-        weekend_workdays=weekend_word(v), weekend_table=v.weekend_table or 1,
+        zone_count=len(tou.zones),
+        table_count=len(tou.tables),
+        period_count=max(len(p) for p in tou.tables.values()),
+        tariff_count=v.tariffs,
+        holiday_count=len(v.holidays),
+        sets=(tou, TouSet()),
+        weekend_workdays=weekend_word(v),
+        weekend_table=v.weekend_table or 1,
         holidays=holidays(v, dt.date(2000, 1, 1)),
         event_counters={"03300500": 3, "03300600": 1},
-    )  # fmt: skip
+    )
     if v.prices is not None:
         setup = dataclasses.replace(
             setup,
@@ -158,9 +162,11 @@ def test_a_coming_change_needs_the_backup_set_and_the_switch_time() -> None:
     new = plan.in_force(dt.date(2026, 7, 1))
     assert new is not None
     ready = dataclasses.replace(
-        now, sets=(now.sets[0], expected_set(new)),
-        switch_zones=dt.datetime(2026, 7, 1), switch_tables=dt.datetime(2026, 7, 1),
-    )  # fmt: skip
+        now,
+        sets=(now.sets[0], expected_set(new)),
+        switch_zones=dt.datetime(2026, 7, 1),
+        switch_tables=dt.datetime(2026, 7, 1),
+    )
     assert check(plan, ready).outcome == "OK"
     a_day_late = dataclasses.replace(ready, switch_tables=dt.datetime(2026, 7, 2))
     assert check(plan, a_day_late).outcome == "SWITCH_PENDING"
@@ -172,12 +178,14 @@ def test_local_prices_ladder_and_price_switch() -> None:
     v27 = LOCAL.version[1]
     assert v27.prices is not None
     ready = dataclasses.replace(
-        setup, prices_backup=tuple(Decimal(str(p)) for p in v27.prices),
+        setup,
+        prices_backup=tuple(Decimal(str(p)) for p in v27.prices),
         switch_prices=dt.datetime(2027, 1, 1),
-    )  # fmt: skip
+    )
     assert check(LOCAL, ready).outcome == "OK"
-    wrong = dataclasses.replace(ready, prices_current=(Decimal("1.0"), Decimal("0.8"),
-                                                       Decimal("0.6"), Decimal("0.3")))  # fmt: skip
+    wrong = dataclasses.replace(
+        ready, prices_current=(Decimal("1.0"), Decimal("0.8"), Decimal("0.6"), Decimal("0.3"))
+    )
     out = check(LOCAL, wrong)
     assert out.outcome == "PRICE_MISMATCH"
     assert out.detail["findings"]["PRICE_MISMATCH"]["found"] == [1.0, 0.8, 0.6, 0.3]
