@@ -67,6 +67,7 @@ __all__ = [
     "EquivalenceCache",
     "MeterFacts",
     "check_meter",
+    "tou_digest",
 ]
 
 OUTCOMES = (
@@ -131,6 +132,8 @@ class MeterFacts:
     freezes: Mapping[str, FreezeFact] = field(default_factory=dict)
     #: programming jobs on the meter: (started, ended or None) unix seconds
     jobs: Sequence[tuple[int, int | None]] = ()
+    #: `tou_digest` of the latest set-up's payload, when the caller has it
+    digest: str | None = None
 
 
 @dataclass
@@ -148,9 +151,10 @@ class _Findings:
 
 
 # --- the meter's tariff function, cached --------------------------------------------------------
-def _tou_digest(setup: TariffSetup) -> str:
-    """What decides the meter's tariff per minute (not its clock, prices or counters)."""
-    p = setup.to_payload()
+def tou_digest(payload: Mapping[str, Any]) -> str:
+    """What decides the meter's tariff per minute (not its clock, prices or counters), from a
+    set-up's payload form (`TariffSetup.to_payload()`)."""
+    p = payload
     relevant = {k: p[k] for k in ("counts", "sets", "active", "weekend", "holidays")}
     relevant["switch"] = {k: p["switch"][k] for k in ("zones", "tables")}
     return hashlib.blake2b(
@@ -165,8 +169,10 @@ class EquivalenceCache:
     def __init__(self) -> None:
         self._results: dict[tuple[str, str, dt.date, int], _Equivalence] = {}
 
-    def get(self, setup: TariffSetup, plan: Plan, day: dt.date, horizon: int) -> _Equivalence:
-        key = (_tou_digest(setup), plan.name, day, horizon)
+    def get(
+        self, setup: TariffSetup, plan: Plan, day: dt.date, horizon: int, digest: str | None = None
+    ) -> _Equivalence:
+        key = (digest or tou_digest(setup.to_payload()), plan.name, day, horizon)
         got = self._results.get(key)
         if got is None:
             got = self._results[key] = _equivalence(setup, plan, day, horizon)
@@ -217,6 +223,31 @@ def meter_vectors(
     return out
 
 
+_CHANGES: dict[bytes, tuple[int, ...]] = {}
+
+
+def _changes(vector: bytes) -> tuple[int, ...]:
+    """The minutes at which a day vector changes tariff (0 included), cached per vector."""
+    got = _CHANGES.get(vector)
+    if got is None:
+        if len(_CHANGES) > 10_000:
+            _CHANGES.clear()
+        got = _CHANGES[vector] = (0, *(m for m in range(1, MINUTES) if vector[m] != vector[m - 1]))
+    return got
+
+
+def _diff(a: bytes, b: bytes) -> tuple[int, int]:
+    """(minutes where `a` and `b` differ, the first of them), run by run."""
+    cuts = sorted({*_changes(a), *_changes(b), MINUTES})
+    count, first = 0, -1
+    for start, end in zip(cuts, cuts[1:], strict=False):
+        if a[start] != b[start]:
+            count += end - start
+            if first < 0:
+                first = start
+    return count, first
+
+
 def _equivalence(setup: TariffSetup, plan: Plan, day: dt.date, horizon: int) -> _Equivalence:
     try:
         meter = meter_vectors(setup, day, horizon)
@@ -232,9 +263,8 @@ def _equivalence(setup: TariffSetup, plan: Plan, day: dt.date, horizon: int) -> 
         expected = version.vectors[table]
         if vector == expected:
             continue
-        diff = [m for m in range(MINUTES) if vector[m] != expected[m]]
-        first = diff[0]
-        bad.append(_BadDay(d, len(diff), first, expected[first], vector[first], which, table))
+        minutes, first = _diff(vector, expected)
+        bad.append(_BadDay(d, minutes, first, expected[first], vector[first], which, table))
     previous = False
     if bad and bad[0].day == day:
         current = plan.in_force(day)
@@ -298,7 +328,10 @@ def check_meter(
         _programming(setups[-2], setup, facts.jobs, f)
 
     # 2 + 3. structure and equivalence
-    eq = (cache or EquivalenceCache()).get(setup, plan, day, settings.horizon_days)
+    digest = facts.digest if setup is facts.setups[-1] else None
+    eq = (cache if cache is not None else EquivalenceCache()).get(
+        setup, plan, day, settings.horizon_days, digest
+    )
     if eq.incomplete is not None:
         if "UNSUPPORTED_DI" not in f.found:
             f.add("PARAM_MISMATCH", reason=eq.incomplete)
@@ -593,16 +626,20 @@ def _energy(
         f.add("ENERGY_MISALLOCATED", days=violations, tolerance_kwh=tol)
 
 
-def _tariffs_run(plan: Plan, day: dt.date, edge: int) -> set[int]:
+_RUN: dict[tuple[bytes | None, bytes | None, bytes | None, int], frozenset[int]] = {}
+
+
+def _tariffs_run(plan: Plan, day: dt.date, edge: int) -> frozenset[int]:
     """The tariffs the plan runs on `day`, and in the `edge` minutes either side of it."""
-    out: set[int] = set()
-    today = plan.day_vector(day)
-    if today is not None:
-        out.update(today)
-    before = plan.day_vector(day - dt.timedelta(days=1))
-    if before is not None:
-        out.update(before[-edge:])
-    after = plan.day_vector(day + dt.timedelta(days=1))
-    if after is not None:
-        out.update(after[:edge])
-    return out
+    key = (plan.day_vector(day - dt.timedelta(days=1)), plan.day_vector(day),
+           plan.day_vector(day + dt.timedelta(days=1)), edge)  # fmt: skip
+    got = _RUN.get(key)
+    if got is None:
+        before, today, after = key[:3]
+        out: set[int] = set(today or ())
+        out.update(before[-edge:] if before is not None else ())
+        out.update(after[:edge] if after is not None else ())
+        if len(_RUN) > 10_000:
+            _RUN.clear()
+        got = _RUN[key] = frozenset(out)
+    return got

@@ -23,6 +23,7 @@ from central.tariff.check import (
     EquivalenceCache,
     MeterFacts,
     check_meter,
+    tou_digest,
 )
 from central.tariff.plans import PlanBook
 from central.tariff.store import Outcome, TariffStore
@@ -117,7 +118,7 @@ def check_day(
     raw = tariffs.setups_until(int(day_end.timestamp()), int(since.timestamp()))
     freezes = tariffs.freezes([day_offset(day, -2), day_offset(day, -1), day])
     jobs = tariffs.jobs(int(since.timestamp()))
-    cache = cache or EquivalenceCache()
+    cache = cache if cache is not None else EquivalenceCache()
     fleet = TariffScope("fleet", "all")
     groups: dict[tuple[str, str], TariffScope] = {}
     outcomes: list[Outcome] = []
