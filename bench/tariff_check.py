@@ -93,7 +93,7 @@ def misprogrammed(setup: TariffSetup, rng: random.Random) -> TariffSetup:
         return dataclasses.replace(
             setup,
             sets=(TouSet(first.zones, {**first.tables, table: tuple(periods)}), setup.sets[1]),
-        )  # noqa: E501
+        )
     if kind == 1 and setup.holidays:  # a holiday missing
         return dataclasses.replace(setup, holidays=setup.holidays[1:],
                                    holiday_count=len(setup.holidays) - 1)  # fmt: skip
@@ -111,7 +111,7 @@ def misprogrammed(setup: TariffSetup, rng: random.Random) -> TariffSetup:
     periods[i] = dataclasses.replace(periods[i], tariff=periods[i].tariff % 4 + 1)
     return dataclasses.replace(
         setup, sets=(TouSet(first.zones, {**first.tables, table: tuple(periods)}), setup.sets[1])
-    )  # noqa: E501
+    )
 
 
 def fleet(n: int, bad: float) -> list[tuple[Plan, dict[str, Any], dict[str, FreezeFact]]]:

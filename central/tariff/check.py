@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -240,7 +241,7 @@ def _diff(a: bytes, b: bytes) -> tuple[int, int]:
     """(minutes where `a` and `b` differ, the first of them), run by run."""
     cuts = sorted({*_changes(a), *_changes(b), MINUTES})
     count, first = 0, -1
-    for start, end in zip(cuts, cuts[1:], strict=False):
+    for start, end in itertools.pairwise(cuts):
         if a[start] != b[start]:
             count += end - start
             if first < 0:

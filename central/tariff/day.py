@@ -134,12 +134,15 @@ def check_day(
             continue
         if plan.in_force(date) is None:
             continue  # the plan starts later: nothing to execute yet
-        setups = []
+        setups: list[TariffSetup] = []
+        digest = None
         for payload in raw.get((a.concentrator, a.meter), []):
             try:
                 setups.append(TariffSetup.from_payload(payload))
-            except TariffPayloadError:
+                digest = tou_digest(payload)
+            except (TariffPayloadError, KeyError, TypeError):
                 bad += 1
+                digest = None
         facts = MeterFacts(
             a.concentrator,
             a.meter,
@@ -147,6 +150,7 @@ def check_day(
             setups,
             freezes.get((a.concentrator, a.meter), {}),
             jobs.get((a.concentrator, a.meter), []),
+            digest,
         )
         outcome = check_meter(facts, date, day_end, tz, settings, cache)
         outcomes.append(outcome)
