@@ -174,7 +174,7 @@ def check_day(
 
 def day_lines(result: TariffDay) -> list[str]:
     """Line protocol: ``tariff_execution`` per scope (rate and counts, one field per outcome)
-    and ``tariff_outcome`` per meter that is not OK (its outcome and a short detail)."""
+    and ``tariff_outcome`` per meter (its outcome, plan, clock-suspect flag)."""
     at = day_epoch(result.day)
     lines = []
     for s in result.scopes:
@@ -187,9 +187,7 @@ def day_lines(result: TariffDay) -> list[str]:
         fields.update({code.lower(): s.outcomes[code] for code in OUTCOMES})
         body = ",".join(f"{k}={field_value(v)}" for k, v in fields.items() if v is not None)
         lines.append(f"tariff_execution,scope={s.scope},key={escape_tag(s.key)} {body} {at}")
-    for o in result.outcomes:
-        if o.outcome == "OK":
-            continue
+    for o in result.outcomes:  # every meter, OK too: a re-check overwrites the day's point
         detail = {
             "outcome": o.outcome,
             "plan": o.detail.get("plan", ""),

@@ -90,7 +90,7 @@ def test_a_day_is_checked_stored_and_counted_by_scope(store: Store) -> None:
     assert any(
         ln.startswith("tariff_execution,scope=fleet,key=all ") and "rate=50.0" in ln for ln in lines
     )
-    assert sum(ln.startswith("tariff_outcome,") for ln in lines) == 2
+    assert sum(ln.startswith("tariff_outcome,") for ln in lines) == 4
 
 
 def test_report_and_work_orders_from_the_command_line(
