@@ -800,6 +800,10 @@ async def running(
         data.StatusWatcher(cfg.mqtt, client_id), make_registry(cfg.panel.extensions),
         tls=cfg.panel.tls_cert is not None, key=key,
     )  # fmt: skip
+    for section in svc.registry.sections.values():  # providers that read the store
+        bind = getattr(section.provider, "bind", None)
+        if callable(bind):
+            bind(store)
     tasks = [asyncio.create_task(svc.status.run(svc.stop), name="panel-status"),
              asyncio.create_task(_refresher(svc), name="panel-refresher")]  # fmt: skip
     app = make_app(svc)

@@ -138,3 +138,38 @@ def test_report_and_work_orders_from_the_command_line(
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["meter"], r["outcome"]) for r in rows] == [("m-bad", "PARAM_MISMATCH")]
     assert "04010001=000004 080003" in rows[0]["to_write"]
+
+
+async def test_the_panel_shows_the_rate_the_outcome_and_the_meters_not_ok(
+    store: Store, tmp_path: Path
+) -> None:
+    import aiohttp
+
+    from central.panel.app import running
+    from central.panel.auth import Users
+    from tests.panel.test_access import PASSWORDS, Client, _config
+
+    ledger, tariffs = _load(store)
+    check_day(ledger, tariffs, BOOK, D, CheckSettings(), "Asia/Shanghai")
+    Users(store).add("vera", "viewer", PASSWORDS["vera"])
+    cfg = _config(tmp_path)
+    urls: list[str] = []
+    async with (
+        running(cfg, store, b"k" * 32, urls.append) as svc,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+    ):
+        section = svc.registry.sections["tariff"]
+        assert section.configured
+        assert section.provider is not None
+        figure = await section.provider.figure(D)
+        assert figure is not None
+        assert (figure.rate, figure.numerator, figure.denominator) == (50.0, 2, 4)
+        client = Client(urls[0].rstrip("/"), http)
+        await client.log_in("vera")
+        async with http.get(f"{client.base}/section/tariff") as r:
+            page = await r.text()
+        assert "m-bad" in page
+        assert "PARAM_MISMATCH" in page
+        assert "m-ok" not in page
+        async with http.get(f"{client.base}/meters/c-1/m-bad?day={D}") as r:
+            assert "set 1 table 1: expected" in (await r.text()).replace("&gt;", ">")
