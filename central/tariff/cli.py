@@ -40,6 +40,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     wo.add_argument("--day", help="data day YYYY-MM-DD (default: the latest checked)")
     wo.add_argument("--output", type=Path, help="write the CSV here (default: stdout)")
 
+    job = sub.add_parser(
+        "job",
+        help="record programming done on a meter outside meterlink (a work order carried out,"
+        " billing's own system), so its programming events are not 'outside plan'",
+    )
+    job.add_argument("--config", type=Path, required=True)
+    job.add_argument("--concentrator", required=True)
+    job.add_argument("--meter", required=True)
+    job.add_argument("--start", required=True, help="ISO 8601 time with offset")
+    job.add_argument("--end", required=True, help="ISO 8601 time with offset")
+    job.add_argument("--kind", default="workorder", help="what it was (default workorder)")
+    job.add_argument("--by", required=True, help="who did it")
+    job.add_argument("--detail", default="", help="free text (work order number, …)")
+
 
 def _open(cfg: CentralConfig, name: str) -> Store:
     return open_store(
@@ -60,6 +74,8 @@ def run(cfg: CentralConfig, args: argparse.Namespace) -> int:
             return report(cfg, store, tariffs, args.day, args.format)
         if args.tariff_action == "workorders":
             return _workorders(tariffs, args)
+        if args.tariff_action == "job":
+            return _job(tariffs, args)
     finally:
         store.close()
     return 2
@@ -146,4 +162,26 @@ def _plans(tariffs: TariffStore, args: argparse.Namespace) -> int:
         print("meterlink central tariff: no plans yet (--replace FILE)", file=sys.stderr)
         return 1
     sys.stdout.write(book.text)
+    return 0
+
+
+def _job(tariffs: TariffStore, args: argparse.Namespace) -> int:
+    times = []
+    for name in ("start", "end"):
+        text = getattr(args, name)
+        try:
+            when = dt.datetime.fromisoformat(text)
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            print(f"meterlink central tariff job: --{name} {text!r}: an ISO 8601 time with its"
+                  " UTC offset", file=sys.stderr)  # fmt: skip
+            return 2
+        times.append(int(when.timestamp()))
+    if times[1] < times[0]:
+        print("meterlink central tariff job: --end before --start", file=sys.stderr)
+        return 2
+    job = tariffs.record_job(args.concentrator, args.meter, args.kind, times[0], times[1],
+                             args.by, args.detail)  # fmt: skip
+    print(f"job {job} recorded: {args.kind} on {args.meter} ({args.concentrator}) by {args.by}")
     return 0

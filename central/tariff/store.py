@@ -267,6 +267,22 @@ class TariffStore:
 
         return self.store.write(write)
 
+    def record_job(self, concentrator: str, meter: str, kind: str, started_at: int,
+                   ended_at: int, by: str, detail: str) -> int:  # fmt: skip
+        """A programming job done outside meterlink (a technician's work order, billing's own
+        system), so the programming-event counters it moved are not "outside plan"."""
+
+        def write(tx: Tx) -> int:
+            row = tx.one(
+                "INSERT INTO tariff_job (concentrator, meter, kind, started_at, ended_at, state,"
+                " by_whom, detail) VALUES (?, ?, ?, ?, ?, 'done', ?, ?) RETURNING id",
+                (concentrator, meter, kind, started_at, ended_at, by, detail),
+            )
+            assert row is not None
+            return int(row[0])
+
+        return self.store.write(write)
+
     def end_job(self, job: int, state: str, detail: str) -> None:
         now = int(dt.datetime.now(dt.UTC).timestamp())
         self.store.execute(

@@ -173,3 +173,54 @@ async def test_the_panel_shows_the_rate_the_outcome_and_the_meters_not_ok(
         assert "m-ok" not in page
         async with http.get(f"{client.base}/meters/c-1/m-bad?day={D}") as r:
             assert "set 1 table 1: expected" in (await r.text()).replace("&gt;", ">")
+
+
+def test_a_recorded_job_covers_the_programming_it_did(
+    store: Store, store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger, tariffs = _load(store)
+    later = good(
+        TOU,
+        event_counters={"03300500": 4, "03300600": 1},
+        read_at=dt.datetime(2026, 6, 15, 12, tzinfo=dt.UTC),
+        meter_time=dt.datetime(2026, 6, 15, 20),
+    )
+    facts = Converted()
+    facts.tariffs.append(
+        TariffRead("c-1", "m-ok", int(later.read_at.timestamp()), later.to_payload())
+    )
+    tariffs.apply_converted(facts)
+    outcome = {
+        o.meter: o.outcome
+        for o in check_day(ledger, tariffs, BOOK, D, CheckSettings(), "Asia/Shanghai").outcomes
+    }
+    assert outcome["m-ok"] == "PROGRAMMED_OUTSIDE_PLAN"
+    config = tmp_path / "central.toml"
+    config.write_text(f'[store]\nurl = "{store_url}"\n')
+    args = [
+        "central",
+        "tariff",
+        "job",
+        "--config",
+        str(config),
+        "--concentrator",
+        "c-1",
+        "--meter",
+        "m-ok",
+        "--start",
+        "2026-06-15T11:00:00+08:00",
+        "--end",
+        "2026-06-15T11:30:00+08:00",
+        "--by",
+        "technician 7",
+        "--detail",
+        "WO-1",
+    ]
+    assert main(args) == 0
+    assert "recorded" in capsys.readouterr().out
+    outcome = {
+        o.meter: o.outcome
+        for o in check_day(ledger, tariffs, BOOK, D, CheckSettings(), "Asia/Shanghai").outcomes
+    }
+    assert outcome["m-ok"] == "OK"
+    assert main([*args[:-6], "--start", "yesterday", "--end", "x", "--by", "t"]) == 2
