@@ -17,8 +17,9 @@ The steps:
    whatever the tables' form; a mismatching day is explained (which set, daily table, entry or
    holiday; expected vs found). A mismatch today is PARAM_MISMATCH — or SWITCH_MISSED when the
    meter still runs the version the plan replaced (or holds a switch time already passed). A
-   mismatch only from the plan's next effective date on (or a switch time that is not that
-   date) is SWITCH_PENDING: today is right, the programmed change is not.
+   later mismatch while the active set is the plan's in force (zones, tables, holidays) and
+   the mismatch starts on or after the plan's next effective date is SWITCH_PENDING: today is
+   right, the programmed change is not; any other later mismatch is PARAM_MISMATCH.
 4. *Prices/ladder* (local plans): the current prices (after a passed price switch, the backup
    set) against the version in force; the backup set and price switch time against the next
    price change (SWITCH_PENDING when wrong); the ladder; the meter's current tariff price
@@ -32,12 +33,13 @@ The steps:
    Without hourly freezes a misallocation between tariffs the plan does run that day is not
    visible (docs/tariff.md).
 6. *Programming outside plan*: a programming-event counter (时段表, 时区表, 周休日, 节假日,
-   费率参数表, 阶梯表 编程) that grew between two set-up reads without a meterlink job on the
-   meter in between.
+   费率参数表, 阶梯表 编程) that grew between two consecutive set-up reads (of those kept for the
+   check: the last `max_setup_age_days` + 31 days) without a recorded job on the meter in
+   between; it stays flagged while that pair of reads is in the window.
 
 Precedence when several fail (the others stay in the details): NOT_READ, UNSUPPORTED_DI,
-CLOCK_DRIFT, PROGRAMMED_OUTSIDE_PLAN, SWITCH_MISSED, PARAM_MISMATCH, SWITCH_PENDING,
-PRICE_MISMATCH, ENERGY_MISALLOCATED, then OK.
+CLOCK_DRIFT, PROGRAMMED_OUTSIDE_PLAN, SWITCH_MISSED, PARAM_MISMATCH, PRICE_MISMATCH (billing
+wrong now) before SWITCH_PENDING (wrong from a future date), ENERGY_MISALLOCATED, then OK.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ PRECEDENCE = (
     "PROGRAMMED_OUTSIDE_PLAN",
     "SWITCH_MISSED",
     "PARAM_MISMATCH",
-    "SWITCH_PENDING",
     "PRICE_MISMATCH",
+    "SWITCH_PENDING",
     "ENERGY_MISALLOCATED",
 )
 #: programming-event counters (总次数) that change what the meter bills; 校时 (03300400) is
@@ -306,6 +308,10 @@ def check_meter(
     # 0. what the meter denied
     needed = [di for di in _TOU_DIS if di in setup.unsupported]
     needed += [di for di in setup.unsupported if di[:6] in ("040100", "040200")]
+    if any(v.holidays for v in plan.version):
+        needed += [di for di in setup.unsupported if di[:6] == "040300" or di == "04000205"]
+    if any(v.rest_days for v in plan.version):
+        needed += [di for di in setup.unsupported if di in ("04000801", "04000802")]
     if plan.mode == "local":
         needed += [di for di in _LOCAL_DIS if di in setup.unsupported]
     if needed:
@@ -325,8 +331,8 @@ def check_meter(
             f.clock_suspect = True
 
     # 6. programming outside plan
-    if len(setups) >= 2:
-        _programming(setups[-2], setup, facts.jobs, f)
+    for before, after in itertools.pairwise(setups):
+        _programming(before, after, facts.jobs, f)
 
     # 2 + 3. structure and equivalence
     digest = facts.digest if setup is facts.setups[-1] else None
@@ -402,7 +408,6 @@ def _classify(
     detail: dict[str, Any] = {"mismatching_days": len(eq.bad), "first_days": days}
     detail.update(_structure(setup, version, day))
     first = eq.bad[0].day
-    meter_now = dt.datetime.combine(day, dt.time())
     passed = [
         s.isoformat()
         for s in (setup.switch_zones, setup.switch_tables)
@@ -427,13 +432,8 @@ def _classify(
         "zones": setup.switch_zones.isoformat() if setup.switch_zones else None,
         "tables": setup.switch_tables.isoformat() if setup.switch_tables else None,
     }
-    if change is not None and (
-        first == change.effective
-        or (
-            expected_switch not in (setup.switch_zones, setup.switch_tables)
-            and first >= change.effective
-        )
-    ):
+    active_as_planned = not any(k in detail for k in ("zones", "tables", "holidays_missing"))
+    if change is not None and active_as_planned and first >= change.effective:
         f.add(
             "SWITCH_PENDING",
             expected_switch=expected_switch.isoformat() if expected_switch else None,
@@ -441,7 +441,6 @@ def _classify(
             **detail,
         )
     else:
-        _ = meter_now
         f.add("PARAM_MISMATCH", **detail)
 
 
@@ -449,14 +448,20 @@ def _structure(setup: TariffSetup, version: PlanVersion, day: dt.date) -> dict[s
     """Where the active set differs from the plan in force: zones, tables, holidays, weekend
     (entries as the meter uses them: the first p / m, sorted; padding dropped)."""
     out: dict[str, Any] = {}
-    zone_set = setup.sets[setup.active_zone_set - 1]
-    table_set = setup.sets[setup.active_table_set - 1]
+    midnight = dt.datetime.combine(day, dt.time())
+    zone_no, table_no = setup.active_zone_set, setup.active_table_set
+    if setup.switch_zones is not None and setup.switch_zones <= midnight:
+        zone_no = 3 - zone_no  # flipped since the read (the meter clears the time then)
+    if setup.switch_tables is not None and setup.switch_tables <= midnight:
+        table_no = 3 - table_no
+    zone_set = setup.sets[zone_no - 1]
+    table_set = setup.sets[table_no - 1]
     p = setup.zone_count or len(zone_set.zones)
     zones = sorted({(z.month, z.day, z.table) for z in zone_set.zones[:p]})
     want = sorted((*z.month_day, z.table) for z in version.zones)
     if zones != want:
         out["zones"] = {
-            "set": setup.active_zone_set,
+            "set": zone_no,
             "expected": [f"{mo:02d}-{d:02d}→{t}" for mo, d, t in want],
             "found": [f"{mo:02d}-{d:02d}→{t}" for mo, d, t in zones],
         }
@@ -469,7 +474,7 @@ def _structure(setup: TariffSetup, version: PlanVersion, day: dt.date) -> dict[s
         got = sorted(_dedupe([(e.start, e.tariff) for e in got_raw[: n or len(got_raw)]]))
         if expected != got:
             tables[key] = {
-                "set": setup.active_table_set,
+                "set": table_no,
                 "expected": [f"{_hhmm(a)}→T{t}" for a, t in expected],
                 "found": [f"{_hhmm(a)}→T{t}" for a, t in got],
             }

@@ -236,7 +236,7 @@ def test_unsupported_items_and_no_read() -> None:
     old = good(TOU, unsupported=frozenset({"04020000", "04000205"}))
     out = check(TOU, old)
     assert out.outcome == "UNSUPPORTED_DI"
-    assert out.detail["findings"]["UNSUPPORTED_DI"]["dis"] == ["04020000"]
+    assert out.detail["findings"]["UNSUPPORTED_DI"]["dis"] == ["04000205", "04020000"]
     assert check(TOU).outcome == "NOT_READ"
     stale = good(TOU, read_at=(READ_AT - dt.timedelta(days=9)).astimezone(dt.UTC))
     assert check(TOU, stale).outcome == "NOT_READ"
@@ -251,3 +251,35 @@ def test_the_meters_function_is_the_plans_minute_by_minute(day: dt.date) -> None
         when = dt.datetime.combine(day, dt.time()) + dt.timedelta(minutes=minute)
         assert meter_tariff(setup, when) == TOU.tariff(day, minute)
     assert Holiday(dt.date(2026, 10, 1), 3) in setup.holidays
+
+
+def test_a_wrong_table_seen_only_after_a_coming_change_is_still_param_mismatch() -> None:
+    plan = _switching("2026-06-22")
+    now = good(plan)
+    new = plan.in_force(dt.date(2026, 6, 22))
+    assert new is not None
+    wrong_now = TouSet(now.sets[0].zones, {1: (Period(0, 0, 4), Period(8, 0, 3))})
+    ready = dataclasses.replace(
+        now,
+        sets=(wrong_now, expected_set(new)),
+        switch_zones=dt.datetime(2026, 6, 22),
+        switch_tables=dt.datetime(2026, 6, 22),
+    )
+    assert check(plan, ready).outcome == "OK"  # the active set is right
+    future_wrong = TouSet(expected_set(new).zones, {1: (Period(0, 0, 4), Period(7, 30, 2))})
+    late = dataclasses.replace(ready, sets=(wrong_now, future_wrong))
+    assert check(plan, late).outcome == "SWITCH_PENDING"  # today right, the change wrong
+
+
+def test_denied_holidays_are_unsupported_and_wrong_prices_win_over_a_stale_backup() -> None:
+    no_holidays = good(TOU, holidays=(), holiday_count=0, unsupported=frozenset({"04030001"}))
+    out = check(TOU, no_holidays)
+    assert out.outcome == "UNSUPPORTED_DI"
+    assert out.detail["findings"]["UNSUPPORTED_DI"]["dis"] == ["04030001"]
+    setup = good(LOCAL)
+    bumped = tuple(
+        p + Decimal("0.05") if i == 1 else p for i, p in enumerate(setup.prices_current or ())
+    )
+    out = check(LOCAL, dataclasses.replace(setup, prices_current=bumped, prices_backup=bumped))
+    assert out.outcome == "PRICE_MISMATCH"
+    assert "SWITCH_PENDING" in out.detail["findings"]
