@@ -124,6 +124,8 @@ class MeterConfig:
     district: str = ""
     manufacturer: str = ""
     prepaid: bool = False
+    tariff_plan: str = ""
+    """the utility's tariff plan this meter must execute (the central side checks it)"""
 
     def __post_init__(self) -> None:
         if self.protocol == "modbus":

@@ -286,6 +286,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                         "district": {"type": "string"},
                         "manufacturer": {"type": "string"},
                         "prepaid": {"type": "boolean"},
+                        "tariff_plan": {"type": "string"},
                     },
                     "additionalProperties": False,
                 },
