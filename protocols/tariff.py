@@ -41,6 +41,7 @@ Meter times (clock, switch times, `when`) are the meter's local wall clock: naiv
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,8 +67,10 @@ __all__ = [
     "ZoneEntry",
     "active_sets_from_status3",
     "meter_daily_table",
+    "meter_day_minutes",
     "meter_tariff",
     "meter_tariff_minutes",
+    "table_minutes",
 ]
 
 MAX_ZONES: Final = 14
@@ -398,11 +401,16 @@ def _active_sets(setup: TariffSetup, when: dt.datetime) -> tuple[TouSet, TouSet]
 
 def _zone_table(zones: tuple[ZoneEntry, ...], count: int | None, day: dt.date) -> int:
     """The daily-table number the zone table gives for `day` (firmware `FindSQ`)."""
+    return _zone_table_on(zones, count, day.month, day.day)
+
+
+@functools.lru_cache(maxsize=65536)
+def _zone_table_on(zones: tuple[ZoneEntry, ...], count: int | None, month: int, day: int) -> int:
     if not zones:
         return 1
     p = min(_count(count, len(zones), MAX_ZONES), len(zones))
     ordered = sorted(zones[:p], key=lambda z: (z.month, z.day)) + list(zones[p:])
-    today = (day.month, day.day)
+    today = (month, day)
     before_first = False
     chosen = p - 1
     for i in range(p):
@@ -441,15 +449,21 @@ def _day_table(setup: TariffSetup, zone_set: TouSet, day: dt.date) -> int:
     return 1 if table == 0 or table > MAX_DAILY_TABLES else table
 
 
-def _periods(setup: TariffSetup, table_set: TouSet, table: int) -> list[Period]:
+def _entries(table_set: TouSet, table: int) -> tuple[Period, ...]:
     try:
         entries = table_set.tables[table]
     except KeyError:
         raise IncompleteSetup(f"daily table {table} was not read") from None
     if not entries:
         raise IncompleteSetup(f"daily table {table} holds no entries")
-    m = min(_count(setup.period_count, len(entries), MAX_PERIODS), len(entries))
-    return sorted(entries[:m], key=lambda e: (e.hour, e.minute))
+    return entries
+
+
+@functools.lru_cache(maxsize=4096)
+def _periods(entries: tuple[Period, ...], count: int | None) -> tuple[Period, ...]:
+    """The first m entries, sorted by start (stable: equal starts keep their stored order)."""
+    m = min(_count(count, len(entries), MAX_PERIODS), len(entries))
+    return tuple(sorted(entries[:m], key=lambda e: (e.hour, e.minute)))
 
 
 def _tariff_no(period: Period) -> int:
@@ -462,7 +476,8 @@ def meter_tariff(setup: TariffSetup, when: dt.datetime) -> int:
     Raises `IncompleteSetup` when the daily table the meter would use was not read."""
     _check_naive(when)
     zone_set, table_set = _active_sets(setup, when)
-    periods = _periods(setup, table_set, _day_table(setup, zone_set, when.date()))
+    entries = _entries(table_set, _day_table(setup, zone_set, when.date()))
+    periods = _periods(entries, setup.period_count)
     now = when.hour * 60 + when.minute
     chosen = periods[-1]  # before the first period ⇒ the last one
     for period in periods:
@@ -472,19 +487,35 @@ def meter_tariff(setup: TariffSetup, when: dt.datetime) -> int:
     return _tariff_no(chosen)
 
 
-def _table_minutes(periods: list[Period]) -> list[int]:
+@functools.lru_cache(maxsize=4096)
+def table_minutes(entries: tuple[Period, ...], count: int | None) -> tuple[int, ...]:
+    """The tariff of each minute (1440) a daily table gives, as the meter uses it (its first
+    `count` entries, sorted, wrap-around, fall-backs). Cached: equal tables give the same tuple."""
+    periods = _periods(entries, count)
     minutes = [_tariff_no(periods[-1])] * MINUTES_PER_DAY
     for i, period in enumerate(periods):
         end = periods[i + 1].start if i + 1 < len(periods) else MINUTES_PER_DAY
         start, end = min(period.start, MINUTES_PER_DAY), min(end, MINUTES_PER_DAY)
         minutes[start:end] = [_tariff_no(period)] * (end - start)
-    return minutes
+    return tuple(minutes)
 
 
 def meter_tariff_minutes(setup: TariffSetup, day: dt.date) -> list[int]:
     """The meter's tariff for each minute of `day` (1440 values, index = minute after midnight);
     equal to `meter_tariff` minute by minute, switch times inside the day included."""
+    return list(meter_day_minutes(setup, day))
+
+
+def meter_day_minutes(setup: TariffSetup, day: dt.date) -> tuple[int, ...]:
+    """`meter_tariff_minutes` as a tuple, shared between days and meters that bill alike
+    (no copy for a day without a switch inside it)."""
     midnight = dt.datetime.combine(day, dt.time())
+    if not any(
+        s is not None and s.date() == day for s in (setup.switch_zones, setup.switch_tables)
+    ):
+        zone_set, table_set = _active_sets(setup, midnight)
+        entries = _entries(table_set, _day_table(setup, zone_set, day))
+        return table_minutes(entries, setup.period_count)
     cuts = {0, MINUTES_PER_DAY}
     for switch in (setup.switch_zones, setup.switch_tables):
         if switch is not None and switch.date() == day:
@@ -494,9 +525,9 @@ def meter_tariff_minutes(setup: TariffSetup, day: dt.date) -> list[int]:
     for start, end in itertools.pairwise(bounds):
         when = midnight + dt.timedelta(minutes=start)
         zone_set, table_set = _active_sets(setup, when)
-        periods = _periods(setup, table_set, _day_table(setup, zone_set, day))
-        result.extend(_table_minutes(periods)[start:end])
-    return result
+        entries = _entries(table_set, _day_table(setup, zone_set, day))
+        result.extend(table_minutes(entries, setup.period_count)[start:end])
+    return tuple(result)
 
 
 def _check_naive(when: dt.datetime) -> None:
