@@ -201,7 +201,8 @@ class _Equivalence:
     bad: tuple[_BadDay, ...]
     incomplete: str | None = None  # the meter's tariff cannot be computed (a table not read)
     #: the days the meter's function equals the plan version before the one in force
-    matches_previous_today: bool = False
+    #: the meter's mismatching days are the plan version before the one in force
+    matches_previous: bool = False
 
 
 def meter_vectors(
@@ -268,15 +269,19 @@ def _equivalence(setup: TariffSetup, plan: Plan, day: dt.date, horizon: int) -> 
             continue
         minutes, first = _diff(vector, expected)
         bad.append(_BadDay(d, minutes, first, expected[first], vector[first], which, table))
+    # the meter still runs the version the plan replaced: every mismatching day (up to the
+    # plan's next change) is exactly what that version said
     previous = False
-    if bad and bad[0].day == day:
-        current = plan.in_force(day)
-        before = [
-            v for v in plan.version if current is not None and v.effective < current.effective
-        ]
-        if before:
-            old = before[-1]
-            previous = meter[0][0] == old.vectors[old.table_on(day)]
+    current = plan.in_force(day)
+    before = [v for v in plan.version if current is not None and v.effective < current.effective]
+    if bad and before:
+        old = before[-1]
+        nxt = plan.next_change(day, "tou")
+        until = nxt.effective if nxt is not None else None
+        considered = [b for b in bad if until is None or b.day < until]
+        previous = bool(considered) and all(
+            meter[(b.day - day).days][0] == old.vectors[old.table_on(b.day)] for b in considered
+        )
     return _Equivalence(tuple(bad), None, previous)
 
 
@@ -413,16 +418,16 @@ def _classify(
         for s in (setup.switch_zones, setup.switch_tables)
         if s is not None and setup.meter_time is not None and s <= setup.meter_time
     ]
+    if eq.matches_previous or (first == day and passed):
+        f.add(
+            "SWITCH_MISSED",
+            plan_effective=version.effective.isoformat(),
+            passed_switch_times=passed,
+            **detail,
+        )
+        return
     if first == day:
-        if eq.matches_previous_today or passed:
-            f.add(
-                "SWITCH_MISSED",
-                plan_effective=version.effective.isoformat(),
-                passed_switch_times=passed,
-                **detail,
-            )
-        else:
-            f.add("PARAM_MISMATCH", **detail)
+        f.add("PARAM_MISMATCH", **detail)
         return
     change = plan.next_change(day, "tou")
     expected_switch = (
