@@ -718,8 +718,27 @@ async def section_page(request: web.Request) -> web.StreamResponse:
     html = None
     if section.provider is not None:
         html = await section.provider.page(_lang(request), dict(request.query))
-    return render(request, "section.html", section=section,
+    actions = [a for a in svc.registry.actions.values() if a.section == section.key]
+    done = await _done(request)
+    return render(request, "section.html", section=section, actions=actions,
+                  today=svc.today(), done=done,
                   body=_trusted(html) if html else None)  # fmt: skip
+
+
+async def _done(request: web.Request) -> dict[str, Any] | None:
+    """The result of the user's own action ``?done=<audit id>`` (after its redirect)."""
+    svc = request.app[SERVICES]
+    if not request.query.get("done", "").isdigit() or request[SESSION] is None:
+        return None
+    rows = await asyncio.to_thread(
+        svc.store.rows,
+        "SELECT action, outcome, detail, user_name FROM panel_audit WHERE id = ?",
+        (int(request.query["done"]),),
+    )
+    if not rows or rows[0][3] != request[SESSION].user:
+        return None
+    detail = json.loads(rows[0][2]) if str(rows[0][2]).startswith("{") else {}
+    return {"action": rows[0][0], "outcome": rows[0][1], "detail": detail}
 
 
 # --- the application -----------------------------------------------------------------------------

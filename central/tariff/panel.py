@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from central.panel.registry import Figure, Registry
+from central.panel.registry import Action, ActionContext, ActionResult, Figure, Registry
 from central.store import Store
 from central.tariff.report import short
 from central.tariff.store import TariffStore
@@ -80,7 +80,10 @@ class TariffSection:
         if got is None:
             return None
         day, bad = got
-        head = "<tr><th>meter</th><th>concentrator</th><th>outcome</th><th>detail</th></tr>"
+        zh = lang != "en"
+        cols = ("电能表", "集中器", "核查结果", "说明") if zh else ("meter", "concentrator",
+                                                          "outcome", "detail")  # fmt: skip
+        head = "<tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
         body = "".join(
             f"<tr><td>{escape(o.meter)}</td><td>{escape(o.concentrator)}</td>"
             f"<td>{escape(o.outcome)}</td><td>{escape(short(o))}</td></tr>"
@@ -88,10 +91,45 @@ class TariffSection:
         )
         return (
             f"<h2>{escape(_TITLE.get(lang, _TITLE['en']))} · {escape(day)}</h2>"
-            f"<p>{len(bad)} meters not OK (work orders: meterlink central tariff workorders"
-            f" --day {escape(day)})</p><table>{head}{body}</table>"
+            f"<p>{len(bad)} {'块电表未通过' if zh else 'meters not OK'} (work orders: meterlink"
+            f" central tariff workorders --day {escape(day)})</p><table>{head}{body}</table>"
         )
+
+
+async def recheck(ctx: ActionContext, args: Mapping[str, str]) -> ActionResult:
+    """Re-run the tariff check of a data day now (operator; audited by the panel)."""
+    from central.ledger import Ledger
+    from central.tariff.day import check_day
+    from central.tariff.report import summary
+
+    svc = ctx.services
+    day = args.get("day", "")
+    try:
+        dt.date.fromisoformat(day)
+    except ValueError:
+        return ActionResult(False, f"day {day!r} is not YYYY-MM-DD")
+
+    def run() -> ActionResult:
+        tariffs = TariffStore(svc.store)
+        book = tariffs.plans()
+        if book is None:
+            return ActionResult(False, "no tariff plans yet (admin: PUT /api/tariff/plans)")
+        t = svc.cfg.tariff
+        result = check_day(Ledger(svc.store), tariffs, book, day, t.settings(), t.timezone)
+        counts = dict(sorted(result.fleet().outcomes.items()))
+        return ActionResult(True, f"{day}: {summary(result)}", {"outcomes": counts})
+
+    return await asyncio.to_thread(run)
 
 
 def register(registry: Registry) -> None:
     registry.provide("tariff", TariffSection())
+    registry.action(
+        Action(
+            "tariff.recheck",
+            {"zh-CN": "重新核查", "en": "Re-check"},
+            recheck,
+            section="tariff",
+            fields=("day",),
+        )
+    )
