@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from protocols.tariff import TariffSetup
+
 __all__ = [
     "DAILY_ITEM",
     "ArchiveFact",
@@ -334,7 +336,41 @@ def _archive(payload: dict[str, Any], out: Converted) -> None:
     out.lines.append(f"archive,concentrator={escape_tag(c)} {_fields(fields)} {at}")
 
 
+def _setup_keys() -> frozenset[str]:
+    """The keys of a set-up's payload form (`protocols.tariff.TariffSetup.to_payload`)."""
+    return frozenset(TariffSetup(read_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)).to_payload())
+
+
+_SETUP_KEYS = _setup_keys()
+
+
+def _tariff(payload: dict[str, Any], out: Converted) -> None:
+    """A tariff set-up read (the agent's ``tariff`` payload: one meter's set-up, or several
+    under ``meters``): the set-up goes to the tariff check's store, a point per meter to
+    InfluxDB (``tariff_read``: why it was read, how many items the meter denied)."""
+    c = payload["concentrator"]
+    items = payload["meters"] if isinstance(payload.get("meters"), list) else [payload]
+    for item in items:
+        setup = {k: v for k, v in item.items() if k in _SETUP_KEYS}
+        if "setup" in item and isinstance(item["setup"], dict):
+            setup = item["setup"]
+        TariffSetup.from_payload(setup)  # strict: a set-up the check cannot read is refused
+        read_at = epoch(setup["read_at"])
+        meter = item["meter"]
+        out.tariffs.append(TariffRead(c, meter, read_at, setup))
+        fields = {
+            "reason": item.get("reason"),
+            "unsupported": len(setup.get("unsupported") or ()),
+            "clock_offset_s": item.get("clock_offset_s"),
+        }
+        out.lines.append(
+            f"tariff_read,concentrator={escape_tag(c)},meter={escape_tag(meter)}"
+            f" {_fields(fields)} {read_at}"
+        )
+
+
 _CONVERTERS = {
+    "tariff": _tariff,
     "readings": _readings,
     "rounds": _rounds,
     "events": _event,

@@ -224,3 +224,25 @@ def test_a_recorded_job_covers_the_programming_it_did(
     }
     assert outcome["m-ok"] == "OK"
     assert main([*args[:-6], "--start", "yesterday", "--end", "x", "--by", "t"]) == 2
+
+
+def test_a_tariff_payload_becomes_a_set_up_fact_and_a_point() -> None:
+    from central.points import NotConvertible
+
+    setup = good(TOU)
+    body = {
+        **setup.to_payload(),
+        "meter": "m-ok",
+        "reason": "weekly",
+        "clock_offset_s": 1.5,
+        "raw": {"04000201": "03"},
+    }
+    out = Converted()
+    convert("tariff", {"schema": "x", "concentrator": "c-1", **body}, out)
+    assert [(t.meter, t.setup["counts"]["zones"]) for t in out.tariffs] == [("m-ok", 3)]
+    assert out.lines[0].startswith("tariff_read,concentrator=c-1,meter=m-ok ")
+    assert 'reason="weekly"' in out.lines[0]
+    broken = {**body, "counts": {"zones": "three"}}
+    with pytest.raises(NotConvertible, match="counts"):
+        convert("tariff", {"concentrator": "c-1", **broken}, out)
+    assert len(out.tariffs) == 1  # all of a payload or nothing
