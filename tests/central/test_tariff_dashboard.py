@@ -67,3 +67,33 @@ async def test_every_tariff_panel_gives_the_known_numbers(
             series = influxdb.query(query)
             assert series, f"{panel['title']}: no rows for {query}"
             assert EXPECTED[panel["title"]](series), f"{panel['title']}: {query}\n{series}"
+
+
+async def test_the_consumer_takes_tariff_payloads_from_mqtt(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+) -> None:
+    from protocols.payloads import validate
+    from tests.central.helpers import publish, wait_for
+    from tests.tariff.test_check import TOU, good
+
+    setup = good(TOU)
+    payload = {
+        "schema": "meterlink.tariff/1",
+        "concentrator": "c-1",
+        "meter": "m-ok",
+        "read_at": setup.read_at.isoformat(),
+        "reason": "first",
+        "setup": setup.to_payload(),
+        "raw": {"04000201": "03"},
+    }
+    validate("tariff", payload)
+    bad = {**payload, "setup": {**payload["setup"], "counts": {"zones": -1}}}
+    cfg = config(tmp_path, mosquitto.port, influxdb.url)
+    async with running_consumer(cfg) as consumer:
+        await publish(mosquitto.port, [("c-1", "tariff", payload), ("c-1", "tariff", bad)])
+        await wait_for(lambda: consumer.stats.acked == 2, what="both acknowledged")
+        rows = consumer.store.rows("SELECT meter, read_at FROM tariff_setup")
+        assert rows == [("m-ok", int(setup.read_at.timestamp()))]
+        assert consumer.stats.invalid == 1  # the broken one is a dead letter, nothing stored
+    series = influxdb.query('SELECT last("unsupported") FROM "tariff_read" GROUP BY "meter"')
+    assert series[0]["tags"] == {"meter": "m-ok"}
