@@ -229,9 +229,15 @@ def _agent_config(stack: _Stack, host: str, port: int, buses: list[tuple[str, st
         'start = "00:00"',
         'deadline = "23:59"',
         "retry_spacing_minutes = 0.1",
-        "backfill_days = 0",
+        # the two days before too: the tariff check's energy allocation compares consecutive
+        # daily freezes (docs/tariff.md)
+        "backfill_days = 2",
         "[plans.clock]",
         "enabled = false",
+        "[plans.tariff]",  # each meter's tariff set-up, at once (the default waits for noon)
+        "enabled = true",
+        'start = "00:00"',
+        'deadline = "23:59"',
     ]
     path = stack.workdir / "agent.toml"
     path.write_text("\n".join(lines) + "\n")
