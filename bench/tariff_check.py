@@ -182,6 +182,11 @@ def main() -> None:
     print(f"1. check (vectorised, equivalence per distinct set-up): {per:.1f} µs/meter/day"
           f" ({seconds:.2f} s for the fleet)")  # fmt: skip
     print("   outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    start = time.perf_counter()
+    for _, payload, _ in meters:
+        TariffSetup.from_payload(payload)
+    parse = (time.perf_counter() - start) / args.meters * 1e6
+    print(f"   of which parsing the set-up (TariffSetup.from_payload): {parse:.1f} µs/meter")
     rng = random.Random(5)
     sample = rng.sample(meters, min(len(meters), args.sample * 40))
     cold_s, _ = check_all(sample, fresh_cache=True)
