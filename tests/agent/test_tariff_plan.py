@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from agent.config import DailyPlan, TariffPlan
 from agent.plans.daily import DailyPlanner
 from agent.plans.tariff import TariffPlanner, TariffWatch
@@ -169,3 +171,87 @@ async def test_a_counter_change_in_the_daily_read_and_a_passed_switch_make_reads
         ]
         assert switch_missed
         assert not {m.identity.meter_id for m in switch_missed} & {p["meter"] for p in after}
+
+
+async def test_over_a_carrier_bus_items_are_packed(tmp_path: Path) -> None:
+    from tests.agent.test_carrier_sim import fleet_toml
+
+    toml = fleet_toml(6).replace('start = "2026-03-11T10:00:00"', 'start = "2026-03-11T12:00:00"')
+    async with sim_agent(toml, tmp_path, time_scale=0.01, carrier_options="in_flight=8") as sa:
+        client = sa.pollers["plc"].client
+        await client.module_info()
+        await sa.serving.module("plc").wait_formed()
+        plan = TariffPlanner(TariffPlan(enabled=True), sa.ctx)
+        assert await plan.run_once(dt.date(2026, 3, 11)) == 6
+        for p in sa.sink.of("tariff"):
+            _check_against_meter(sa, p)
+        reads = [r for r in sa.fleet.recorder.carrier if r.dir == "down" and r.afn == "F1"]
+        frames = sum(r.frames for r in reads)
+        # several 645 items ride in one module exchange
+        assert frames > 2 * len(reads)
+        # the daily read carries the per-tariff frozen energy the allocation check needs
+        daily = DailyPlanner(
+            DailyPlan(backfill_days=0), sa.ctx, watch=TariffWatch(TariffPlan(), sa.ctx)
+        )
+        await daily.run_round(dt.date(2026, 3, 11), final=False)
+        for r in sa.sink.of("readings"):
+            values = r["values"]
+            total = values["energy_import_total_kwh"]["value"]
+            parts = [values[f"energy_import_t{t}_kwh"]["value"] for t in (1, 2, 3, 4)]
+            assert abs(sum(parts) - total) < 0.015
+
+
+def test_the_daily_budget_includes_the_tariff_plan(tmp_path: Path) -> None:
+    from agent.archive import ArchiveStore
+    from agent.budget import daily_budget, tariff_read_s
+    from agent.config import load_config
+
+    many = "".join(f'[[archive.meters]]\naddress = "{i}"\nbus = "b1"\n' for i in range(1, 501))
+    base = f'[agent]\nconcentrator = "c-1"\nstate_dir = "{tmp_path}"\n'
+    base += '[[buses]]\nname = "b1"\nurl = "serial:///dev/ttyS1?baud=2400"\n' + many
+    budgets = {}
+    for enabled in (False, True):
+        path = tmp_path / f"agent-{enabled}.toml"
+        path.write_text(base + f"[plans.tariff]\nenabled = {str(enabled).lower()}\n")
+        cfg = load_config(path)
+        meters = ArchiveStore.preview(cfg)
+        (budgets[enabled],) = daily_budget(cfg, meters)
+    off, on = budgets[False], budgets[True]
+    assert off.tariff_s == 0
+    # two watched counters per meter ride with the daily read
+    assert on.exchanges_per_round == off.exchanges_per_round + 2 * 500
+    url = cfg.buses[0].bus_url
+    exchanges, seconds = tariff_read_s(url, meters[0])
+    assert exchanges == 34  # clock + 12 first-stage items, 6 daily tables, 10 holidays, 5 counters
+    assert on.tariff_s == pytest.approx(500 * seconds / 7)
+    assert on.rounds_possible == pytest.approx((on.window_s - on.tariff_s) / on.round_s)
+    assert "tariff plan" in on.describe()
+
+
+async def test_an_outbox_of_schema_2_takes_tariff_rows_and_keeps_counting(tmp_path: Path) -> None:
+    import sqlite3
+
+    from agent.outbox import MIGRATIONS, Outbox
+
+    path = tmp_path / "outbox.sqlite"
+    conn = sqlite3.connect(path)
+    for step in MIGRATIONS[:2]:
+        for statement in step:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    for i in range(3):
+        conn.execute(
+            "INSERT INTO outbox (kind, payload, size, created_at) VALUES ('events', ?, 2, 0)",
+            (f'{{"n": {i}}}',),
+        )
+    conn.execute("DELETE FROM outbox WHERE id = 3")  # the sequence stays at 3
+    conn.commit()
+    conn.close()
+    box = await Outbox.open(path)
+    try:
+        assert (await box.depth())["events"] == 2
+        rid = await box.put("tariff", {"meter": "m"})
+        assert rid == 4
+        assert (await box.depth())["tariff"] == 1
+    finally:
+        await box.close()
