@@ -26,7 +26,7 @@ from central.tariff.check import (
     tou_digest,
 )
 from central.tariff.plans import PlanBook
-from central.tariff.store import Outcome, TariffStore
+from central.tariff.store import FreezeFact, Outcome, TariffStore
 from protocols.tariff import TariffPayloadError, TariffSetup
 
 __all__ = ["SCOPES", "TariffDay", "TariffScope", "check_day", "day_lines"]
@@ -115,16 +115,22 @@ def check_day(
     date = dt.date.fromisoformat(day)
     day_end = dt.datetime.combine(date + dt.timedelta(days=1), dt.time(), tz)
     since = day_end - dt.timedelta(days=settings.max_setup_age_days + 31)
-    raw = tariffs.setups_until(int(day_end.timestamp()), int(since.timestamp()))
-    freezes = tariffs.freezes([day_offset(day, -2), day_offset(day, -1), day])
     jobs = tariffs.jobs(int(since.timestamp()))
+    days = [day_offset(day, -2), day_offset(day, -1), day]
+    loaded: str | None = None  # one concentrator's set-ups and freezes in memory at a time
+    raw: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    freezes: dict[tuple[str, str], dict[str, FreezeFact]] = {}
     cache = cache if cache is not None else EquivalenceCache()
     fleet = TariffScope("fleet", "all")
     groups: dict[tuple[str, str], TariffScope] = {}
     outcomes: list[Outcome] = []
     unknown: list[tuple[str, str, str]] = []
     without = bad = 0
-    for a in archive_in_force(ledger, day):
+    for a in archive_in_force(ledger, day):  # ordered by concentrator
+        if a.concentrator != loaded:
+            loaded = a.concentrator
+            raw = tariffs.setups_until(int(day_end.timestamp()), int(since.timestamp()), loaded)
+            freezes = tariffs.freezes(days, loaded)
         if not a.plan:
             without += 1
             continue

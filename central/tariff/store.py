@@ -215,26 +215,32 @@ class TariffStore:
         )
 
     # --- what the check reads ------------------------------------------------------------------
-    def setups_until(self, until: int, since: int) -> dict[tuple[str, str], list[dict[str, Any]]]:
-        """Per meter, its set-ups read in [since, until], oldest first."""
+    def setups_until(
+        self, until: int, since: int, concentrator: str | None = None
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """Per meter (of `concentrator`, or all), its set-ups read in [since, until], oldest
+        first."""
         out: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for c, m, payload in self.store.rows(
             "SELECT concentrator, meter, payload FROM tariff_setup"
-            " WHERE read_at <= ? AND read_at >= ? ORDER BY concentrator, meter, read_at",
-            (until, since),
+            " WHERE read_at <= ? AND read_at >= ? AND concentrator = coalesce(?, concentrator)"
+            " ORDER BY concentrator, meter, read_at",
+            (until, since, concentrator),
         ):
             out.setdefault((str(c), str(m)), []).append(json.loads(payload))
         return out
 
-    def freezes(self, days: Iterable[str]) -> dict[tuple[str, str], dict[str, FreezeFact]]:
+    def freezes(
+        self, days: Iterable[str], concentrator: str | None = None
+    ) -> dict[tuple[str, str], dict[str, FreezeFact]]:
         wanted = sorted(set(days))
         out: dict[tuple[str, str], dict[str, FreezeFact]] = {}
         if not wanted:
             return out
         for c, m, d, total, registers, offset in self.store.rows(
             "SELECT concentrator, meter, day, total, registers, clock_offset_s FROM tariff_freeze"
-            " WHERE day >= ? AND day <= ?",
-            (wanted[0], wanted[-1]),
+            " WHERE day >= ? AND day <= ? AND concentrator = coalesce(?, concentrator)",
+            (wanted[0], wanted[-1], concentrator),
         ):
             if str(d) in wanted:
                 out.setdefault((str(c), str(m)), {})[str(d)] = FreezeFact(
