@@ -19,8 +19,12 @@ programmed, wrong prices), the rest as planned. Measured, in this process:
    `protocols.tariff.meter_tariff` and the plan's per minute, compared minute by minute over the
    same 366 days.
 
-Prints µs per meter per day for each, and the ratios baseline ÷ 1 and baseline ÷ 2. The store's
-reads and writes are not in these figures (bench/store.py measures the store).
+Prints µs per meter per day for each, and the ratios baseline ÷ 1 and baseline ÷ 2. Then
+
+4. **through the store**: `check_day` (what `meterlink central report --tariff` and the
+   consumer's tariff job run) over a SQLite store holding `--store` of these meters (archive in
+   concentrators of 2000, one set-up each, three freezes), the store's reads and the outcome
+   writes included.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import dataclasses
 import datetime as dt
 import random
 import sys
+import tempfile
 import time
 import zoneinfo
 from decimal import Decimal
@@ -39,6 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from central.points import Freeze  # noqa: E402
 from central.tariff.check import (  # noqa: E402
     CheckSettings,
     EquivalenceCache,
@@ -169,11 +175,54 @@ def naive(meters: list[tuple[Plan, dict[str, Any], dict[str, FreezeFact]]], hori
     return time.perf_counter() - start
 
 
+def through_store(meters: list[tuple[Plan, dict[str, Any], dict[str, FreezeFact]]]) -> float:
+    """`check_day` over a SQLite store holding these meters (archive, set-ups, freezes): what
+    `meterlink central report --tariff` does, store reads and outcome writes included."""
+    from central.ledger import Ledger
+    from central.points import ArchiveFact, Converted, TariffRead, archive_digest
+    from central.store import open_store
+    from central.tariff.day import check_day
+    from central.tariff.store import TariffStore
+
+    book = load_plans(REPO / "deploy" / "tariff-plans.example.toml")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(Path(tmp) / "store.sqlite3", name="bench")
+        try:
+            ledger, tariffs = Ledger(store), TariffStore(store)
+            tariffs.replace_plans(book.text, "bench")
+            at = int(READ_AT.timestamp()) - 86400 * 30
+            facts = Converted()
+            per = 2000  # meters per concentrator
+            for first in range(0, len(meters), per):
+                chunk = meters[first : first + per]
+                c = f"c-{first // per:03d}"
+                rows = tuple((f"{c}-{i}", "d", "f", "b") for i in range(len(chunk)))
+                extras = tuple(("m", plan.name) for plan, _, _ in chunk)
+                facts.archives.append(ArchiveFact(c, 1, at, "2026-05-01", rows,
+                                                  archive_digest(rows, extras), extras))  # fmt: skip
+                for (_, payload, freezes), (meter, *_) in zip(chunk, rows, strict=True):
+                    facts.tariffs.append(TariffRead(c, meter, int(READ_AT.timestamp()), payload))
+                    facts.freezes += [
+                        Freeze(c, meter, f.day, f.total, f.registers, f.clock_offset_s)
+                        for f in freezes.values()
+                    ]
+            ledger.apply(facts, [])
+            tariffs.apply_converted(facts)
+            start = time.perf_counter()
+            check_day(ledger, tariffs, book, DAY.isoformat(), CheckSettings(), "Asia/Shanghai")
+            return time.perf_counter() - start
+        finally:
+            store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--meters", type=int, default=100_000)
     parser.add_argument("--bad", type=float, default=0.05, help="misprogrammed share")
     parser.add_argument("--sample", type=int, default=5, help="meters for the baseline")
+    parser.add_argument(
+        "--store", type=int, default=20_000, help="meters for the store-backed run (0: none)"
+    )
     args = parser.parse_args()
     meters = fleet(args.meters, args.bad)
     print(f"fleet: {args.meters} meters, {args.bad:.0%} misprogrammed, day {DAY}, horizon 366 days")
@@ -198,6 +247,11 @@ def main() -> None:
     print(f"3. baseline, minute by minute ({len(base_sample)} meters): {base:.0f} µs/meter/day")
     print(f"ratio baseline / check: {base / per:.0f}x; baseline / vectorised without cache:"
           f" {base / cold:.0f}x")  # fmt: skip
+    if args.store:
+        stored = meters[: args.store]
+        seconds = through_store(stored)
+        print(f"4. check_day through a SQLite store ({len(stored)} meters, reads and outcome"
+              f" writes included): {seconds / len(stored) * 1e6:.1f} µs/meter/day")  # fmt: skip
 
 
 if __name__ == "__main__":
