@@ -63,7 +63,7 @@ def _entry(m: MeterConfig) -> dict[str, Any]:
         out["address"] = m.address.rjust(12, "0")
     if m.unit is not None:
         out["unit"] = m.unit
-    for key in ("model", "district", "manufacturer"):
+    for key in ("model", "district", "manufacturer", "tariff_plan"):
         if getattr(m, key):
             out[key] = getattr(m, key)
     out["prepaid"] = m.prepaid

@@ -129,6 +129,8 @@ class MeterConfig:
     district: str = ""
     manufacturer: str = ""
     prepaid: bool = False
+    tariff_plan: str = ""
+    """the utility's tariff plan this meter must execute (the central side checks it)"""
 
     def __post_init__(self) -> None:
         if self.protocol == "modbus":
@@ -232,10 +234,50 @@ class ClockPlan:
 
 
 @dataclass(frozen=True)
+class TariffPlan:
+    """Read each DL/T 645-2007 meter's tariff set-up (docs/tariff.md): weekly, after a
+    programming-event counter moved in the daily read, and the day after a switch time the meter
+    held; published as ``tariff`` payloads."""
+
+    enabled: bool = False
+    start: str = "12:00"
+    """reads start at this meter local time (after the daily plan's busy hours) ..."""
+    deadline: str = "20:00"
+    """... and no new meter is started after this; the rest waits for the next day"""
+    every_days: int = 7
+    watch: list[str] = field(default_factory=lambda: ["03300500", "03300600"])
+    """programming-event counters (总次数 DIs) the daily read also reads; a change triggers a
+    tariff read. Local-prepaid meters also have 03300F00 (prices) watched."""
+    max_holidays: int = 32
+    """public holidays 040300nn read per meter (the count 04000205 says how many are set)"""
+    reprobe_days: int = 90
+    """items a meter denied are asked again after this many days (a firmware upgrade)"""
+
+    def __post_init__(self) -> None:
+        start, deadline = parse_hhmm(self.start, "start"), parse_hhmm(self.deadline, "deadline")
+        if deadline <= start:
+            raise ValueError("deadline must be after start")
+        if not 1 <= self.every_days <= 90:
+            raise ValueError("every_days must be 1..90")
+        for di in self.watch:
+            if (
+                len(di) != 8
+                or not di.startswith("0330")
+                or not all(c in "0123456789ABCDEF" for c in di)
+            ):
+                raise ValueError(f"watch: {di!r} is not an event counter DI like 03300500")
+        if not 0 <= self.max_holidays <= 254:
+            raise ValueError("max_holidays must be 0..254")
+        if self.reprobe_days < 1:
+            raise ValueError("reprobe_days must be >= 1")
+
+
+@dataclass(frozen=True)
 class Plans:
     daily: DailyPlan = field(default_factory=DailyPlan)
     interval: IntervalPlan = field(default_factory=IntervalPlan)
     clock: ClockPlan = field(default_factory=ClockPlan)
+    tariff: TariffPlan = field(default_factory=TariffPlan)
 
 
 @dataclass(frozen=True)

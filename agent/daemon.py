@@ -38,6 +38,7 @@ from agent.plans.clock import ClockPlanner
 from agent.plans.context import Clock, PlanContext
 from agent.plans.daily import DailyPlanner
 from agent.plans.interval import IntervalPlanner
+from agent.plans.tariff import TariffPlanner, TariffWatch
 from agent.poller import BusPoller, dlt645_poller
 from agent.state import PlanState
 from common.config import ConfigError
@@ -215,12 +216,15 @@ class Agent:
     def _make_planners(self) -> dict[str, Any]:
         plans = self.cfg.plans
         out: dict[str, Any] = {}
+        watch = TariffWatch(plans.tariff, self.ctx) if plans.tariff.enabled else None
         if plans.daily.enabled:
-            out["daily"] = DailyPlanner(plans.daily, self.ctx)
+            out["daily"] = DailyPlanner(plans.daily, self.ctx, watch=watch)
         if plans.interval.enabled:
             out["interval"] = IntervalPlanner(plans.interval, self.ctx)
         if plans.clock.enabled:
             out["clock"] = ClockPlanner(plans.clock, self.ctx)
+        if plans.tariff.enabled:
+            out["tariff"] = TariffPlanner(plans.tariff, self.ctx)
         for budget in daily_budget(self.cfg, list(self.archive.current.meters)):
             if budget.ok:
                 log.info("%s", budget.describe())

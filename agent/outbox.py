@@ -22,7 +22,8 @@ are evicted down to `LOW_WATER` x `max_bytes` (hysteresis: one eviction frees ro
 and yields one event, not one per put) by the chosen policy:
 
 ``oldest_readings`` (default)
-    oldest readings first; round reports, then events, only once no reading is left. Readings are
+    oldest readings first; then tariff set-ups (read again within a week), round reports, then
+    events, only once no reading is left. Readings are
     nearly all of the volume and the newest are the most useful; a daily frozen value can be read
     again from the meter's own frozen history (backfill) -- but only if the agent learns that it
     was dropped, see `on_evicted`. A round report is the only record of *why* meters are missing,
@@ -73,7 +74,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-STORED_KINDS: Final = ("readings", "rounds", "events")
+STORED_KINDS: Final = ("readings", "rounds", "events", "tariff")
 EVICTION_POLICIES: Final = ("oldest_readings", "oldest")
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 ROW_OVERHEAD: Final = 64
@@ -82,7 +83,7 @@ LOW_WATER: Final = 0.9
 MAX_DEAD_LETTERS: Final = 1000
 """dead letters kept for inspection; older ones are dropped (and counted) beyond this"""
 _EVICTION_ORDER: Final = {
-    "oldest_readings": (("readings",), ("rounds",), ("events",)),
+    "oldest_readings": (("readings",), ("tariff",), ("rounds",), ("events",)),
     "oldest": (STORED_KINDS,),
 }
 
@@ -111,6 +112,24 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "INSERT INTO meta (key, value) VALUES ('epoch', lower(hex(randomblob(4))))",
+    ),
+    (  # 2 -> 3: a fourth kind, the tariff set-ups (its CHECK constraint means a new table)
+        """CREATE TABLE outbox_v3 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('readings', 'rounds', 'events', 'tariff')),
+            payload TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "INSERT INTO outbox_v3 (id, kind, payload, size, created_at)"
+        " SELECT id, kind, payload, size, created_at FROM outbox",
+        # ids keep counting from where the old table stopped (batch ids stay unique)
+        "DELETE FROM sqlite_sequence WHERE name = 'outbox_v3'",
+        "INSERT INTO sqlite_sequence (name, seq)"
+        " SELECT 'outbox_v3', seq FROM sqlite_sequence WHERE name = 'outbox'",
+        "DROP TABLE outbox",
+        "ALTER TABLE outbox_v3 RENAME TO outbox",
+        "CREATE INDEX outbox_kind_id ON outbox (kind, id)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -28,6 +28,8 @@ PRIORITY_CLOCK = 4
 PRIORITY_DAILY = 5
 PRIORITY_BACKFILL = 7
 PRIORITY_INTERVAL = 8
+PRIORITY_TARIFF = 9
+"""the tariff plan yields to every other plan between its (short) jobs"""
 
 C = TypeVar("C")
 T = TypeVar("T")

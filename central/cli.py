@@ -51,6 +51,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the remote top-up success rate (远程充值成功率) of --day instead (docs/topup.md)",
     )
+    rep.add_argument(
+        "--tariff",
+        action="store_true",
+        help="the tariff execution rate 电价执行正确率 instead (checks the day; docs/tariff.md)",
+    )
+
+    from central.tariff import cli as tariff_cli
+
+    tariff = sub.add_parser(
+        "tariff",
+        help="tariff execution check: plans, check a day, work orders (docs/tariff.md)",
+        description="The tariff execution check (电价执行正确): replace or show the plans, run"
+        " the check for a data day, list the work orders for technicians, correct a meter.",
+    )
+    tariff_cli.configure(tariff)
 
     sp = sub.add_parser("spool", help="show what waits for InfluxDB and the dead letters")
     sp.add_argument("--config", type=Path, required=True)
@@ -143,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
             from central.topup.cli import run as topup_run
 
             return topup_run(cfg, args)
+        if args.action == "report" and args.topups and args.tariff:
+            print("meterlink central report: --topups or --tariff, not both", file=sys.stderr)
+            return 2
         if args.action == "report" and args.topups:
             return _report_topups(cfg, args)
         if args.action == "run":
@@ -151,6 +169,10 @@ def run(args: argparse.Namespace) -> int:
             return _check(cfg, args.config, print_config=args.print_config)
         if args.action == "report":
             return _report(cfg, args)
+        if args.action == "tariff":
+            from central.tariff.cli import run as tariff_run
+
+            return tariff_run(cfg, args)
         return _spool(cfg, args.show, replay_dead=args.replay_dead)
     except ConfigError as exc:
         print(f"meterlink central: {exc}", file=sys.stderr)
@@ -216,6 +238,11 @@ def _report(cfg: CentralConfig, args: argparse.Namespace) -> int:
         name="meterlink central report",
     )
     try:
+        if args.tariff:
+            from central.tariff.cli import report as tariff_report
+            from central.tariff.store import TariffStore
+
+            return tariff_report(cfg, store, TariffStore(store), args.day, args.format)
         ledger = Ledger(store)
         day = args.day
         if day is None:

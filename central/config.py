@@ -14,13 +14,16 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from central.panel.config import PanelConfig
 from central.store.url import parse_url
 from central.topup.config import TopupConfig
 from common.config import ConfigError, Secret, build, load_toml
 from common.mqtt import MqttSettings
+
+if TYPE_CHECKING:
+    from central.tariff.check import CheckSettings
 
 __all__ = [
     "CentralConfig",
@@ -31,6 +34,7 @@ __all__ = [
     "PanelConfig",
     "StoreConfig",
     "TopupConfig",
+    "TariffConfig",
     "load",
 ]
 
@@ -156,6 +160,49 @@ class CoverageConfig:
 
 
 @dataclass(frozen=True)
+class TariffConfig:
+    """The tariff execution check (docs/tariff.md)."""
+
+    #: the meters' local time zone (their clocks, the plans' dates and times)
+    timezone: str = "Asia/Shanghai"
+    #: how often an instance re-checks today and yesterday (one instance at a time)
+    interval_s: float = 300.0
+    clock_warn_s: float = 60.0
+    clock_error_s: float = 300.0
+    #: days ahead over which the meter's and the plan's tariff functions must agree
+    horizon_days: int = 366
+    #: a set-up read longer ago than this (at the day's end) does not count: NOT_READ
+    max_setup_age_days: int = 8
+    #: per register, for the energy allocation step (≥ 0.01 kWh, the registers' resolution)
+    energy_tolerance_kwh: float = 0.01
+
+    def __post_init__(self) -> None:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not a known time zone") from None
+        if not 0 < self.clock_warn_s <= self.clock_error_s:
+            raise ValueError("clock_warn_s must be > 0 and <= clock_error_s")
+        if not 1 <= self.horizon_days <= 800 or self.max_setup_age_days < 1:
+            raise ValueError("horizon_days must be 1..800 and max_setup_age_days >= 1")
+        if self.energy_tolerance_kwh < 0.01 or self.interval_s <= 0:
+            raise ValueError("energy_tolerance_kwh must be >= 0.01 and interval_s > 0")
+
+    def settings(self) -> CheckSettings:
+        from central.tariff.check import CheckSettings
+
+        return CheckSettings(
+            clock_warn_s=self.clock_warn_s,
+            clock_error_s=self.clock_error_s,
+            horizon_days=self.horizon_days,
+            max_setup_age_days=self.max_setup_age_days,
+            energy_tolerance_kwh=self.energy_tolerance_kwh,
+        )
+
+
+@dataclass(frozen=True)
 class CentralConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     influx: InfluxConfig = field(default_factory=InfluxConfig)
@@ -164,6 +211,7 @@ class CentralConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     panel: PanelConfig = field(default_factory=PanelConfig)
     topup: TopupConfig = field(default_factory=TopupConfig)
+    tariff: TariffConfig = field(default_factory=TariffConfig)
 
 
 def parse_hhmm(text: str) -> dt.time:

@@ -22,17 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import random
 import re
 import signal
 import socket
+import zoneinfo
 from dataclasses import dataclass, field
 
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+import common.clock
 from central.config import CentralConfig
 from central.coverage import affected_days, compute_day, day_lines
 from central.ledger import Ledger
@@ -40,9 +43,11 @@ from central.points import Converted, NotConvertible, convert
 from central.sink import Sink
 from central.spool import Spool
 from central.store import StoreUnavailable, open_store
+from central.tariff.store import TariffStore
 from central.writers import WriteUnavailable, make_writer
 from common.mqtt import client_arguments
 from protocols.payloads import (
+    KINDS,
     TOPIC_ROOT,
     DuplicateKey,
     PayloadInvalid,
@@ -55,9 +60,12 @@ __all__ = ["Consumer", "ConsumerStats"]
 
 log = logging.getLogger(__name__)
 
-SHARED_KINDS = ("readings", "rounds", "events", "status")
+SHARED_KINDS = ("readings", "rounds", "events", "status") + (
+    ("tariff",) if "tariff" in KINDS else ()  # the agent's tariff set-ups (docs/tariff.md)
+)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 COVERAGE_LEASE = "coverage"
+TARIFF_LEASE = "tariff-check"
 #: longest wait between two tries of a batch while the store is unreachable
 STORE_RETRY_MAX_S = 10.0
 
@@ -70,6 +78,7 @@ class ConsumerStats:
     acked: int = 0
     batches: int = 0
     coverage_days: int = 0
+    tariff_days: int = 0
 
 
 @dataclass
@@ -96,6 +105,7 @@ class Consumer:
             name=self.instance,
         )
         self.ledger = Ledger(self.store)
+        self.tariffs = TariffStore(self.store)
         self.writer = make_writer(cfg.influx)
         self.sink = Sink(self.writer, self.spool, cfg.influx)
         self.connected = asyncio.Event()
@@ -117,6 +127,7 @@ class Consumer:
                     tg.create_task(self._flush_forever(), name="flush"),
                     tg.create_task(self.sink.drain(), name="drain"),
                     tg.create_task(self._coverage_forever(), name="coverage"),
+                    tg.create_task(self._tariff_forever(), name="tariff"),
                     tg.create_task(self._log_forever(), name="stats"),
                 ]
                 if stop is not None:
@@ -266,6 +277,8 @@ class Consumer:
         while True:
             try:
                 await asyncio.to_thread(self.ledger.apply, facts, self.cfg.coverage.required_values)
+                if facts.freezes or facts.tariffs:
+                    await asyncio.to_thread(self.tariffs.apply_converted, facts)
             except StoreUnavailable as exc:
                 if not patient:
                     raise
@@ -335,6 +348,47 @@ class Consumer:
         # a mark whose day changed again meanwhile stays
         for day, gen in dirty.items():
             await asyncio.to_thread(self.ledger.clean, day, gen)
+        return len(days)
+
+    # --- the tariff check ------------------------------------------------------------------------
+    async def _tariff_forever(self) -> None:
+        interval = self.cfg.tariff.interval_s
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.0))
+            try:
+                await self.publish_tariff()
+            except WriteUnavailable as exc:
+                log.info("tariff check not written, InfluxDB unavailable (%s); will retry", exc)
+            except StoreUnavailable as exc:
+                log.info("tariff check not done, store unavailable (%s); will retry", exc)
+            except Exception:
+                log.exception("tariff check failed; will retry")
+
+    async def publish_tariff(self, days: list[str] | None = None) -> int:
+        """Check `days` (default: yesterday and today, the meters' time zone) against the plans
+        in force, store the outcomes and write the KPI; under a lease, one instance at a time.
+        Returns how many days were checked (0: no plans yet, or another instance is at it)."""
+        from central.tariff.day import check_day, day_lines
+
+        t = self.cfg.tariff
+        book = await asyncio.to_thread(self.tariffs.plans)
+        if book is None:
+            return 0
+        if days is None:
+            today = common.clock.current().now(zoneinfo.ZoneInfo(t.timezone)).date()
+            days = [(today - dt.timedelta(days=1)).isoformat(), today.isoformat()]
+        lease_s = max(120.0, 4 * t.interval_s)
+        if not await asyncio.to_thread(self.store.take_lease, TARIFF_LEASE, self.instance, lease_s):
+            return 0
+        try:
+            for day in days:
+                result = await asyncio.to_thread(
+                    check_day, self.ledger, self.tariffs, book, day, t.settings(), t.timezone
+                )
+                await self.sink.write_now(day_lines(result))
+                self.stats.tariff_days += 1
+        finally:
+            await asyncio.to_thread(self.store.release_lease, TARIFF_LEASE, self.instance)
         return len(days)
 
     async def _log_forever(self) -> None:

@@ -149,6 +149,24 @@ def _number_archives_in_order_seen(tx: Tx) -> None:
     log.info("ledger: %d archive versions numbered in the order seen", len(versions))
 
 
+def _v2(tx: Tx) -> None:
+    """Each archived meter's model and tariff plan (both "" where the archive has none)."""
+    if tx.dialect == "sqlite":
+        columns = {r[1] for r in tx.rows("PRAGMA table_info(archive_meter)")}
+        for column in ("model", "tariff_plan"):
+            if column not in columns:
+                tx.execute(
+                    f"ALTER TABLE archive_meter ADD COLUMN {column} TEXT NOT NULL DEFAULT ''"
+                )
+    else:
+        tx.script(
+            """ALTER TABLE archive_meter ADD COLUMN IF NOT EXISTS model TEXT COLLATE "C" NOT NULL
+            DEFAULT '';
+            ALTER TABLE archive_meter ADD COLUMN IF NOT EXISTS tariff_plan TEXT COLLATE "C"
+            NOT NULL DEFAULT '';"""
+        )
+
+
 #: the coverage ledger's tables in the store; a change is a new migration, for both engines
 SCHEMA = Schema(
     "coverage",
@@ -159,6 +177,7 @@ SCHEMA = Schema(
             " published series",
             _v1,
         ),
+        Migration(2, "archive: each meter's model and tariff plan", _v2),
     ),
 )
 
@@ -186,8 +205,9 @@ ON CONFLICT (concentrator, meter, day) DO UPDATE SET
 WHERE excluded.reported_at >= daily_failure.reported_at
 """
 _DIRTY_CONFLICT = "ON CONFLICT (day) DO UPDATE SET gen = dirty_day.gen + 1"
-_METER = ("concentrator", "seq", "meter", "district", "manufacturer", "bus")
-_METER_TYPES = ("text", "integer", "text", "text", "text", "text")
+_METER = ("concentrator", "seq", "meter", "district", "manufacturer", "bus", "model",
+          "tariff_plan")  # fmt: skip
+_METER_TYPES = ("text", "integer", "text", "text", "text", "text", "text", "text")
 #: every day with data from ? on (the days a new archive version can change)
 _MARK_DIRTY_FROM = """
 INSERT INTO dirty_day (day, gen)
@@ -305,8 +325,12 @@ class Ledger:
             _INSERT_ARCHIVE,
             (a.concentrator, seq, a.version, a.updated_at, day_from, a.digest),
         )
+        extras = a.extras or (("", ""),) * len(a.meters)
         tx.upsert(
-            "archive_meter", _METER, _METER_TYPES, [(a.concentrator, seq, *m) for m in a.meters]
+            "archive_meter",
+            _METER,
+            _METER_TYPES,
+            [(a.concentrator, seq, *m, *e) for m, e in zip(a.meters, extras, strict=True)],
         )
         # in force from its day on; a concentrator's first archive also stands for every day
         # before it

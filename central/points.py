@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from protocols.tariff import TariffSetup
+
 __all__ = [
     "DAILY_ITEM",
     "ArchiveFact",
@@ -120,7 +122,30 @@ class ArchiveFact:
     updated_at: int
     day_from: str  # the local date of updated_at: the first data day this version is in force
     meters: tuple[tuple[str, str, str, str], ...]  # meter, district, manufacturer, bus
-    digest: str  # `archive_digest(meters)`
+    digest: str  # `archive_digest(meters, extras)`
+    #: per meter (in `meters`' order): model, tariff_plan ("" when the archive has none)
+    extras: tuple[tuple[str, str], ...] = ()
+
+
+class Freeze(NamedTuple):
+    """A daily freeze's forward energy (total, T1..Tn), for the tariff check's allocation step."""
+
+    concentrator: str
+    meter: str
+    day: str
+    total: float
+    registers: tuple[float, ...]
+    clock_offset_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TariffRead:
+    """A tariff set-up an agent read (`protocols.tariff.TariffSetup.to_payload()`)."""
+
+    concentrator: str
+    meter: str
+    read_at: int
+    setup: dict[str, Any]
 
 
 @dataclass
@@ -130,6 +155,8 @@ class Converted:
     failures: list[Failure] = field(default_factory=list)
     archives: list[ArchiveFact] = field(default_factory=list)
     readings: int = 0
+    freezes: list[Freeze] = field(default_factory=list)
+    tariffs: list[TariffRead] = field(default_factory=list)
 
 
 def _fields(pairs: Mapping[str, object]) -> str:
@@ -184,7 +211,30 @@ def _readings(payload: dict[str, Any], out: Converted) -> None:
                     c, r["meter"], day, day_start, read_at, frozenset(values), quality == "backfill"
                 )
             )
+            if _TOTAL in values:
+                _freeze(c, r, day, values, out)
     out.readings += len(payload["readings"])
+
+
+_TOTAL = "energy_import_total_kwh"
+_REGISTERS = tuple(f"energy_import_t{i}_kwh" for i in range(1, 5))
+
+
+def _freeze(c: str, r: dict[str, Any], day: str, values: dict[str, Any], out: Converted) -> None:
+    """The per-tariff energy of a daily freeze (T1.. as far as the freeze has them)."""
+    registers = []
+    for name in _REGISTERS:
+        v = values.get(name)
+        if v is None or not isinstance(v["value"], int | float):
+            break
+        registers.append(float(v["value"]))
+    total = values[_TOTAL]["value"]
+    if registers and isinstance(total, int | float):
+        offset = r.get("clock_offset_s")
+        out.freezes.append(
+            Freeze(c, r["meter"], day, float(total), tuple(registers),
+                   float(offset) if isinstance(offset, int | float) else None)
+        )  # fmt: skip
 
 
 def _rounds(payload: dict[str, Any], out: Converted) -> None:
@@ -249,10 +299,17 @@ def _check_day(day: str) -> None:
         raise ValueError(f"data day {day} is outside {FIRST_DAY} .. {LAST_DAY}")
 
 
-def archive_digest(meters: tuple[tuple[str, str, str, str], ...]) -> str:
+def archive_digest(
+    meters: tuple[tuple[str, str, str, str], ...], extras: tuple[tuple[str, str], ...] = ()
+) -> str:
     """The archive's content as coverage uses it (meter, district, manufacturer, bus), in any
-    order: two archives with the same digest expect the same meters the same way."""
-    return hashlib.sha256(json.dumps(sorted(meters)).encode()).hexdigest()
+    order: two archives with the same digest expect the same meters the same way. The model
+    and tariff plan (`extras`, per meter in the same order) count only when an archive has
+    any, so an archive without them keeps the digest it had before they were kept."""
+    if not any(model or plan for model, plan in extras):
+        return hashlib.sha256(json.dumps(sorted(meters)).encode()).hexdigest()
+    rows = sorted([*m, *e] for m, e in zip(meters, extras, strict=True))
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
 def _archive(payload: dict[str, Any], out: Converted) -> None:
@@ -266,17 +323,54 @@ def _archive(payload: dict[str, Any], out: Converted) -> None:
         (m["meter"], m.get("district", ""), m.get("manufacturer", ""), m["bus"])
         for m in payload["meters"]
     )
+    extras = tuple((m.get("model", ""), m.get("tariff_plan", "")) for m in payload["meters"])
     listed = Counter(m[0] for m in meters)
     if len(listed) < len(meters):  # the ledger keys an archive's meters by their id
         twice = min(m for m, n in listed.items() if n > 1)
         raise NotConvertible(f"archive lists meter {twice!r} more than once")
     day_from = updated.date().isoformat()
-    out.archives.append(ArchiveFact(c, version, at, day_from, meters, archive_digest(meters)))
+    out.archives.append(
+        ArchiveFact(c, version, at, day_from, meters, archive_digest(meters, extras), extras)
+    )
     fields = {"version": payload["version"], "meters": len(meters)}
     out.lines.append(f"archive,concentrator={escape_tag(c)} {_fields(fields)} {at}")
 
 
+def _setup_keys() -> frozenset[str]:
+    """The keys of a set-up's payload form (`protocols.tariff.TariffSetup.to_payload`)."""
+    return frozenset(TariffSetup(read_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)).to_payload())
+
+
+_SETUP_KEYS = _setup_keys()
+
+
+def _tariff(payload: dict[str, Any], out: Converted) -> None:
+    """A tariff set-up read (the agent's ``tariff`` payload: one meter's set-up, or several
+    under ``meters``): the set-up goes to the tariff check's store, a point per meter to
+    InfluxDB (``tariff_read``: why it was read, how many items the meter denied)."""
+    c = payload["concentrator"]
+    items = payload["meters"] if isinstance(payload.get("meters"), list) else [payload]
+    for item in items:
+        setup = {k: v for k, v in item.items() if k in _SETUP_KEYS}
+        if "setup" in item and isinstance(item["setup"], dict):
+            setup = item["setup"]
+        TariffSetup.from_payload(setup)  # strict: a set-up the check cannot read is refused
+        read_at = epoch(setup["read_at"])
+        meter = item["meter"]
+        out.tariffs.append(TariffRead(c, meter, read_at, setup))
+        fields = {
+            "reason": item.get("reason"),
+            "unsupported": len(setup.get("unsupported") or ()),
+            "clock_offset_s": item.get("clock_offset_s"),
+        }
+        out.lines.append(
+            f"tariff_read,concentrator={escape_tag(c)},meter={escape_tag(meter)}"
+            f" {_fields(fields)} {read_at}"
+        )
+
+
 _CONVERTERS = {
+    "tariff": _tariff,
     "readings": _readings,
     "rounds": _rounds,
     "events": _event,
@@ -288,12 +382,13 @@ _CONVERTERS = {
 def convert(kind: str, payload: dict[str, Any], out: Converted) -> None:
     """Add the points and facts of one schema-valid payload to `out`: all of them, or — when
     a value cannot be stored — none, raising `NotConvertible`."""
-    marks = (len(out.lines), len(out.reads), len(out.failures), len(out.archives), out.readings)
+    marks = (len(out.lines), len(out.reads), len(out.failures), len(out.archives), out.readings,
+             len(out.freezes), len(out.tariffs))  # fmt: skip
     try:
         _CONVERTERS[kind](payload, out)
     except Exception as exc:
         del out.lines[marks[0] :], out.reads[marks[1] :], out.failures[marks[2] :]
-        del out.archives[marks[3] :]
+        del out.archives[marks[3] :], out.freezes[marks[5] :], out.tariffs[marks[6] :]
         out.readings = marks[4]
         raise NotConvertible(
             f"{kind} payload not convertible: {type(exc).__name__}: {exc}"

@@ -35,12 +35,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from central.config import CoverageConfig
 from central.coverage import compute_day
 from central.ledger import Ledger
 from central.report import render
 from central.store import Store, StoreError, open_store, parse_url
+from central.tariff.check import CheckSettings
+from central.tariff.day import check_day
+from central.tariff.report import summary
+from central.tariff.store import TariffStore
 from common.config import EX_CONFIG, Secret
 from meterlink.demo_topup import TopupDemo
 from meterlink.services import InfluxDB1, Mosquitto, die_with_parent, free_port
@@ -56,6 +61,8 @@ TOPUP_DEADLINE_S = 45.0
 #: DIs whose intact answer means the meter gave its daily energy (2007 frozen import energy,
 #: 1997 import energy totals); the simulator's record is checked against these
 ENERGY_DIS = ("0506", "901F", "9010")
+#: the tariff set-ups arriving stop counting as "still coming" after this long without a new one
+TARIFF_SETTLE_S = 6.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -234,9 +241,15 @@ def _agent_config(stack: _Stack, host: str, port: int, buses: list[tuple[str, st
         'start = "00:00"',
         'deadline = "23:59"',
         "retry_spacing_minutes = 0.1",
-        "backfill_days = 0",
+        # the two days before too: the tariff check's energy allocation compares consecutive
+        # daily freezes (docs/tariff.md)
+        "backfill_days = 2",
         "[plans.clock]",
         "enabled = false",
+        "[plans.tariff]",  # each meter's tariff set-up, at once (the default waits for noon)
+        "enabled = true",
+        'start = "00:00"',
+        'deadline = "23:59"',
     ]
     path = stack.workdir / "agent.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -259,6 +272,7 @@ def _central_config(stack: _Stack, host: str, port: int, influx: str, store: str
         f'group = "demo"\n[influx]\napi = "v1"\nurl = "{influx}"\ndatabase = "meterlink"\n'
         f'[consumer]\nspool = "{w}/central-spool.sqlite3"\nflush_interval_s = 0.2\n'
         f"[coverage]\ninterval_s = 2.0\n[store]\nurl = {json.dumps(store)}\n"
+        f"[tariff]\ninterval_s = 5.0\n"
         f'[panel]\nlisten = "127.0.0.1:{free_port()}"\nrefresh_s = 2.0\n'
     )
     return path
@@ -345,10 +359,12 @@ def _store_password() -> Secret | None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        tz = load_fleet(args.fleet).world.tz  # a bad fleet file stops here, before anything starts
+        fleet = load_fleet(args.fleet)  # a bad fleet file stops here, before anything starts
     except FleetError as exc:
         print(f"meterlink demo: {exc}", file=sys.stderr)
         return EX_CONFIG
+    tz = fleet.world.tz
+    args.sim_fleet = fleet  # the same seed as the simulator's: its plans and its truth
     previous = {
         sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
@@ -395,9 +411,13 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
     try:  # first: a store that cannot be reached stops the demo before anything starts
         store = _open_store(store_url)
         ledger = Ledger(store)
+        tariffs = TariffStore(store)
     except StoreError as exc:
         print(f"meterlink demo: {exc}", file=sys.stderr)
         return 69
+    fleet = getattr(args, "sim_fleet", None)
+    if fleet is not None and fleet.tariff_plans:  # what the utility declares: the sim's plans
+        tariffs.replace_plans(fleet.tariff_plans_toml(), "meterlink demo (the simulator's plans)")
     with _running(workdir) as stack:
         stack.cleanups.append(store.close)
         if args.mqtt:
@@ -461,6 +481,8 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
             f" their energy intact; coverage counts {cov.fleet().read} read (a read needs every"
             " item of one attempt; the record counts single replies)"
         )
+        if fleet is not None and fleet.tariff_plans:
+            _tariff_rate(ledger, tariffs, fleet, day, cov.fleet().rate, stack)
         final = topup.wait(stack, TOPUP_DEADLINE_S + 15)
         print()
         for line in topup.report(control, final, store):
@@ -480,14 +502,54 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
     return 0 if settled else 1
 
 
+def _tariff_rate(
+    ledger: Ledger, tariffs: TariffStore, fleet: Any, day: str, coverage: float | None,
+    stack: _Stack,
+) -> None:  # fmt: skip
+    """Wait (briefly) for the agent's tariff set-ups, check the day, print 电价执行正确率 beside
+    the coverage rate and the simulator's own truth."""
+    settled, last, count = time.monotonic(), -1, 0
+    while time.monotonic() - settled < TARIFF_SETTLE_S:
+        stack.check()
+        count = int(tariffs.store.rows(
+            "SELECT count(DISTINCT meter) FROM tariff_setup WHERE concentrator = ?",
+            (CONCENTRATOR,))[0][0])  # fmt: skip
+        if count != last:
+            last, settled = count, time.monotonic()
+        time.sleep(1.0)
+    book = tariffs.plans()
+    assert book is not None
+    result = check_day(ledger, tariffs, book, day, CheckSettings(), str(fleet.world.tz))
+    truth = fleet.tariff_truth(dt.date.fromisoformat(day))
+    truth_ok = sum(t.outcome == "OK" for t in truth.values())
+    rate = result.fleet().rate
+    print(
+        f"\nrates for {day}: coverage 全口径抄表成功率 {_pct(coverage)}% ·"
+        f" {summary(result)}; set-ups read from {count} meters"
+    )
+    codes = ", ".join(f"{k} {v}" for k, v in sorted(result.fleet().outcomes.items()))
+    print(f"tariff outcomes: {codes or 'none'}")
+    print(
+        f"simulator's own truth: {truth_ok} of {len(truth)} meters with a plan execute it"
+        f" ({_pct(100.0 * truth_ok / len(truth) if truth else None)}%; central says"
+        f" {_pct(rate)}%)"
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _where_to_look(workdir: Path, influx: str, central_conf: Path) -> None:
     print(
         f"""
 where to look:
   report     meterlink central report --config {central_conf} [--format csv|json]
+  tariff     meterlink central report --tariff --config {central_conf}; work orders:
+             meterlink central tariff workorders --config {central_conf}
   InfluxDB   {influx}  database "meterlink": measurements reading, round, read_failure,
              coverage, coverage_reason, coverage_streak, topup, topup_reason,
-             topup_meter (docs/influx.md)
+             topup_meter, tariff_execution, tariff_outcome (docs/influx.md)
   top-ups    meterlink central report --topups --config {central_conf};
              meterlink central topup reconcile --day DAY --config {central_conf}
   Grafana    deploy/grafana/ (provisioning + dashboard; point the datasource at {influx})

@@ -43,8 +43,10 @@ __all__ = [
 ]
 
 TOPIC_ROOT: Final = "meterlink/v1"
-KINDS: Final = ("readings", "rounds", "events", "archive", "status", "cmd", "response")
-_TOPIC_KINDS: Final = ("readings", "rounds", "events", "archive", "status", "cmd")
+KINDS: Final = (
+    "readings", "rounds", "events", "archive", "status", "cmd", "response", "tariff",
+)  # fmt: skip
+_TOPIC_KINDS: Final = ("readings", "rounds", "events", "archive", "status", "cmd", "tariff")
 CONCENTRATOR_ID = r"^[A-Za-z0-9_.-]{1,64}$"
 _CONCENTRATOR_RE = re.compile(CONCENTRATOR_ID)
 
@@ -112,6 +114,120 @@ _VALUE = {
     "additionalProperties": False,
 }
 _VALUES = {"type": "object", "propertyNames": _NAME, "additionalProperties": _VALUE}
+_DI = {"type": "string", "pattern": r"^[0-9A-F]{8}$"}
+_OPT_INT = {"type": ["integer", "null"], "minimum": 0}
+_OPT_LOCAL = {"type": ["string", "null"], "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d)?$"}
+_OPT_DEC = {"type": ["string", "null"], "pattern": r"^-?\d+(\.\d+)?$"}
+_TRIPLE = {
+    "type": "array",
+    "items": {"type": "integer", "minimum": 0, "maximum": 255},
+    "minItems": 3,
+    "maxItems": 3,
+}
+_SET_PAIR = {
+    "type": "object",
+    "required": ["current", "backup"],
+    "properties": {
+        "current": {"type": ["array", "null"]},
+        "backup": {"type": ["array", "null"]},
+    },
+    "additionalProperties": False,
+}
+TARIFF_SETUP: Final[dict[str, Any]] = {
+    "description": (
+        "protocols.tariff.TariffSetup.to_payload(): meter times are the meter's wall clock"
+        " (no offset), decimals are strings; TariffSetup.from_payload reads it strictly"
+    ),
+    "type": "object",
+    "required": [
+        "version",
+        "read_at",
+        "meter_time",
+        "counts",
+        "sets",
+        "status_word3",
+        "active",
+        "switch",
+        "weekend",
+        "holidays",
+        "prices",
+        "ladders",
+        "ladder_zones",
+        "now",
+        "event_counters",
+        "unsupported",
+    ],
+    "properties": {
+        "version": {"const": 1},
+        "read_at": _TIME,
+        "meter_time": _OPT_LOCAL,
+        "counts": {
+            "type": "object",
+            "required": ["zones", "tables", "periods", "tariffs", "holidays", "ladders"],
+            "additionalProperties": _OPT_INT,
+        },
+        "sets": {
+            "type": "array",
+            "minItems": 2,
+            "maxItems": 2,
+            "items": {
+                "type": "object",
+                "required": ["zones", "tables"],
+                "properties": {
+                    "zones": {"type": "array", "items": _TRIPLE},
+                    "tables": {
+                        "type": "object",
+                        "propertyNames": {"pattern": r"^[1-9][0-9]{0,2}$"},
+                        "additionalProperties": {"type": "array", "items": _TRIPLE},
+                    },
+                },
+                "additionalProperties": False,
+            },
+        },
+        "status_word3": _OPT_INT,
+        "active": {
+            "type": "object",
+            "required": ["zones", "tables"],
+            "properties": {"zones": {"enum": [1, 2]}, "tables": {"enum": [1, 2]}},
+            "additionalProperties": False,
+        },
+        "switch": {
+            "type": "object",
+            "required": ["zones", "tables", "prices", "ladders", "ladder_zones"],
+            "additionalProperties": _OPT_LOCAL,
+        },
+        "weekend": {
+            "type": "object",
+            "required": ["workdays", "table"],
+            "properties": {"workdays": _OPT_INT, "table": _OPT_INT},
+            "additionalProperties": False,
+        },
+        "holidays": {
+            "type": "array",
+            "items": {
+                "type": "array",
+                "prefixItems": [_DAY, {"type": "integer", "minimum": 0, "maximum": 255}],
+                "minItems": 2,
+                "maxItems": 2,
+            },
+        },
+        "prices": _SET_PAIR,
+        "ladders": _SET_PAIR,
+        "ladder_zones": _SET_PAIR,
+        "now": {
+            "type": "object",
+            "required": ["ladder_price", "price", "tariff_price"],
+            "additionalProperties": _OPT_DEC,
+        },
+        "event_counters": {
+            "type": "object",
+            "propertyNames": _DI,
+            "additionalProperties": {"type": "integer", "minimum": 0},
+        },
+        "unsupported": {"type": "array", "items": _DI},
+    },
+    "additionalProperties": False,
+}
 _HEADER = {
     "schema": {"type": "string"},
     "concentrator": {"type": "string", "pattern": CONCENTRATOR_ID},
@@ -289,6 +405,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                         "district": {"type": "string"},
                         "manufacturer": {"type": "string"},
                         "prepaid": {"type": "boolean"},
+                        "tariff_plan": {"type": "string"},
                     },
                     "additionalProperties": False,
                 },
@@ -330,6 +447,39 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             }
         ],
     },
+    "tariff": _doc(
+        "tariff",
+        "One meter's tariff set-up (电价/时段 parameters) as read: decoded and raw per DI.",
+        ["meter", "read_at", "reason", "setup", "raw"],
+        {
+            "meter": _METER_ID,
+            "bus": {"type": "string"},
+            "reason": {
+                "description": (
+                    "why it was read: first (never before), weekly, counter_change (a"
+                    " programming-event counter moved in the daily read), after_switch (the day"
+                    " after a switch time the meter held), reprobe (denied items asked again)"
+                ),
+                "enum": ["first", "weekly", "counter_change", "after_switch", "reprobe"],
+            },
+            "read_at": _TIME,
+            "clock_offset_s": {"type": "number"},
+            "changed_counters": {"type": "array", "items": _DI},
+            "setup": TARIFF_SETUP,
+            "raw": {
+                "description": "value bytes (after the DI, follow-ups joined) of every item read",
+                "type": "object",
+                "propertyNames": _DI,
+                "additionalProperties": _hex(),
+            },
+            "decode_errors": {
+                "description": "items whose bytes did not decode (kept out of setup, raw kept)",
+                "type": "object",
+                "propertyNames": _DI,
+                "additionalProperties": {"type": "string"},
+            },
+        },
+    ),
     "response": _doc(
         "response",
         "The agent's answer to a command, on the command's response topic.",

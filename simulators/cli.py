@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import signal
 import sys
@@ -72,7 +73,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what = fleet.add_mutually_exclusive_group(required=True)
     what.add_argument("--example", action="store_true", help="print a commented fleet file")
     what.add_argument("--archive", action="store_true", help="print the meter archive (JSON)")
-    fleet.add_argument("--fleet", type=Path, help="fleet file for --archive")
+    what.add_argument(
+        "--tariff-plans", action="store_true",
+        help="print the tariff plans the meters were programmed from (central plan file, TOML)",
+    )  # fmt: skip
+    what.add_argument(
+        "--tariff-truth", nargs="?", const="", metavar="DAY",
+        help="print per meter its tariff defect and the check outcome expected on DAY (JSON)",
+    )  # fmt: skip
+    fleet.add_argument("--fleet", type=Path, help="fleet file for --archive / --tariff-*")
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -142,13 +151,28 @@ def _fleet(args: argparse.Namespace) -> int:
         sys.stdout.write(EXAMPLE.read_text(encoding="utf-8"))
         return 0
     if args.fleet is None:
-        print("meterlink sim fleet --archive needs --fleet FILE", file=sys.stderr)
+        print("meterlink sim fleet --archive / --tariff-* need --fleet FILE", file=sys.stderr)
         return 2
+    day = None
+    if args.tariff_truth:
+        try:
+            day = dt.date.fromisoformat(args.tariff_truth)
+        except ValueError:
+            print(f"meterlink sim: --tariff-truth {args.tariff_truth}: not a date", file=sys.stderr)
+            return 2
     try:
         fleet = load_fleet(args.fleet)
     except FleetError as exc:
         print(f"meterlink sim: {exc}", file=sys.stderr)
         return EX_CONFIG
+    if args.tariff_plans:
+        sys.stdout.write(fleet.tariff_plans_toml())
+        return 0
+    if args.tariff_truth is not None:
+        truth = {m: t.as_json() for m, t in fleet.tariff_truth(day).items()}
+        json.dump(truth, sys.stdout, ensure_ascii=False, indent=1)
+        sys.stdout.write("\n")
+        return 0
     json.dump(fleet.archive(), sys.stdout, ensure_ascii=False, indent=1)
     sys.stdout.write("\n")
     return 0

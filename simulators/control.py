@@ -6,6 +6,8 @@ the world clock of a running ``meterlink sim serve --control HOST:PORT``.
     POST   /v1/meters/{meter}/purchase   {"amount_fen": 3000}: an out-of-band card purchase now
     POST   /v1/meters/{meter}/button     the customer presses the close button
     GET    /v1/credits[?meter=M]         the credit log (+ "repeated": (meter, count) booked twice)
+    GET    /v1/tariff[?day=YYYY-MM-DD]   the tariff plans (plan-file TOML) and, per meter, what
+                                         was done to its set-up and the expected check outcome
     GET    /v1/faults                    the injected faults with their hit counts
     POST   /v1/faults                    {"meter", "action", "on", "times", "skip", "late_s",
                                           "serr", "err"}: inject a fault (simulators.faults)
@@ -137,6 +139,21 @@ def control_app(fleet: Fleet) -> web.Application:
             {
                 "credits": [c.as_json() for c in fleet.credits.records(meter)],
                 "repeated": [list(k) for k in fleet.credits.repeated_counts()],
+            }
+        )
+
+    @routes.get("/v1/tariff")
+    async def tariff(request: web.Request) -> web.Response:
+        day_text = request.query.get("day")
+        try:
+            day = dt.date.fromisoformat(day_text) if day_text else None
+        except ValueError:
+            raise web.HTTPBadRequest(text=f"day: an ISO date, not {day_text!r}") from None
+        truth = fleet.tariff_truth(day)
+        return web.json_response(
+            {
+                "plans_toml": fleet.tariff_plans_toml(),
+                "truth": {meter: t.as_json() for meter, t in truth.items()},
             }
         )
 

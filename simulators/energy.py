@@ -9,10 +9,20 @@ the time-of-use table. Pauses (relay open) and clock re-sets keep the registers 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-__all__ = ["DEFAULT_SHAPE", "DEFAULT_TOU", "Accumulator", "LoadProfile", "TouTable"]
+__all__ = [
+    "DEFAULT_SHAPE",
+    "DEFAULT_TOU",
+    "Accumulator",
+    "LoadProfile",
+    "TariffClock",
+    "TouTable",
+]
 
 #: a residential day: low at night, peaks in the morning and evening (multiples of base load)
 DEFAULT_SHAPE = (
@@ -28,17 +38,43 @@ DEFAULT_TOU = (
 )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=64)
+def _hourly_minutes(tariffs: int, hours: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(
+        1 if tariffs <= 1 else min(hours[h], tariffs) for h in range(24) for _ in range(60)
+    )
+
+
+class TariffClock(Protocol):
+    """Which energy register (1..`tariffs`) each minute of a day books into."""
+
+    @property
+    def tariffs(self) -> int: ...
+
+    def minutes(self, day: dt.date) -> Sequence[int]:
+        """1440 register numbers; the same object for days that book alike (it is a cache key)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class TouTable:
-    """Which tariff applies in each hour. A meter with one tariff books everything on T1."""
+    """Which tariff applies in each hour, the same every day (meters without a tariff set-up).
+    A meter with one tariff books everything on T1."""
 
     tariffs: int = 4
     hours: tuple[int, ...] = DEFAULT_TOU
+    _minutes: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_minutes", _hourly_minutes(self.tariffs, self.hours))
 
     def tariff_at(self, hour: int) -> int:
         if self.tariffs <= 1:
             return 1
         return min(self.hours[hour], self.tariffs)
+
+    def minutes(self, day: dt.date) -> Sequence[int]:
+        return self._minutes
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +104,7 @@ class Accumulator:
     """
 
     profile: LoadProfile
-    tou: TouTable
+    tou: TariffClock
     origin: dt.date
     initial: tuple[float, ...]
     ratio: float = 1.0
@@ -76,31 +112,59 @@ class Accumulator:
     offset: list[float] = field(default_factory=list)
     paused_at: dt.datetime | None = None
     _days: dict[dt.date, tuple[float, ...]] = field(default_factory=dict)
-    _shares: tuple[float, ...] | None = None
+    _hour_shares: dict[int, tuple[Sequence[int], list[list[float]], tuple[float, ...]]] = field(
+        default_factory=dict
+    )
+    """id(minutes) → (minutes, per hour: the hour's share per register, whole day per register)"""
 
     def __post_init__(self) -> None:
         if not self.offset:
             self.offset = [0.0] * self.tou.tariffs
 
-    def _full_day_shares(self) -> tuple[float, ...]:
-        """Sum of the day's shape per tariff (what one whole day books on each tariff)."""
-        if self._shares is None:
-            shares = [0.0] * self.tou.tariffs
-            for hour in range(24):
-                shares[self.tou.tariff_at(hour) - 1] += self.profile.shape[hour]
-            self._shares = tuple(shares)
-        return self._shares
+    def reset_cache(self) -> None:
+        """Forget what was computed with the previous tariff clock (`tou` was replaced)."""
+        self._days.clear()
+        self._hour_shares.clear()
+        self.offset = [0.0] * self.tou.tariffs
+
+    def _shares(self, day: dt.date) -> tuple[list[list[float]], tuple[float, ...]]:
+        """Per hour, the fraction of the hour booked on each register, and the sum of the day's
+        shape per register (what one whole day books on each), for the day's minutes."""
+        minutes = self.tou.minutes(day)
+        cached = self._hour_shares.get(id(minutes))
+        if cached is not None and cached[0] is minutes:
+            return cached[1], cached[2]
+        n = self.tou.tariffs
+        hours = [[0.0] * n for _ in range(24)]
+        for minute, register in enumerate(minutes):
+            hours[minute // 60][register - 1] += 1 / 60
+        day_total = [0.0] * n
+        for hour, fractions in enumerate(hours):
+            for i, f in enumerate(fractions):
+                day_total[i] += f * self.profile.shape[hour]
+        self._hour_shares[id(minutes)] = (minutes, hours, tuple(day_total))
+        return hours, tuple(day_total)
 
     def _day_energy(self, day: dt.date, until_hour: float = 24.0) -> list[float]:
         factor = self.profile.day_factor(day) * self.profile.base_kw * self.ratio
+        hours, whole = self._shares(day)
         if until_hour >= 24.0:
-            return [share * factor for share in self._full_day_shares()]
+            return [share * factor for share in whole]
         out = [0.0] * self.tou.tariffs
         full = math.floor(until_hour)
         for hour in range(full):
-            out[self.tou.tariff_at(hour) - 1] += self.profile.shape[hour] * factor
-        part = until_hour - full
-        out[self.tou.tariff_at(full) - 1] += self.profile.shape[full] * factor * part
+            weight = self.profile.shape[hour] * factor
+            for i, f in enumerate(hours[hour]):
+                out[i] += f * weight
+        # the started hour: its minutes one by one (power is constant within the hour)
+        elapsed = (until_hour - full) * 60
+        weight = self.profile.shape[full] * factor / 60
+        minutes = self.tou.minutes(day)
+        whole_minutes = math.floor(elapsed)
+        for m in range(whole_minutes):
+            out[minutes[full * 60 + m] - 1] += weight
+        if whole_minutes < 60:
+            out[minutes[full * 60 + whole_minutes] - 1] += weight * (elapsed - whole_minutes)
         return out
 
     def _at_midnight(self, day: dt.date) -> tuple[float, ...]:

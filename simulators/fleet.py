@@ -31,12 +31,35 @@ from simulators.esam import EncryptionMachine, Esam
 from simulators.faults import BusFaults, FaultBook, InjectedFault, MeterFaults, NoiseWindow, rng_for
 from simulators.meter import DEFAULT_PRICES, Identity, Meter
 from simulators.models import model
-from simulators.record import CreditLog, Recorder
+from simulators.record import CreditLog, Recorder, TariffTruth
+from simulators.tariff import (
+    DEFECTS,
+    EVENT_DIS,
+    MeterTariff,
+    Plan,
+    applicable,
+    builtin_plans,
+    misprogram,
+    plans_toml,
+    program,
+)
 from simulators.wallet import Limits, PurchaseRecord, Wallet
 
 __all__ = ["Fleet", "FleetError", "archive_entries", "load_fleet", "parse_fleet"]
 
-_TOP_KEYS = {"seed", "start", "timezone", "frozen", "master_key", "district", "inject", "purchase"}
+_TOP_KEYS = {
+    "seed", "start", "timezone", "frozen", "master_key", "district", "inject", "purchase", "tariff",
+}  # fmt: skip
+_TARIFF_KEYS = {"plans", "misprogram_share", "switch_after_days", "reprogram_after_days",
+                "clock_error_s", "ladder_form"}  # fmt: skip
+_TARIFF_DEFAULTS: dict[str, Any] = {
+    "plans": True,
+    "misprogram_share": 0.0,
+    "switch_after_days": 2,
+    "reprogram_after_days": 1,
+    "clock_error_s": [600.0, 1800.0],
+    "ladder_form": "2013",
+}
 _DISTRICT_KEYS = {"name", "bus"}
 _BUS_KEYS = {
     "name", "protocol", "baud", "noise", "loss", "corrupt", "meters", "timing", "carrier",
@@ -82,6 +105,8 @@ class Fleet:
     """every credit any meter booked, in order (chaos tests: no (meter, count) twice)"""
     injected: FaultBook = field(default_factory=FaultBook)
     """injected faults, consulted for every request (`inject`, ``[[inject]]``, control channel)"""
+    tariff_plans: dict[str, Plan] = field(default_factory=dict)
+    """the utility's tariff plans the meters were programmed from (``[tariff]``)"""
 
     def __post_init__(self) -> None:
         for bus in self.buses:
@@ -121,6 +146,31 @@ class Fleet:
     def clear_faults(self, meter: str | None = None) -> int:
         return self.injected.clear(meter)
 
+    def tariff_plans_toml(self) -> str:
+        """The plans in the central side's plan-file format (what the utility declares)."""
+        return plans_toml(self.tariff_plans)
+
+    def tariff_truth(self, day: dt.date | None = None) -> dict[str, TariffTruth]:
+        """Per meter that carries a tariff set-up: what was done to it and the outcome the
+        central check must give on `day` (default: the world's date)."""
+        day = day if day is not None else self.world.now().date()
+        out: dict[str, TariffTruth] = {}
+        for m in self.meters():
+            t = m.tariff
+            if t is None:
+                continue
+            defect, detail, outcome = t.defect, t.detail, t.outcome(day)
+            if m.faults.dead:
+                defect, detail, outcome = "dead", "the meter never answers", "NOT_READ"
+            elif t.denied:
+                defect, outcome = "old_firmware", "UNSUPPORTED_DI"
+                detail = f"denies DIs starting {', '.join(t.denied)}"
+            since = t.since.isoformat() if t.since is not None and defect == t.defect else None
+            out[m.identity.meter_id] = TariffTruth(
+                m.identity.meter_id, t.plan.name, defect, detail, since, outcome, day.isoformat()
+            )
+        return out
+
 
 def archive_entries(fleet: Fleet) -> list[dict[str, object]]:
     """The meter archive entries (item shape of the "archive" payload schema)."""
@@ -143,6 +193,8 @@ def archive_entries(fleet: Fleet) -> list[dict[str, object]]:
                     "prepaid": ident.prepaid,
                 }
             )
+            if m.tariff is not None:
+                entry["tariff_plan"] = m.tariff.plan.name
             out.append(entry)
     return out
 
@@ -198,6 +250,10 @@ def parse_fleet(
     if len(master_key) != 16:
         raise FleetError("master_key: 32 hex digits (16 bytes) expected")
     recorder = recorder if recorder is not None else Recorder()
+    tariff_doc = doc.get("tariff", {})
+    if not isinstance(tariff_doc, dict):
+        raise FleetError("tariff: a table")
+    tariffs = _Tariffs(tariff_doc, seed, world)
     buses: list[Bus] = []
     for d_index, district in enumerate(_list(doc, "district", "")):
         path = f"district[{d_index}]"
@@ -206,7 +262,9 @@ def parse_fleet(
         for b_index, bus_doc in enumerate(_list(district, "bus", path)):
             where = f"{path}.bus[{b_index}]"
             with _named(where):
-                buses.append(_bus(bus_doc, where, d_name, seed, world, master_key, recorder))
+                buses.append(
+                    _bus(bus_doc, where, d_name, seed, world, master_key, recorder, tariffs)
+                )
     names = [b.name for b in buses]
     if len(set(names)) != len(names):
         raise FleetError("bus names must be unique across the fleet")
@@ -225,7 +283,82 @@ def parse_fleet(
     for i, entry in enumerate(_list(doc, "purchase", "")):
         with _named(f"purchase[{i}]"):
             _card_purchase(fleet, entry, f"purchase[{i}]")
+    fleet.tariff_plans = tariffs.plans if tariffs.enabled else {}
     return fleet
+
+
+class _Tariffs:
+    """``[tariff]``: programs every DL/T 645-2007 meter from its plan while the fleet is built
+    (local-prepaid meters ``prepaid-local``, the others ``resident-tou``) and misprograms a seeded
+    share of them, one defect each, the defects taken in turn so that every kind occurs."""
+
+    def __init__(self, doc: Mapping[str, Any], seed: int | str, world: WorldClock) -> None:
+        _known(doc, _TARIFF_KEYS, "tariff")
+        opts = {**_TARIFF_DEFAULTS, **doc}
+        if not isinstance(opts["plans"], bool):
+            raise FleetError("tariff.plans: true or false")
+        self.enabled: bool = opts["plans"]
+        share = opts["misprogram_share"]
+        if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
+            raise FleetError("tariff.misprogram_share: a number from 0 to 1")
+        self.share = float(share)
+        days: dict[str, int] = {}
+        for key in ("switch_after_days", "reprogram_after_days"):
+            value = opts[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise FleetError(f"tariff.{key}: a whole number of days >= 0")
+            days[key] = value
+        self.clock_error = _range(opts, "clock_error_s", "tariff")
+        if self.clock_error[0] <= 300 or self.clock_error[1] < self.clock_error[0]:
+            raise FleetError("tariff.clock_error_s: [low, high] seconds, low above the 300 s limit")
+        self.ladder_form = str(opts["ladder_form"])
+        if self.ladder_form not in ("2013", "tables", "2009"):
+            raise FleetError("tariff.ladder_form: '2013', 'tables' or '2009'")
+        today = world.now().date()
+        switch = today + dt.timedelta(days=days["switch_after_days"])
+        self.reprogram_at = dt.datetime.combine(
+            today + dt.timedelta(days=days["reprogram_after_days"]), dt.time(10)
+        )
+        self.plans = builtin_plans(today, switch if days["switch_after_days"] else None)
+        self.rng = rng_for(seed, "tariff")
+        self.turn = 0
+
+    def attach(self, meter: Meter, *, local: bool) -> None:
+        """Program `meter` (before its wallet is made: the wallet starts from its registers)."""
+        if not self.enabled or meter.identity.protocol != "dlt645-2007":
+            return
+        plan = self.plans["prepaid-local" if local else "resident-tou"]
+        counters = dict.fromkeys(EVENT_DIS, 1)
+        counters[EVENT_DIS[0]] = self.rng.randrange(0, 40)  # 校时: clock sets over the years
+        if plan.mode != "local":
+            for local_only in ("03300F00", "03301000"):
+                counters.pop(local_only)
+        tariff = MeterTariff(
+            plan,
+            program(plan, meter.now().date(), counters=counters),
+            meter.identity.tariffs,
+            denied=model(meter.identity.model).tariff_denied,
+            ladder_form=self.ladder_form,
+        )
+        defect = None
+        if not meter.faults.dead and not tariff.denied and self.rng.random() < self.share:
+            for _ in DEFECTS:
+                candidate = DEFECTS[self.turn % len(DEFECTS)]
+                self.turn += 1
+                if applicable(candidate, tariff):
+                    defect = candidate
+                    break
+        if defect is not None and defect != "clock_drift":
+            misprogram(
+                tariff, defect, start=meter.now().replace(microsecond=0),
+                reprogram_at=self.reprogram_at,
+            )  # fmt: skip
+        meter.attach_tariff(tariff)
+        if defect == "clock_drift":
+            error = self.rng.uniform(*self.clock_error) * self.rng.choice((-1, 1))
+            meter.set_time(meter.now() + dt.timedelta(seconds=error))
+            tariff.defect = defect
+            tariff.detail = f"clock {error:+.0f} s (limit 300 s)"
 
 
 def _card_purchase(fleet: Fleet, doc: Mapping[str, Any], path: str) -> None:
@@ -299,6 +432,7 @@ def _bus(
     world: WorldClock,
     master_key: bytes,
     recorder: Recorder,
+    tariffs: _Tariffs,
 ) -> Bus:
     _known(doc, _BUS_KEYS, path)
     name = str(doc.get("name", path))
@@ -322,7 +456,7 @@ def _bus(
     for r_index, rule in enumerate(_list(doc, "meters", path)):
         where = f"{path}.meters[{r_index}]"
         with _named(where):
-            bus.meters.extend(_meters(rule, where, bus, seed, master_key))
+            bus.meters.extend(_meters(rule, where, bus, seed, master_key, tariffs))
     units = [m.identity.unit_id for m in bus.meters if protocol == "modbus"]
     if len(set(units)) != len(units):
         raise FleetError(f"{path}: Modbus unit ids repeat on one bus")
@@ -342,7 +476,12 @@ def _range(rule: dict[str, Any], key: str, path: str) -> tuple[float, float]:
 
 
 def _meters(
-    rule_doc: dict[str, Any], path: str, bus: Bus, seed: int | str, master_key: bytes
+    rule_doc: dict[str, Any],
+    path: str,
+    bus: Bus,
+    seed: int | str,
+    master_key: bytes,
+    tariffs: _Tariffs,
 ) -> list[Meter]:
     _known(rule_doc, set(_RULE_DEFAULTS), path)
     rule = {**_RULE_DEFAULTS, **rule_doc}
@@ -389,6 +528,7 @@ def _meters(
             power_factor=round(rng.uniform(0.86, 0.99), 3),
             offset_s=rng.uniform(*_range(rule, "offset_s", path)),
             drift_ppm=rng.uniform(*_range(rule, "drift_ppm", path)),
+            prefill=False,
         )
         meter.reply_limit = chosen.reply_limit
         intermittent = rng.random() < float(rule["intermittent"])
@@ -401,13 +541,17 @@ def _meters(
             garbage=float(rule["garbage"]),
             wakeup=(int(wakeup[0]), int(wakeup[1])),
         )
+        remote, balance = False, 0.0
         if prepaid:
             # drawn only when asked for, so existing fleets keep their random sequence
             remote = float(rule["remote"]) > 0 and rng.random() < float(rule["remote"])
             balance = rng.uniform(*_range(rule, "balance_yuan", path))
+        tariffs.attach(meter, local=prepaid and not remote)
+        if prepaid:
             _make_prepaid(meter, balance, master_key, salt, remote=remote)
             if meter.wallet is not None:
                 meter.wallet.limits.hoarding_fen = round(float(rule["hoarding_yuan"]) * 100)
+        meter.prefill_freezes()
         out.append(meter)
     _duplicate(out, int(rule["duplicates"]), rng, path)
     return out

@@ -15,14 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from protocols.dlt645 import DataItem, Edition, History, lookup
+from protocols.dlt645.tariff import is_tariff_di
 from protocols.errors import LocalProtocolError
 from protocols.measurements import energy_name
+from protocols.tariff import TariffSetup
 from simulators.clock import MeterClock, WorldClock
 from simulators.energy import Accumulator, LoadProfile, TouTable
 from simulators.esam import Esam
 from simulators.faults import MeterFaults
 from simulators.record import CreditRecord
 from simulators.relay import Relay
+from simulators.tariff import MeterTariff
 from simulators.wallet import Wallet
 
 __all__ = ["FREEZE_RECORDS", "FreezeRecord", "Identity", "Meter", "RelayEvent"]
@@ -138,6 +141,9 @@ class Meter:
     """the fleet's credit log (set by the fleet)"""
     card_purchases: list[tuple[dt.datetime, int]] = field(default_factory=list)
     """out-of-band purchases still to come: (meter time, amount in fen), in time order"""
+    tariff: MeterTariff | None = None
+    """the tariff set-up this meter executes (DL/T 645-2007 meters of a fleet; None: the fixed
+    hourly table of `simulators.energy.DEFAULT_TOU` and no tariff items)"""
 
     @property
     def mode(self) -> str | None:
@@ -161,6 +167,7 @@ class Meter:
         offset_s: float = 0.0,
         drift_ppm: float = 0.0,
         history_days: int = 400,
+        prefill: bool = True,
     ) -> Meter:
         clock = MeterClock(world, offset_s=offset_s, drift_ppm=drift_ppm)
         tou = TouTable(identity.tariffs)
@@ -170,10 +177,53 @@ class Meter:
         importer = Accumulator(profile, tou, origin, tuple([share] * identity.tariffs))
         exporter = Accumulator(profile, tou, origin, tuple([0.0] * identity.tariffs), ratio=0.0)
         meter = cls(identity, clock, importer, exporter, power_factor)
-        meter._prefill_freezes()
+        if prefill:
+            meter.prefill_freezes()
         return meter
 
-    def _prefill_freezes(self) -> None:
+    def attach_tariff(self, tariff: MeterTariff) -> None:
+        """Execute `tariff` from now on: energy books into the registers its set-up selects (the
+        history is recomputed with it: call this while building the fleet, before a wallet
+        takes its registers as the start), its items answer."""
+        if tariff.registers != self.importer.tou.tariffs:
+            raise ValueError(
+                f"{tariff.registers} registers, the meter keeps {self.importer.tou.tariffs}"
+            )
+        self.tariff = tariff
+        for acc in (self.importer, self.exporter):
+            acc.tou = tariff
+            acc.reset_cache()
+        if self.freezes:
+            self.freezes.clear()
+            self.prefill_freezes()
+
+    def tariff_setup(self, now: dt.datetime | None = None) -> TariffSetup | None:
+        """What the meter's tariff items answer at `now` (None: it keeps no tariff set-up)."""
+        if self.tariff is None:
+            return None
+        now = self.tick() if now is None else now
+        setup = self.tariff.setup_at(now, self.status_words(now)["status_word_3"])  # type: ignore[arg-type]
+        used = sum(self.importer.tariffs_at(now)) - sum(
+            self.importer.tariffs_at(self._ladder_start(now))
+        )
+        return self.tariff.with_prices(setup, used)
+
+    def _ladder_start(self, now: dt.datetime) -> dt.datetime:
+        """The last settlement of the ladder: its yearly day if it has one, else the 1st."""
+        assert self.tariff is not None
+        setup = self.tariff.stored(now)
+        stored = setup.ladders_current[0].settlement_days if setup.ladders_current else ()
+        days = [s for s in stored if 1 <= s.month <= 12 and 1 <= s.day <= 28]
+        if not days:
+            return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        starts = []
+        for s in days:
+            start = dt.datetime(now.year, s.month, s.day, min(s.hour, 23))
+            starts.append(start if start <= now else start.replace(year=now.year - 1))
+        return max(starts)
+
+    def prefill_freezes(self) -> None:
+        """Record the daily freezes of the last `FREEZE_RECORDS` days (once, when built)."""
         today = self.clock.now().date()
         for back in range(FREEZE_RECORDS - 1, -1, -1):
             self._freeze_at(dt.datetime.combine(today - dt.timedelta(days=back), dt.time()))
@@ -385,6 +435,14 @@ class Meter:
                 word3 |= 1 << 15
         if self.esam is not None and self.esam.active(when) is not None:
             word3 |= 1 << 13  # identity authenticated
+        if self.tariff is not None:
+            setup = self.tariff.stored(when)
+            zone_set, table_set = setup.active_zone_set, setup.active_table_set
+            if setup.switch_zones is not None and setup.switch_zones <= when:
+                zone_set = 3 - zone_set
+            if setup.switch_tables is not None and setup.switch_tables <= when:
+                table_set = 3 - table_set
+            word3 |= (1 << 5 if zone_set == 2 else 0) | (1 if table_set == 2 else 0)
         words = {1: word1, 2: 0, 3: word3, 4: 0, 5: 0, 6: 0, 7: 0}
         return {f"status_word_{n}": w for n, w in words.items()}
 
@@ -416,8 +474,14 @@ class Meter:
         out["relay_close_count"] = self.relay_counts["relay_close"]
         if self.esam is not None:
             out["auth_session_remaining_min"] = self.esam.remaining_minutes(now)
-        tariff = self.importer.tou.tariff_at(now.hour)
-        out["price_current_yuan_per_kwh"] = self.prices()[tariff - 1]
+        setup = self.tariff_setup(now)
+        if setup is not None and setup.current_ladder_price is not None:
+            # 0280000B is 当前阶梯电价: a local meter with a ladder answers its ladder price
+            out["price_current_yuan_per_kwh"] = float(setup.current_ladder_price)
+        else:
+            tariff = self.importer.tou.minutes(now.date())[now.hour * 60 + now.minute]
+            prices = self.prices()
+            out["price_current_yuan_per_kwh"] = prices[min(tariff, len(prices)) - 1]
         if self.wallet is not None:
             w = self.wallet
             energies = self.importer.tariffs_at(now)
@@ -463,7 +527,15 @@ class Meter:
     def read(self, di: int, edition: Edition | None = None) -> bytes | None:
         """The value bytes a read of `di` returns, or None for "no such data"."""
         edition = edition or self.identity.edition or Edition.V2007
+        tariff = self.tariff
         item = lookup(di, edition)
+        if tariff is not None and edition is Edition.V2007 and is_tariff_di(di):
+            if tariff.denies(di):
+                return None
+            if item is None:  # catalogued items (clock, status word 3, 0280000B) answer below
+                setup = self.tariff_setup()
+                assert setup is not None
+                return tariff.replies(setup).get(di)
         if item is None:
             return None
         return self.encode(item)

@@ -24,6 +24,9 @@ class Model:
     modbus_map: str | None = None
     reply_limit: int = 200
     """longest data field of one reply; longer answers are split into follow-up frames"""
+    tariff_denied: tuple[str, ...] = ()
+    """hex prefixes of tariff set-up DIs this firmware does not know (answered "no such data"):
+    old firmware without holidays, weekend rule or programming-event counters"""
 
 
 MODELS: dict[str, Model] = {
@@ -35,6 +38,16 @@ MODELS: dict[str, Model] = {
         Model("DTSD1352", "Holley", "dlt645-2007", 3, 4, False),
         Model("DDS1997", "Holley", "dlt645-1997", 1, 4, False),
         Model("DTSD-T63", "Generic", "dlt645-2007", 3, 63, False),
+        # a 2009-era firmware: no public holidays, no weekend rule, no event counters
+        Model(
+            "DDS-2009",
+            "Generic",
+            "dlt645-2007",
+            1,
+            4,
+            False,
+            tariff_denied=("040300", "04000205", "040008", "0330"),
+        ),
         Model("DTSU666", "CHINT", "modbus", 3, 1, False, modbus_map="chint_dtsu666"),
         Model("SDM630", "Eastron", "modbus", 3, 1, False, modbus_map="eastron_sdm630"),
     )

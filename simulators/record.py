@@ -23,12 +23,14 @@ __all__ = [
     "CARRIER_OUTCOMES",
     "CREDIT_SOURCES",
     "OUTCOMES",
+    "TARIFF_OUTCOMES",
     "AnswerRecord",
     "CarrierRecord",
     "CreditLog",
     "CreditRecord",
     "Record",
     "Recorder",
+    "TariffTruth",
 ]
 
 #: every outcome a record can carry
@@ -136,6 +138,44 @@ class CarrierRecord:
 
 
 Record = AnswerRecord | CarrierRecord
+
+
+#: every outcome code of the tariff-execution check (topup-tariff.md §C.4, a closed set)
+TARIFF_OUTCOMES = (
+    "OK",
+    "CLOCK_DRIFT",
+    "PARAM_MISMATCH",
+    "SWITCH_PENDING",
+    "SWITCH_MISSED",
+    "ENERGY_MISALLOCATED",
+    "PRICE_MISMATCH",
+    "PROGRAMMED_OUTSIDE_PLAN",
+    "UNSUPPORTED_DI",
+    "NOT_READ",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TariffTruth:
+    """What the simulator did to one meter's tariff set-up, and the verdict the central check
+    must reach for it on a day (`simulators.fleet.Fleet.tariff_truth`)."""
+
+    meter: str
+    plan: str
+    """the plan the archive says the meter follows"""
+    defect: str | None
+    """None: programmed as planned; else one of `simulators.tariff.DEFECTS`, or "dead" (never
+    answers) or "old_firmware" (denies tariff items)"""
+    detail: str
+    since: str | None
+    """meter time (ISO) from which the defect shows; None: from the start"""
+    outcome: str
+    """the expected outcome code on the day the truth was taken for"""
+    day: str
+    """that day (ISO date, meter calendar)"""
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
 
 
 class Recorder:

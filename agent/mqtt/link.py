@@ -25,7 +25,7 @@ from agent.mqtt.client import (
 from agent.mqtt.commands import CommandChannel
 from agent.mqtt.publisher import OutboxPublisher
 from agent.mqtt.retained import RetainedMessages
-from agent.mqtt.settings import MAX_QUEUED_COMMANDS, LinkSettings, backoff_delay
+from agent.mqtt.settings import MAX_QUEUED_COMMANDS, PUMPED_KINDS, LinkSettings, backoff_delay
 from agent.outbox import Outbox
 from common.mqtt import client_arguments
 from protocols.commands import NonceMemory
@@ -58,7 +58,7 @@ class MqttLink:
         self.outbox = outbox
         self.concentrator = concentrator
         self.client_id = settings.client_id or f"meterlink-agent-{concentrator}"
-        self.topics = {k: topic(concentrator, k) for k in ("readings", "rounds", "events")}
+        self.topics = {k: topic(concentrator, k) for k in PUMPED_KINDS}
         self.status_topic = topic(concentrator, "status")
         self.archive_topic = topic(concentrator, "archive")
         self.cmd_topic = topic(concentrator, "cmd")

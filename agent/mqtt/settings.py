@@ -11,7 +11,7 @@ from common.mqtt import MqttSettings
 
 MAX_COMMANDS_IN_FLIGHT: Final = 4
 MAX_QUEUED_COMMANDS: Final = 100
-PUMPED_KINDS: Final = ("events", "rounds", "readings")
+PUMPED_KINDS: Final = ("events", "rounds", "readings", "tariff")
 """outbox kinds, in the order of each publisher pass; each backs off on its own"""
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 256 * 1024
 MIN_PAYLOAD_BYTES: Final = 4096

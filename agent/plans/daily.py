@@ -28,6 +28,7 @@ from agent.config import MeterConfig, parse_hhmm
 from agent.dlt645 import Dlt645Client, reason_of
 from agent.health import CONTACT_FAILURES
 from agent.plans.context import PlanContext, edition_of, make_reading
+from agent.plans.tariff import TariffWatch
 from agent.poller import PRIORITY_BACKFILL, PRIORITY_DAILY, BusClosed
 from protocols.dlt645 import Address, ErrorFlags, MeterError
 from protocols.errors import ProtocolError, ValueFormatError
@@ -75,9 +76,13 @@ def _freeze_time(measurements: list[Measurement]) -> dt.datetime:
 class DailyPlanner:
     name = "daily"
 
-    def __init__(self, cfg: DailyPlanConfig, ctx: PlanContext) -> None:
+    def __init__(
+        self, cfg: DailyPlanConfig, ctx: PlanContext, *, watch: TariffWatch | None = None
+    ) -> None:
         self.cfg = cfg
         self.ctx = ctx
+        self.watch = watch
+        """the tariff plan's programming-event counters, read with today's freeze"""
         self.start = parse_hhmm(cfg.start, "start")
         self.deadline = parse_hhmm(cfg.deadline, "deadline")
         self.rounds = 0
@@ -315,8 +320,12 @@ class DailyPlanner:
             address = Address.parse(meter.address)
             result = await client.read(address, DI_IMPORT_1997, edition_of(meter.protocol))
             return self._reading(meter, self.ctx.clock.now(), result.measurements)
-        balance = self.cfg.prepaid_balance and meter.prepaid and day == self.ctx.clock.now().date()
-        return await self._read_frozen(client, meter, day, balance=balance)
+        today = day == self.ctx.clock.now().date()
+        balance = self.cfg.prepaid_balance and meter.prepaid and today
+        reading = await self._read_frozen(client, meter, day, balance=balance)
+        if self.watch is not None and today:
+            await self.watch.check(client, meter)
+        return reading
 
     async def _read_frozen(
         self,

@@ -49,6 +49,7 @@ from central.panel.registry import (
 )
 from central.panel.svg import Series, bars, line_chart
 from central.store import Store
+from central.tariff.http import get_plans, put_plans
 
 __all__ = ["Services", "make_app", "serve"]
 
@@ -741,8 +742,27 @@ async def section_page(request: web.Request) -> web.StreamResponse:
     html = None
     if section.provider is not None:
         html = await section.provider.page(_lang(request), dict(request.query))
-    return render(request, "section.html", section=section,
+    actions = [a for a in svc.registry.actions.values() if a.section == section.key]
+    done = await _done(request)
+    return render(request, "section.html", section=section, actions=actions,
+                  today=svc.today(), done=done,
                   body=_trusted(html) if html else None)  # fmt: skip
+
+
+async def _done(request: web.Request) -> dict[str, Any] | None:
+    """The result of the user's own action ``?done=<audit id>`` (after its redirect)."""
+    svc = request.app[SERVICES]
+    if not request.query.get("done", "").isdigit() or request[SESSION] is None:
+        return None
+    rows = await asyncio.to_thread(
+        svc.store.rows,
+        "SELECT action, outcome, detail, user_name FROM panel_audit WHERE id = ?",
+        (int(request.query["done"]),),
+    )
+    if not rows or rows[0][3] != request[SESSION].user:
+        return None
+    detail = json.loads(rows[0][2]) if str(rows[0][2]).startswith("{") else {}
+    return {"action": rows[0][0], "outcome": rows[0][1], "detail": detail}
 
 
 # --- the application -----------------------------------------------------------------------------
@@ -776,6 +796,8 @@ def make_app(svc: Services) -> web.Application:
     r.add_get("/audit", audit_page)
     r.add_get("/section/{key}", section_page)
     r.add_post("/actions/{name}", act)
+    r.add_get("/api/tariff/plans", get_plans)
+    r.add_put("/api/tariff/plans", put_plans)
     r.add_static("/static/", HERE / "static", append_version=False)
     return app
 
@@ -821,6 +843,10 @@ async def running(
         data.StatusWatcher(cfg.mqtt, client_id), make_registry(cfg.panel.extensions),
         tls=cfg.panel.tls_cert is not None, key=key,
     )  # fmt: skip
+    for section in svc.registry.sections.values():  # providers that read the store
+        bind = getattr(section.provider, "bind", None)
+        if callable(bind):
+            bind(store)
     tasks = [asyncio.create_task(svc.status.run(svc.stop), name="panel-status"),
              asyncio.create_task(_refresher(svc), name="panel-refresher")]  # fmt: skip
     app = make_app(svc)

@@ -33,8 +33,10 @@ __all__ = [
     "recent_audit",
 ]
 
-Role = Literal["viewer", "operator"]
-ROLES: tuple[Role, ...] = ("viewer", "operator")
+#: viewer: sees; operator: also acts on meters; admin: sees and changes what the utility
+#: declares (the tariff plans, docs/tariff.md) — not an operator's actions
+Role = Literal["viewer", "operator", "admin"]
+ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_PASSWORD = 10
 

@@ -93,6 +93,7 @@ _T: dict[str, tuple[str, str]] = {
     ),
     "role_viewer": ("只读", "viewer"),
     "role_operator": ("操作员", "operator"),
+    "role_admin": ("管理员", "admin"),
     "forbidden": ("无权执行此操作", "You may not do this"),
     "not_found": ("未找到", "Not found"),
     "computed": ("计算于", "computed at"),

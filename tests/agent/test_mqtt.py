@@ -118,7 +118,12 @@ async def test_readings_put_during_an_outage_all_arrive_after_it(
                 during.append(await outbox.put("events", {"at": now().isoformat(), "event": "x"}))
                 # several failed attempts while the broker is away ...
                 await eventually(lambda: link.stats.connect_failures >= 3)
-                assert outbox.depth_now() == {"readings": 1000, "rounds": 1, "events": 1}
+                assert outbox.depth_now() == {
+                    "readings": 1000,
+                    "rounds": 1,
+                    "events": 1,
+                    "tariff": 0,
+                }
                 await asyncio.to_thread(broker.start)
 
                 await eventually(lambda: sum(outbox.depth_now().values()) == 0, within=30)
@@ -242,7 +247,7 @@ async def test_a_topic_the_broker_refuses_blocks_only_its_own_kind(tmp_path: Pat
             await eventually(lambda: link.stats.probes >= 2)
             assert link.stats.refused["events"] >= 4
             assert "readings" not in link.stats.refused
-            assert outbox.depth_now() == {"readings": 0, "rounds": 0, "events": 3}
+            assert outbox.depth_now() == {"readings": 0, "rounds": 0, "events": 3, "tariff": 0}
             assert link.stats.dead_lettered == outbox.dead_letter_rows == 0
             assert centre.of("events") == []
 
@@ -445,7 +450,7 @@ async def test_a_message_that_keeps_killing_the_connection_is_dead_lettered(
             await eventually(lambda: len(centre.readings()) == 5, within=60)
             await eventually(lambda: outbox.dead_letter_rows == 1, within=60)
             await eventually(lambda: [s.payload["event"] for s in centre.of("events")] == ["small"])
-            assert outbox.depth_now() == {"readings": 0, "rounds": 0, "events": 0}
+            assert outbox.depth_now() == {"readings": 0, "rounds": 0, "events": 0, "tariff": 0}
             ((row_id, kind, reason, payload),) = await outbox.dead_letters()
     assert (row_id, kind, payload) == (huge_id, "events", huge)
     assert "connection was lost" in reason

@@ -67,8 +67,8 @@ async def test_rows_come_back_in_order_per_kind_and_ack_deletes(tmp_path: Path) 
         eid = await box.put("events", event("meter_offline"))
         assert ids == sorted(ids)
         assert len({*ids, rid, eid}) == 7
-        assert await box.depth() == {"readings": 5, "rounds": 1, "events": 1}
-        assert box.depth_now() == {"readings": 5, "rounds": 1, "events": 1}
+        assert await box.depth() == {"readings": 5, "rounds": 1, "events": 1, "tariff": 0}
+        assert box.depth_now() == {"readings": 5, "rounds": 1, "events": 1, "tariff": 0}
 
         peeked = await box.peek("readings", 3)
         assert [i for i, _ in peeked] == ids[:3]
@@ -79,10 +79,14 @@ async def test_rows_come_back_in_order_per_kind_and_ack_deletes(tmp_path: Path) 
         await box.ack(ids[:3])  # a second ack of the same ids is harmless
         assert [i for i, _ in await box.peek("readings", 10)] == ids[3:]
         assert box.put_count == 7
-        assert box.depth_now() == await box.depth() == {"readings": 2, "rounds": 1, "events": 1}
+        assert (
+            box.depth_now()
+            == await box.depth()
+            == {"readings": 2, "rounds": 1, "events": 1, "tariff": 0}
+        )
         await box.ack([*ids[3:], rid, eid])
         assert box.bytes_used == 0
-        assert box.depth_now() == {"readings": 0, "rounds": 0, "events": 0}
+        assert box.depth_now() == {"readings": 0, "rounds": 0, "events": 0, "tariff": 0}
 
 
 async def test_rows_survive_close_and_reopen(tmp_path: Path) -> None:
@@ -148,7 +152,11 @@ async def test_dead_letters_leave_the_queue_and_are_counted(tmp_path: Path) -> N
         await box.dead_letter([ids[1]], "readings/0/item: does not match")
         assert [i for i, _ in await box.peek("readings", 10)] == [ids[0], *ids[2:]]
         assert box.dead_lettered == box.dead_letter_rows == 1
-        assert box.depth_now() == await box.depth() == {"readings": 3, "rounds": 0, "events": 0}
+        assert (
+            box.depth_now()
+            == await box.depth()
+            == {"readings": 3, "rounds": 0, "events": 0, "tariff": 0}
+        )
         assert await box.dead_letters() == [
             (ids[1], "readings", "readings/0/item: does not match", reading(1))
         ]

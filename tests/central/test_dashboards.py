@@ -20,9 +20,12 @@ from tests.central.helpers import config, publish, running_consumer, wait_for
 from tests.fixtures.services import InfluxDB1, Mosquitto
 
 REPO = Path(__file__).resolve().parents[2]
-# the top-up dashboard's queries are checked against its own data: tests/topup/test_kpi.py
+#: the coverage dashboards (the top-up one is checked against its own data in
+#: tests/topup/test_kpi.py, the tariff one in tests/central/test_tariff_dashboard.py)
 DASHBOARDS = sorted(
-    p for p in (REPO / "deploy" / "grafana" / "dashboards").glob("*.json") if "topup" not in p.stem
+    p
+    for p in (REPO / "deploy" / "grafana" / "dashboards").glob("*.json")
+    if "topup" not in p.stem and "tariff" not in p.stem
 )
 ONE_DAY = "time >= '2026-11-24T00:00:00Z' AND time < '2026-11-25T00:00:00Z'"
 THIRTY_DAYS = "time >= '2026-10-26T00:00:00Z' AND time < '2026-11-25T00:00:00Z'"

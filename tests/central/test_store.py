@@ -60,7 +60,7 @@ def test_a_ledger_from_before_the_store_keeps_its_data_and_is_migrated_once(
     store = open_store(path, name="upgraded")
     try:
         ledger = Ledger(store)
-        assert store.versions() == {"store": 1, "coverage": 1}
+        assert store.versions() == {"store": 1, "coverage": 2}
         fleet = compute_day(ledger, DAY, CoverageConfig()).fleet()
         assert (fleet.expected, fleet.read, fleet.timely, fleet.complete) == (14, 11, 10, 10)
         assert ledger.published(DAY, "coverage_streak") == {f"concentrator=c-001,meter={M[9]}"}
@@ -70,7 +70,11 @@ def test_a_ledger_from_before_the_store_keeps_its_data_and_is_migrated_once(
         assert not store.rows("SELECT 1 FROM sqlite_master WHERE name = 'lease'")
         assert store.take_lease("coverage", "new-instance", 60)
         applied = store.rows("SELECT component, version, applied_by FROM store_migration")
-        assert sorted(applied) == [("coverage", 1, "upgraded"), ("store", 1, "upgraded")]
+        assert sorted(applied) == [
+            ("coverage", 1, "upgraded"),
+            ("coverage", 2, "upgraded"),
+            ("store", 1, "upgraded"),
+        ]
         ledger.apply(_facts(scenario.backfill()), CoverageConfig().required_values)
         assert compute_day(ledger, DAY, CoverageConfig()).fleet().read == 12
     finally:
@@ -78,7 +82,7 @@ def test_a_ledger_from_before_the_store_keeps_its_data_and_is_migrated_once(
     store = open_store(path, name="again")  # and opens again as it is
     try:
         Ledger(store)
-        assert len(store.rows("SELECT * FROM store_migration")) == 2
+        assert len(store.rows("SELECT * FROM store_migration")) == 3
     finally:
         store.close()
 
@@ -189,7 +193,7 @@ def test_instances_starting_together_apply_each_migration_once(
         rows = store.rows("SELECT component, version FROM store_migration ORDER BY 1")
     finally:
         store.close()
-    assert rows == [("coverage", 1), ("store", 1)]
+    assert rows == [("coverage", 1), ("coverage", 2), ("store", 1)]
 
 
 def test_two_instances_recording_archives_at_once_keep_one_order(
@@ -379,11 +383,13 @@ def test_a_store_migrated_by_a_newer_meterlink_is_refused(
     store: Store, store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     Ledger(store)
-    store.execute("UPDATE store_migration SET version = 9 WHERE component = 'coverage'")
+    store.execute(
+        "UPDATE store_migration SET version = 9 WHERE component = 'coverage' AND version = 2"
+    )
     path = tmp_path / "central.toml"
     path.write_text(f'[store]\nurl = "{store_url}"\n')
     assert main(["central", "report", "--config", str(path)]) == 78
-    assert "coverage tables are at version 9, this meterlink knows up to 1" in (
+    assert "coverage tables are at version 9, this meterlink knows up to 2" in (
         capsys.readouterr().err
     )
 

@@ -1,0 +1,135 @@
+"""The panel's "tariff" section (电价执行): the overview figure (电价执行正确率 of the day as last
+checked), the outcome on a meter's page, and a page listing the meters not OK. Read from the
+store's outcomes (what the consumer's tariff job or `meterlink central report --tariff` left)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Mapping
+from html import escape
+from typing import Any
+
+from central.panel.registry import Action, ActionContext, ActionResult, Figure, Registry
+from central.store import Store
+from central.tariff.report import short
+from central.tariff.store import TariffStore
+
+__all__ = ["TariffSection", "register"]
+
+_TITLE = {"zh-CN": "电价执行核查", "en": "Tariff check"}
+
+
+class TariffSection:
+    """The section's provider; the panel binds it to its store when it starts (`bind`)."""
+
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store
+        self._tariffs: TariffStore | None = None
+
+    def bind(self, store: Store) -> None:
+        self.store, self._tariffs = store, None
+
+    def _t(self) -> TariffStore:
+        if self._tariffs is None:
+            if self.store is None:
+                raise RuntimeError("the tariff section is not bound to a store")
+            self._tariffs = TariffStore(self.store)
+        return self._tariffs
+
+    async def figure(self, day: str) -> Figure | None:
+        outcomes = await asyncio.to_thread(lambda: self._t().outcomes(day))
+        if not outcomes:
+            return None
+        ok = sum(o.outcome == "OK" for o in outcomes)
+        return Figure(round(100.0 * ok / len(outcomes), 4), ok, len(outcomes))
+
+    async def meter_block(self, concentrator: str, meter: str, lang: str) -> str | None:
+        def latest() -> tuple[str, Any] | None:
+            t = self._t()
+            for day in reversed(t.outcome_days()[-7:]):
+                for o in t.outcomes(day, meter):
+                    if o.concentrator == concentrator:
+                        return day, o
+            return None
+
+        found = await asyncio.to_thread(latest)
+        if found is None:
+            return None
+        day, o = found
+        suspect = " (clock-suspect)" if o.clock_suspect else ""
+        return (
+            f'<p class="tariff-outcome"><b>{escape(o.outcome)}</b>{suspect} · {escape(day)}'
+            f" · {escape(str(o.detail.get('plan', '')))}</p><p>{escape(short(o))}</p>"
+        )
+
+    async def page(self, lang: str, query: Mapping[str, str]) -> str | None:
+        def rows() -> tuple[str, list[Any]] | None:
+            t = self._t()
+            days = t.outcome_days()
+            if not days:
+                return None
+            day = query.get("day", days[-1])
+            try:
+                dt.date.fromisoformat(day)
+            except ValueError:
+                day = days[-1]
+            return day, [o for o in t.outcomes(day) if o.outcome != "OK"]
+
+        got = await asyncio.to_thread(rows)
+        if got is None:
+            return None
+        day, bad = got
+        zh = lang != "en"
+        cols = ("电能表", "集中器", "核查结果", "说明") if zh else ("meter", "concentrator",
+                                                          "outcome", "detail")  # fmt: skip
+        head = "<tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+        body = "".join(
+            f"<tr><td>{escape(o.meter)}</td><td>{escape(o.concentrator)}</td>"
+            f"<td>{escape(o.outcome)}</td><td>{escape(short(o))}</td></tr>"
+            for o in bad
+        )
+        return (
+            f"<h2>{escape(_TITLE.get(lang, _TITLE['en']))} · {escape(day)}</h2>"
+            f"<p>{len(bad)} {'块电表未通过' if zh else 'meters not OK'} (work orders: meterlink"
+            f" central tariff workorders --day {escape(day)})</p><table>{head}{body}</table>"
+        )
+
+
+async def recheck(ctx: ActionContext, args: Mapping[str, str]) -> ActionResult:
+    """Re-run the tariff check of a data day now (operator; audited by the panel)."""
+    from central.ledger import Ledger
+    from central.tariff.day import check_day
+    from central.tariff.report import summary
+
+    svc = ctx.services
+    day = args.get("day", "")
+    try:
+        dt.date.fromisoformat(day)
+    except ValueError:
+        return ActionResult(False, f"day {day!r} is not YYYY-MM-DD")
+
+    def run() -> ActionResult:
+        tariffs = TariffStore(svc.store)
+        book = tariffs.plans()
+        if book is None:
+            return ActionResult(False, "no tariff plans yet (admin: PUT /api/tariff/plans)")
+        t = svc.cfg.tariff
+        result = check_day(Ledger(svc.store), tariffs, book, day, t.settings(), t.timezone)
+        counts = dict(sorted(result.fleet().outcomes.items()))
+        return ActionResult(True, f"{day}: {summary(result)}", {"outcomes": counts})
+
+    return await asyncio.to_thread(run)
+
+
+def register(registry: Registry) -> None:
+    registry.provide("tariff", TariffSection())
+    registry.action(
+        Action(
+            "tariff.recheck",
+            {"zh-CN": "重新核查", "en": "Re-check"},
+            recheck,
+            section="tariff",
+            fields=("day",),
+        )
+    )
