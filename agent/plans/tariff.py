@@ -159,7 +159,7 @@ class TariffWatch:
         try:
             results = await client.read_many(Address.parse(meter.address), dis)
         except Exception as exc:  # the freeze was read: the counters wait for tomorrow
-            log.info("tariff watch %s: %s", meter.meter_id, reason_of(exc)[1])
+            log.info("tariff watch %s: %s", meter.meter_id, str(exc) or type(exc).__name__)
             return []
         moved = []
         for di, result in zip(dis, results, strict=True):
