@@ -33,8 +33,8 @@ __all__ = [
     "MqttConfig",
     "PanelConfig",
     "StoreConfig",
-    "TopupConfig",
     "TariffConfig",
+    "TopupConfig",
     "load",
 ]
 
