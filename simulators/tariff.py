@@ -412,6 +412,7 @@ class MeterTariff:
         default_factory=dict, repr=False
     )
     _key: tuple[TariffSetup, tuple[object, ...]] | None = field(default=None, repr=False)
+    _days: dict[dt.date, Sequence[int]] = field(default_factory=dict, repr=False)
 
     @property
     def tariffs(self) -> int:
@@ -484,6 +485,16 @@ class MeterTariff:
         setup = self.programmed
         if self._key is None or self._key[0] is not setup:
             self._key = (setup, _tou_key(setup))
+            self._days.clear()
+        known = self._days.get(day)
+        if known is not None:
+            return known
+        minutes = self._minutes(setup, day)
+        self._days[day] = minutes
+        return minutes
+
+    def _minutes(self, setup: TariffSetup, day: dt.date) -> Sequence[int]:
+        assert self._key is not None
         slot = (self._key[1], day)
         tariffs = _DAY_MINUTES.get(slot)
         if tariffs is None:
