@@ -304,3 +304,18 @@ async def test_the_centres_tariff_command_reads_now(tmp_path: Path) -> None:
         plan = TariffPlanner(TariffPlan(enabled=True), sa.ctx)
         due = {m.meter_id for m, _ in plan.due(START.date(), START.replace(tzinfo=TZ))}
         assert "000000000001" not in due
+
+
+async def test_a_meter_without_0400010C_gives_its_clock_from_date_and_time(tmp_path: Path) -> None:
+    async with sim_agent(FLEET.format(share=0.0, count=1), tmp_path) as sa:
+        meter = sa.fleet.meter("000000000001")
+        assert meter.tariff is not None
+        meter.tariff.denied = ("0400010C",)
+        plan = TariffPlanner(TariffPlan(enabled=True), sa.ctx)
+        archived = next(m for m in sa.ctx.archive().meters if m.meter_id == "000000000001")
+        payload = await plan.read_now(archived, "first")
+        setup = TariffSetup.from_payload(payload["setup"])
+        assert "0400010C" in setup.unsupported
+        assert {"04000101", "04000102"} <= set(payload["raw"])
+        assert setup.meter_time == meter.now().replace(microsecond=0)
+        assert abs(payload["clock_offset_s"]) < 2
