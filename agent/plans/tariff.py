@@ -148,20 +148,32 @@ class TariffWatch:
             watch.append("03300F00")
         return [int(d, 16) for d in watch if d not in state.unsupported]
 
-    async def check(self, client: Dlt645Client, meter: MeterConfig) -> list[str]:
-        """Read the watched counters; returns the ones that moved (and marks the read due)."""
+    def dis_now(self, meter: MeterConfig) -> list[int]:
+        """The counters to read with this meter's freeze today (none for other editions)."""
         if meter.protocol != "dlt645-2007" or meter.address is None:
             return []
-        state = self.store.get(meter.meter_id)
-        dis = self.dis(meter, state)
+        return self.dis(meter, self.store.get(meter.meter_id))
+
+    async def check(self, client: Dlt645Client, meter: MeterConfig) -> list[str]:
+        """Read the watched counters; returns the ones that moved (and marks the read due)."""
+        dis = self.dis_now(meter)
         if not dis:
             return []
-        today = self.ctx.clock.now().date().isoformat()
+        assert meter.address is not None
         try:
             results = await client.read_many(Address.parse(meter.address), dis)
         except Exception as exc:  # the freeze was read: the counters wait for tomorrow
             log.info("tariff watch %s: %s", meter.meter_id, str(exc) or type(exc).__name__)
             return []
+        return self.absorb(meter, dis, results)
+
+    def absorb(
+        self, meter: MeterConfig, dis: Sequence[int], results: Sequence[ReadResult | Exception]
+    ) -> list[str]:
+        """Take the counters read (alone, or riding with the freeze in one carrier exchange);
+        returns the ones that moved."""
+        state = self.store.get(meter.meter_id)
+        today = self.ctx.clock.now().date().isoformat()
         moved = []
         for di, result in zip(dis, results, strict=True):
             key = _hex(di)

@@ -193,7 +193,18 @@ async def test_over_a_carrier_bus_items_are_packed(tmp_path: Path) -> None:
         daily = DailyPlanner(
             DailyPlan(backfill_days=0), sa.ctx, watch=TariffWatch(TariffPlan(), sa.ctx)
         )
+        before = len(sa.fleet.recorder.carrier)
         await daily.run_round(dt.date(2026, 3, 11), final=False)
+        daily_reads = [
+            r
+            for r in sa.fleet.recorder.carrier[before:]
+            if r.dir == "down" and r.afn == "F1" and r.outcome == "answered"
+        ]
+        # one module exchange per meter: stamp, energy and the two watched counters together
+        assert len(daily_reads) == 6
+        assert {tuple(r.dis) for r in daily_reads} == {
+            ("05060001", "05060101", "03300500", "03300600")
+        }
         for r in sa.sink.of("readings"):
             values = r["values"]
             total = values["energy_import_total_kwh"]["value"]
