@@ -218,7 +218,17 @@ def test_every_defect_is_given_and_its_truth_recorded(misprogrammed: Fleet) -> N
         assert truth.day == "2026-03-13"
         if truth.defect == "switch_missed":
             assert truth.outcome == "SWITCH_MISSED"
-            assert before[meter_id].outcome == "PARAM_MISMATCH"
+            assert before[meter_id].outcome == "SWITCH_PENDING"
+        if truth.defect == "wrong_register":
+            # the freezes of 03-13 hold the consumption of Wed 03-11 and Thu 03-12: both show it
+            assert truth.outcome == "ENERGY_MISALLOCATED"
+            # resident-tou: the consumption of Sat and Sun has no 峰 minute (weekend table), so
+            # the checks of 03-16 (Sat + Sun) and 03-17 (Sun + Mon) cannot see it; 03-18 can
+            weekend = "OK" if truth.plan == "resident-tou" else "ENERGY_MISALLOCATED"
+            for day, outcome in (("2026-03-16", weekend), ("2026-03-17", weekend),
+                                 ("2026-03-18", "ENERGY_MISALLOCATED")):  # fmt: skip
+                later = misprogrammed.tariff_truth(dt.date.fromisoformat(day))[meter_id]
+                assert later.outcome == outcome, (day, truth.plan)
         if truth.defect == "reprogrammed":
             assert truth.outcome == "PROGRAMMED_OUTSIDE_PLAN"
             assert before[meter_id].outcome == "OK"
@@ -305,3 +315,57 @@ def test_the_same_seed_gives_the_same_defects() -> None:
     a = parse_fleet(fleet_text("[tariff]\nmisprogram_share = 0.3", count=20))
     b = parse_fleet(fleet_text("[tariff]\nmisprogram_share = 0.3", count=20))
     assert a.tariff_truth() == b.tariff_truth()
+
+
+def test_a_technician_visit_puts_a_meter_right() -> None:
+    fleet = parse_fleet(fleet_text("[tariff]\nmisprogram_share = 0.5"))
+    plans = fleet.tariff_plans
+    day = dt.date(2026, 3, 10)
+    for meter in fleet.meters():
+        tariff = meter.tariff
+        if tariff is None or tariff.defect is None:
+            continue
+        defect = tariff.defect
+        before = meter.tariff_setup()
+        assert before is not None
+        energy = meter.values()["energy_import_total_kwh"]
+        moved = meter.technician_visit()
+        after = meter.tariff_setup()
+        assert after is not None
+        assert meter.values()["energy_import_total_kwh"] == energy  # registers continuous
+        assert after.event_counters["03300500"] == before.event_counters["03300500"] + 1
+        assert "03300500" in moved
+        assert tuple(meter_tariff_minutes(after, day)) == plans[tariff.plan.name].minutes(day)
+        truth = fleet.tariff_truth(dt.date(2026, 3, 13))[meter.identity.meter_id]
+        if defect == "wrong_register":  # firmware: programming does not fix it
+            assert truth.defect == "wrong_register"
+        else:
+            assert (truth.defect, truth.outcome) == (None, "OK"), defect
+        if defect == "clock_drift":
+            assert "03300400" in moved
+            assert abs(meter.clock.error_s) < 1
+
+
+async def test_the_control_channel_gives_plans_truth_and_visits() -> None:
+    import aiohttp
+
+    from simulators.control import serve_control
+
+    fleet = parse_fleet(fleet_text("[tariff]\nmisprogram_share = 0.5", count=10))
+    wrong = next(m for m in fleet.meters() if m.tariff and m.tariff.defect == "wrong_boundary")
+    meter_id = wrong.identity.meter_id
+    async with serve_control(fleet) as (host, port), aiohttp.ClientSession() as http:
+        base = f"http://{host}:{port}/v1"
+        async with http.get(f"{base}/tariff?day=2026-03-13") as r:
+            body = await r.json()
+        assert tomllib.loads(body["plans_toml"])["plan"][0]["name"] == "resident-tou"
+        assert body["truth"][meter_id]["outcome"] == "PARAM_MISMATCH"
+        async with http.post(f"{base}/meters/{meter_id}/tariff/visit") as r:
+            assert r.status == 200
+            assert "03300500" in (await r.json())["moved"]
+        async with http.get(f"{base}/tariff?day=2026-03-13") as r:
+            assert (await r.json())["truth"][meter_id]["outcome"] == "OK"
+        async with http.get(f"{base}/tariff?day=tomorrow") as r:
+            assert r.status == 400
+        async with http.post(f"{base}/meters/000000000971/tariff/visit") as r:
+            assert r.status == 400
