@@ -1,7 +1,8 @@
 """Execute commands from the centre: read now (点抄), time sync, relay control, raw frames,
-archive updates, and the 03H / 1CH security steps of remote top-up (`agent.security`). The MQTT
-link authenticates them and carries the reply; this module turns a verified command into bus
-work (ahead of plan work) and a reply with the decoded result and the raw frames exchanged."""
+archive updates, a tariff set-up read now, and the 03H / 1CH security steps of remote top-up
+(`agent.security`). The MQTT link authenticates them and carries the reply; this module turns a
+verified command into bus work (ahead of plan work) and a reply with the decoded result and the
+raw frames exchanged."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent.archive import ArchiveStore, ArchiveUpdateError
-from agent.config import MeterConfig
+from agent.config import MeterConfig, TariffPlan
 from agent.dlt645 import Dlt645Client, reason_of
 from agent.plans.clock import read_meter_clock
 from agent.plans.context import PlanContext, edition_of
+from agent.plans.tariff import TariffPlanner
 from agent.poller import PRIORITY_COMMAND
 from agent.security import SecurityCommand, SecurityRefused, StepsFailed
 from protocols.dlt645 import (
@@ -61,8 +63,12 @@ class CommandExecutor:
         ctx: PlanContext,
         archive: ArchiveStore,
         on_archive_change: Callable[[], Awaitable[None]],
+        *,
+        tariff: TariffPlan | None = None,
     ) -> None:
         self.ctx = ctx
+        self.tariff = TariffPlanner(tariff or TariffPlan(), ctx)
+        """the ``tariff`` command reads a set-up now, as the tariff plan would"""
         self.archive = archive
         self.on_archive_change = on_archive_change
         self.security = SecurityCommand(ctx.clock.now)
@@ -250,6 +256,16 @@ class CommandExecutor:
         return await self.security.run(
             meter, args, frames, lambda job: self._on_bus(meter.bus, job)
         )
+
+    async def _cmd_tariff(
+        self, command: dict[str, Any], args: dict[str, Any], frames: list[tuple[str, bytes]]
+    ) -> Any:
+        """Read the meter's tariff set-up now (ahead of plan work), publish it as a ``tariff``
+        payload (reason ``command``) and reply with it."""
+        meter = self._meter(command)
+        if meter.protocol != "dlt645-2007":
+            raise CommandRefused("only DL/T 645-2007 meters keep a tariff set-up")
+        return await self.tariff.read_now(meter, "command", priority=PRIORITY_COMMAND)
 
     async def _cmd_archive_update(
         self, command: dict[str, Any], args: dict[str, Any], frames: list[tuple[str, bytes]]

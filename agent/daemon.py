@@ -292,7 +292,9 @@ class Agent:
             eviction=cfg.outbox.eviction,
             on_evicted=self._evicted,
         )
-        executor = CommandExecutor(self.ctx, self.archive, self._archive_changed)
+        executor = CommandExecutor(
+            self.ctx, self.archive, self._archive_changed, tariff=cfg.plans.tariff
+        )
         self.link = MqttLink(
             cfg.mqtt,
             self.outbox,

@@ -33,7 +33,8 @@ from protocols.dlt645 import (
     parse_item,
     to_frame,
 )
-from protocols.errors import LocalProtocolError
+from protocols.dlt645.tariff import describe_item
+from protocols.errors import LocalProtocolError, ValueFormatError
 from protocols.modbus import MAPS, load_map
 
 __all__ = ["READ", "SCAN", "print_reads", "scan_bus"]
@@ -136,13 +137,16 @@ async def print_reads(
             else:
                 print(f"{format_di(di, edition)}  FAILED {reason.value}: {detail}")
             continue
+        tariff = None if result.measurements else _tariff_item(di, result.value, edition)
         if json_out:
             values = {m.name: m.as_json() for m in result.measurements}
-            print(
-                json.dumps(
-                    {"di": f"{format_di(di, edition)}", "values": values}, ensure_ascii=False
-                )
-            )
+            line: dict[str, object] = {"di": f"{format_di(di, edition)}", "values": values}
+            if tariff is not None:
+                line["tariff_item"] = {"name": tariff[0], "value": tariff[1]}
+            print(json.dumps(line, ensure_ascii=False))
+        elif tariff is not None:
+            shown = json.dumps(tariff[1], ensure_ascii=False)
+            print(f"{format_di(di, edition)}  {tariff[0]} = {shown}")
         elif not result.measurements:
             print(f"{format_di(di, edition)}  (not catalogued) {hex_spaced(result.value)}")
         for m in result.measurements if not json_out else []:
@@ -150,6 +154,17 @@ async def print_reads(
             flags = f"  [{', '.join(m.flags)}]" if m.flags else ""
             print(f"{format_di(di, edition)}  {m.name} = {m.value}{unit}{flags}")
     return 1 if failed else 0
+
+
+def _tariff_item(di: int, value: bytes, edition: Edition) -> tuple[str, object] | None:
+    """A tariff set-up item decoded for the technician (docs/tariff.md), None otherwise or when
+    its bytes do not fit (then the raw bytes are shown)."""
+    if edition is not Edition.V2007:
+        return None
+    try:
+        return describe_item(di, value)
+    except ValueFormatError:
+        return None
 
 
 def _read_modbus(url: BusUrl, args: argparse.Namespace) -> int:

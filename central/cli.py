@@ -122,6 +122,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     c_arch.add_argument(
         "file", type=Path, help="JSON list of meters (remove: meter ids or meter objects)"
     )
+    what.add_parser(
+        "tariff", help="read --meter's tariff set-up now (also published as a tariff payload)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

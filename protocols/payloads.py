@@ -428,7 +428,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             ["command", "issued_at", "nonce", "signature"],
             {
                 "command": {
-                    "enum": ["read", "time_sync", "relay", "raw", "archive_update", "security"]
+                    "enum": [
+                        "read",
+                        "time_sync",
+                        "relay",
+                        "raw",
+                        "archive_update",
+                        "security",
+                        "tariff",
+                    ]
                 },
                 "issued_at": _TIME,
                 "nonce": {"type": "string", "minLength": 8, "maxLength": 64},
@@ -455,9 +463,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "description": (
                     "why it was read: first (never before), weekly, counter_change (a"
                     " programming-event counter moved in the daily read), after_switch (the day"
-                    " after a switch time the meter held), reprobe (denied items asked again)"
+                    " after a switch time the meter held), reprobe (denied items asked again),"
+                    " command (the centre's tariff command)"
                 ),
-                "enum": ["first", "weekly", "counter_change", "after_switch", "reprobe"],
+                "enum": ["first", "weekly", "counter_change", "after_switch", "reprobe", "command"],
             },
             "read_at": _TIME,
             "clock_offset_s": {"type": "number"},

@@ -474,7 +474,8 @@ class Meter:
         out["relay_close_count"] = self.relay_counts["relay_close"]
         if self.esam is not None:
             out["auth_session_remaining_min"] = self.esam.remaining_minutes(now)
-        setup = self.tariff_setup(now)
+        local = self.tariff is not None and self.tariff.stored(now).prices_current is not None
+        setup = self.tariff_setup(now) if local else None
         if setup is not None and setup.current_ladder_price is not None:
             # 0280000B is 当前阶梯电价: a local meter with a ladder answers its ladder price
             out["price_current_yuan_per_kwh"] = float(setup.current_ladder_price)

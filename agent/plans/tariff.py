@@ -159,7 +159,7 @@ class TariffWatch:
         try:
             results = await client.read_many(Address.parse(meter.address), dis)
         except Exception as exc:  # the freeze was read: the counters wait for tomorrow
-            log.info("tariff watch %s: %s", meter.meter_id, reason_of(exc)[1])
+            log.info("tariff watch %s: %s", meter.meter_id, str(exc) or type(exc).__name__)
             return []
         moved = []
         for di, result in zip(dis, results, strict=True):
@@ -271,11 +271,8 @@ class TariffPlanner:
         state.attempts += 1
         state.last_attempt = ctx.clock.now().isoformat()
         self.store.put(mid, state)
-        if why == "reprobe":
-            state.unsupported = {}
-        reader = _MeterRead(self, meter, state)
         try:
-            payload = await reader.read()
+            await self.read_now(meter, why)
         except BusClosed:
             return 0
         except Exception as exc:  # reason_of re-raises what is not a meter's or line's failure
@@ -286,6 +283,23 @@ class TariffPlanner:
             return 0
         ctx.health.success(mid, ctx.clock.monotonic())
         ctx.on_outcome("tariff", None)
+        return 1
+
+    async def read_now(
+        self, meter: MeterConfig, why: str, *, priority: int = PRIORITY_TARIFF
+    ) -> dict[str, Any]:
+        """Read one meter's set-up now, publish it (``tariff``) and return the payload; the
+        plan state learns what was read (denied items, counters, switch times). Raises the
+        read's failure."""
+        if meter.protocol != "dlt645-2007" or meter.address is None:
+            raise ValueError(f"meter {meter.meter_id}: only DL/T 645-2007 meters keep a set-up")
+        ctx = self.ctx
+        mid = meter.meter_id
+        state = self.store.get(mid)
+        if why == "reprobe":
+            state.unsupported = {}
+        reader = _MeterRead(self, meter, state, priority)
+        payload = await reader.read()
         payload["reason"] = why
         if why == "counter_change" and state.changed:
             payload["changed_counters"] = sorted(state.changed)
@@ -293,20 +307,23 @@ class TariffPlanner:
         self.published += 1
         setup = payload["setup"]
         state = self.store.get(mid)  # the daily watch may have written meanwhile
-        state.last_read = day.isoformat()
+        state.last_read = ctx.clock.now().date().isoformat()
         state.changed = []
         state.unsupported = reader.unsupported
         state.counters = dict(setup["event_counters"])
         state.switches = sorted({str(t)[:10] for t in setup["switch"].values() if t is not None})
         self.store.put(mid, state)
-        return 1
+        return payload
 
 
 class _MeterRead:
     """One meter's read in stages; each stage is one job on the bus."""
 
-    def __init__(self, plan: TariffPlanner, meter: MeterConfig, state: MeterTariffState) -> None:
+    def __init__(
+        self, plan: TariffPlanner, meter: MeterConfig, state: MeterTariffState, priority: int
+    ) -> None:
         self.plan = plan
+        self.priority = priority
         self.meter = meter
         assert meter.address is not None
         self.address = Address.parse(meter.address)
@@ -324,7 +341,7 @@ class _MeterRead:
         async def job(client: Dlt645Client) -> list[ReadResult | Exception]:
             return await client.read_many(self.address, wanted)
 
-        results = await poller.submit(job, priority=PRIORITY_TARIFF)
+        results = await poller.submit(job, priority=self.priority)
         for di, result in zip(wanted, results, strict=True):
             if isinstance(result, Exception):
                 if _is_denial(result):
@@ -345,7 +362,7 @@ class _MeterRead:
             after = clock.now()
             return before + (after - before) / 2, result
 
-        at, result = await poller.submit(job, priority=PRIORITY_TARIFF)
+        at, result = await poller.submit(job, priority=self.priority)
         self.read_at = at
         if isinstance(result, Exception):
             if not _is_denial(result):

@@ -12,6 +12,7 @@ from protocols.dlt645.frame import Frame
 from protocols.dlt645.functions import Edition, format_di
 from protocols.dlt645.messages import ErrorReply, Message, ReadReply, flag_names, from_frame
 from protocols.dlt645.security import SecurityErrorReply
+from protocols.dlt645.tariff import describe_item
 from protocols.errors import RemoteProtocolError
 
 __all__ = [
@@ -123,6 +124,11 @@ def describe(frame: Frame) -> dict[str, Any]:
         # a complete value; parts of a long reply (B1, follow-up replies) are only raw data
         try:
             out["values"] = values_of(message.di, message.value, frame.edition)
+            # a tariff set-up item (docs/tariff.md) is not in the catalogue: decoded on its own
+            uncatalogued = not out["values"] and frame.edition is Edition.V2007
+            tariff = describe_item(message.di, message.value) if uncatalogued else None
+            if tariff is not None:
+                out["tariff_item"] = {"name": tariff[0], "value": tariff[1]}
         except RemoteProtocolError as exc:
             out["value_error"] = str(exc)
     return out

@@ -72,6 +72,7 @@ __all__ = [
     "decode_switch_time",
     "decode_thresholds",
     "decode_zone_table",
+    "describe_item",
     "di_daily_table",
     "di_holiday",
     "di_zone_table",
@@ -614,3 +615,55 @@ def padded(setup: TariffSetup) -> TariffSetup:
         ladder_zones_current=pad4(setup.ladder_zones_current),
         ladder_zones_backup=pad4(setup.ladder_zones_backup),
     )
+
+
+def describe_item(di: int, value: bytes) -> tuple[str, object] | None:
+    """(name, JSON-ready value) of a tariff item's value bytes, for technicians (`meterlink read`,
+    `meterlink frame decode`); None for a DI that is not a tariff item. Raises
+    `ValueFormatError` for bytes that do not fit."""
+    name = tariff_item_name(di)
+    if name is None:
+        return None
+    return name, _describe_value(di, value)
+
+
+def _describe_value(di: int, value: bytes) -> object:
+    if di in (di_zone_table(1), di_zone_table(2), *DI_LADDER_ZONES):
+        limit = 4 if di in DI_LADDER_ZONES else MAX_ZONES
+        return [
+            [f"{z.month:02d}-{z.day:02d}", z.table] for z in decode_zone_table(value, limit=limit)
+        ]
+    if di >> 8 in (0x040100, 0x040200):
+        return [[f"{p.hour:02d}:{p.minute:02d}", p.tariff] for p in decode_period_table(value)]
+    if di in DI_SWITCH.values():
+        when = decode_switch_time(value)
+        return None if when is None else when.isoformat(timespec="minutes")
+    if di == DI_COUNTS["holidays"]:
+        return _count(value, 2, "holidays count")
+    if di in DI_COUNTS.values() or di == DI_WEEKEND_TABLE:
+        return _count(value, 1, "count")
+    if di == DI_WEEKEND_WORKDAYS:
+        word = _exact(value, 1, "weekend word")[0]
+        days = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+        return {"work_days": [d for i, d in enumerate(days) if word >> i & 1], "word": word}
+    if di >> 8 == 0x040300:
+        holiday = decode_holiday(value)
+        return [holiday.date.isoformat(), holiday.table]
+    if di in DI_EVENT_COUNTERS:
+        return decode_counter(value)
+    if di == DI_CLOCK:
+        return _decode_clock(value).isoformat()
+    if di == DI_STATUS3:
+        return _word(value)
+    if di in (*DI_LADDER_BLOCKS, *DI_LADDER_TABLES[0], *DI_LADDER_TABLES[1]):
+        ladder = decode_ladder(value)
+        return {
+            "thresholds": [str(t) for t in ladder.thresholds],
+            "prices": [str(p) for p in ladder.prices],
+            "settlement_days": [
+                f"{s.month:02d}{s.day:02d}{s.hour:02d}" for s in ladder.settlement_days
+            ],
+        }
+    if di in (DI_LADDER_2009[0][0], DI_LADDER_2009[1][0]):
+        return [str(t) for t in decode_thresholds(value)]
+    return [str(p) for p in decode_prices(value)]  # price blocks, single prices, current prices

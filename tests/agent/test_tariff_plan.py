@@ -17,7 +17,7 @@ from agent.plans.tariff import TariffPlanner, TariffWatch
 from protocols.dlt645.tariff import padded
 from protocols.tariff import TariffSetup, meter_tariff_minutes
 from simulators.record import AnswerRecord
-from tests.agent.simenv import SimAgent, sim_agent
+from tests.agent.simenv import TZ, SimAgent, sim_agent
 
 START = dt.datetime(2026, 3, 10, 12, 0)  # a Tuesday; the plans switch on 2026-03-12
 
@@ -255,3 +255,52 @@ async def test_an_outbox_of_schema_2_takes_tariff_rows_and_keeps_counting(tmp_pa
         assert (await box.depth())["tariff"] == 1
     finally:
         await box.close()
+
+
+async def test_meterlink_read_shows_tariff_items_decoded() -> None:
+    import asyncio
+    import sys
+
+    from simulators import parse_fleet, serve_fleet
+
+    fleet = parse_fleet(FLEET.format(share=0.0, count=1))
+    async with serve_fleet(fleet, transport="tcp") as serving:
+        host, port = serving.endpoint("b1").address or ("", 0)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meterlink", "read", "--bus", f"tcp://{host}:{port}?parity=N",
+            "--meter", "000000000001", "04010001", "04000107", "04030099",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = out.decode().splitlines()
+    assert proc.returncode == 1, err.decode()  # holiday 0x99 is not set: that item failed
+    assert lines[0].startswith('04010001  set 1 daily table 1 = [["00:00", 4], ["08:00", 3]')
+    assert lines[1] == '04000107  tables switch time = "2026-03-12T00:00"'
+    assert lines[2].startswith("04030099  FAILED abnormal_reply")
+
+
+async def test_the_centres_tariff_command_reads_now(tmp_path: Path) -> None:
+    from agent.commands import CommandExecutor
+
+    async with sim_agent(FLEET.format(share=0.0, count=2), tmp_path) as sa:
+
+        class _Archive:
+            current = sa.ctx.archive()
+
+        async def nothing() -> None:
+            return None
+
+        executor = CommandExecutor(sa.ctx, _Archive(), nothing)  # type: ignore[arg-type]
+        reply = await executor({"command": "tariff", "meter": "000000000001"})
+        assert reply["ok"], reply
+        assert reply["result"]["reason"] == "command"
+        (published,) = sa.sink.of("tariff")
+        assert published == reply["result"]
+        _check_against_meter(sa, published)
+        refused = await executor({"command": "tariff", "meter": "000000000971"})  # 1997
+        assert not refused["ok"]
+        assert refused["reason"] == "invalid"
+        # the plan state learnt the read: nothing is due today
+        plan = TariffPlanner(TariffPlan(enabled=True), sa.ctx)
+        due = {m.meter_id for m, _ in plan.due(START.date(), START.replace(tzinfo=TZ))}
+        assert "000000000001" not in due

@@ -314,3 +314,33 @@ def test_no_bytes_crash_a_decoder(data: bytes, decode: object) -> None:
     assert callable(decode)
     with contextlib.suppress(ValueFormatError):  # any other exception fails the test
         decode(data)
+
+
+def test_items_are_described_for_technicians() -> None:
+    from protocols.dlt645 import describe
+    from protocols.dlt645.tariff import describe_item
+
+    replies = replies_from_setup(LOCAL)
+    described = {f"{di:08X}": describe_item(di, value) for di, value in replies.items()}
+    assert described["04010002"] == (
+        "set 1 daily table 2",
+        [["00:00", 4], ["08:00", 2], ["11:00", 1], ["13:00", 2], ["22:00", 4]] + [["22:00", 4]] * 9,
+    )
+    assert described["04020000"][1][0] == ["01-01", 1]  # type: ignore[index]
+    assert described["04000107"] == ("tables switch time", "2027-01-01T00:00")
+    assert described["04000106"] == ("zones switch time", None)
+    assert described["04000801"] == (
+        "weekend work-day word",
+        {"work_days": ["mon", "tue", "wed", "thu", "fri"], "word": 0b0111110},
+    )
+    assert described["04030002"] == ("holiday 2", ["2027-02-17", 1])
+    assert described["040501FF"] == ("current prices", ["0.6800", "0.5800", "0.4800", "0.3100"])
+    assert described["040604FF"][1]["settlement_days"][0] == "010100"  # type: ignore[index]
+    assert described["03300400"] == ("events: clock set", 3)
+    assert all(d is not None for d in described.values())
+    assert describe_item(0x00010000, bytes(4)) is None
+    # a whole reply frame as `meterlink frame decode` shows it
+    frame = to_frame(Address.parse("000000001234"), ReadReply(0x04010001, replies[0x04010001]))
+    shown = describe(decode_frame(frame.to_bytes()))
+    assert shown["tariff_item"]["name"] == "set 1 daily table 1"
+    assert shown["tariff_item"]["value"][1] == ["08:00", 2]
