@@ -97,6 +97,8 @@ class Consumer:
         )
         self.ledger = Ledger(self.store)
         self.tariffs = TariffStore(self.store)
+        #: per day, what its last check here depended on (`TariffStore.marker`)
+        self._tariff_marks: dict[str, tuple[object, ...]] = {}
         self.writer = make_writer(cfg.influx)
         self.sink = Sink(self.writer, self.spool, cfg.influx)
         self.connected = asyncio.Event()
@@ -356,8 +358,10 @@ class Consumer:
 
     async def publish_tariff(self, days: list[str] | None = None) -> int:
         """Check `days` (default: yesterday and today, the meters' time zone) against the plans
-        in force, store the outcomes and write the KPI; under a lease, one instance at a time.
-        Returns how many days were checked (0: no plans yet, or another instance is at it)."""
+        in force, store the outcomes and write the KPI; under a lease, one instance at a time;
+        a day whose inputs did not change since this instance checked it is skipped. Returns how
+        many days were checked (0: no plans yet, nothing changed, or another instance is at
+        it)."""
         from central.tariff.day import check_day, day_lines
 
         t = self.cfg.tariff
@@ -370,16 +374,24 @@ class Consumer:
         lease_s = max(120.0, 4 * t.interval_s)
         if not await asyncio.to_thread(self.store.take_lease, TARIFF_LEASE, self.instance, lease_s):
             return 0
+        checked = 0
         try:
             for day in days:
+                # nothing it depends on changed since this instance checked it: skip
+                marker = (book.digest, await asyncio.to_thread(self.tariffs.marker, day))
+                if self._tariff_marks.get(day) == marker:
+                    continue
                 result = await asyncio.to_thread(
                     check_day, self.ledger, self.tariffs, book, day, t.settings(), t.timezone
                 )
                 await self.sink.write_now(day_lines(result))
+                self._tariff_marks = {**{d: m for d, m in self._tariff_marks.items()
+                                         if d in days}, day: marker}  # fmt: skip
                 self.stats.tariff_days += 1
+                checked += 1
         finally:
             await asyncio.to_thread(self.store.release_lease, TARIFF_LEASE, self.instance)
-        return len(days)
+        return checked
 
     async def _log_forever(self) -> None:
         while True:
