@@ -6,6 +6,8 @@ the world clock of a running ``meterlink sim serve --control HOST:PORT``.
     POST   /v1/meters/{meter}/purchase   {"amount_fen": 3000}: an out-of-band card purchase now
     POST   /v1/meters/{meter}/button     the customer presses the close button
     GET    /v1/credits[?meter=M]         the credit log (+ "repeated": (meter, count) booked twice)
+    POST   /v1/meters/{meter}/tariff/visit  a technician carries out a work order: the tariff
+                                         set-up reprogrammed as planned, a bad clock set
     GET    /v1/tariff[?day=YYYY-MM-DD]   the tariff plans (plan-file TOML) and, per meter, what
                                          was done to its set-up and the expected check outcome
     GET    /v1/faults                    the injected faults with their hit counts
@@ -141,6 +143,13 @@ def control_app(fleet: Fleet) -> web.Application:
                 "repeated": [list(k) for k in fleet.credits.repeated_counts()],
             }
         )
+
+    @routes.post("/v1/meters/{meter}/tariff/visit")
+    async def tariff_visit(request: web.Request) -> web.Response:
+        meter = _meter(request)
+        if meter.tariff is None:
+            raise web.HTTPBadRequest(text=f"meter {meter.identity.meter_id} keeps no tariff set-up")
+        return web.json_response({"moved": meter.technician_visit()})
 
     @routes.get("/v1/tariff")
     async def tariff(request: web.Request) -> web.Response:

@@ -95,6 +95,16 @@ class LoadProfile:
         return self.base_kw * self.shape[when.hour] * self.day_factor(when.date())
 
 
+@dataclass(frozen=True, slots=True)
+class _DayShape:
+    """How one day's minutes book the load shape: `prefix[h]` = the shape booked per register
+    by the full hours before hour h (`prefix[24]`: the whole day), `runs[h]` = the hour's minutes
+    as (first, end, register) runs."""
+
+    prefix: list[list[float]]
+    runs: list[list[tuple[int, int, int]]]
+
+
 @dataclass
 class Accumulator:
     """Energy per tariff (index 1..n) as a function of meter time.
@@ -112,10 +122,8 @@ class Accumulator:
     offset: list[float] = field(default_factory=list)
     paused_at: dt.datetime | None = None
     _days: dict[dt.date, tuple[float, ...]] = field(default_factory=dict)
-    _hour_shares: dict[int, tuple[Sequence[int], list[list[float]], tuple[float, ...]]] = field(
-        default_factory=dict
-    )
-    """id(minutes) → (minutes, per hour: the hour's share per register, whole day per register)"""
+    _hour_shares: dict[int, tuple[Sequence[int], _DayShape]] = field(default_factory=dict)
+    """id(minutes) → (minutes, how they book the shape)"""
 
     def __post_init__(self) -> None:
         if not self.offset:
@@ -127,44 +135,46 @@ class Accumulator:
         self._hour_shares.clear()
         self.offset = [0.0] * self.tou.tariffs
 
-    def _shares(self, day: dt.date) -> tuple[list[list[float]], tuple[float, ...]]:
-        """Per hour, the fraction of the hour booked on each register, and the sum of the day's
-        shape per register (what one whole day books on each), for the day's minutes."""
+    def _shares(self, day: dt.date) -> _DayShape:
+        """How the day's minutes book the load shape (`_DayShape`), memoised per minutes tuple."""
         minutes = self.tou.minutes(day)
         cached = self._hour_shares.get(id(minutes))
         if cached is not None and cached[0] is minutes:
-            return cached[1], cached[2]
+            return cached[1]
         n = self.tou.tariffs
-        hours = [[0.0] * n for _ in range(24)]
-        for minute, register in enumerate(minutes):
-            hours[minute // 60][register - 1] += 1 / 60
-        day_total = [0.0] * n
-        for hour, fractions in enumerate(hours):
-            for i, f in enumerate(fractions):
-                day_total[i] += f * self.profile.shape[hour]
-        self._hour_shares[id(minutes)] = (minutes, hours, tuple(day_total))
-        return hours, tuple(day_total)
+        shape = self.profile.shape
+        prefix = [[0.0] * n]
+        runs: list[list[tuple[int, int, int]]] = []
+        for hour in range(24):
+            row = list(prefix[-1])
+            hour_runs: list[tuple[int, int, int]] = []
+            for m in range(60):
+                register = minutes[hour * 60 + m]
+                row[register - 1] += shape[hour] / 60
+                if hour_runs and hour_runs[-1][2] == register:
+                    hour_runs[-1] = (hour_runs[-1][0], m + 1, register)
+                else:
+                    hour_runs.append((m, m + 1, register))
+            prefix.append(row)
+            runs.append(hour_runs)
+        result = _DayShape(prefix, runs)
+        self._hour_shares[id(minutes)] = (minutes, result)
+        return result
 
     def _day_energy(self, day: dt.date, until_hour: float = 24.0) -> list[float]:
         factor = self.profile.day_factor(day) * self.profile.base_kw * self.ratio
-        hours, whole = self._shares(day)
+        booked = self._shares(day)
         if until_hour >= 24.0:
-            return [share * factor for share in whole]
-        out = [0.0] * self.tou.tariffs
+            return [w * factor for w in booked.prefix[24]]
         full = math.floor(until_hour)
-        for hour in range(full):
-            weight = self.profile.shape[hour] * factor
-            for i, f in enumerate(hours[hour]):
-                out[i] += f * weight
-        # the started hour: its minutes one by one (power is constant within the hour)
+        out = [w * factor for w in booked.prefix[full]]
+        # the started hour, run by run (power is constant within the hour)
         elapsed = (until_hour - full) * 60
         weight = self.profile.shape[full] * factor / 60
-        minutes = self.tou.minutes(day)
-        whole_minutes = math.floor(elapsed)
-        for m in range(whole_minutes):
-            out[minutes[full * 60 + m] - 1] += weight
-        if whole_minutes < 60:
-            out[minutes[full * 60 + whole_minutes] - 1] += weight * (elapsed - whole_minutes)
+        for start, end, register in booked.runs[full]:
+            if start >= elapsed:
+                break
+            out[register - 1] += weight * (min(end, elapsed) - start)
         return out
 
     def _at_midnight(self, day: dt.date) -> tuple[float, ...]:

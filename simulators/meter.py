@@ -12,7 +12,7 @@ import datetime as dt
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from protocols.dlt645 import DataItem, Edition, History, lookup
 from protocols.dlt645.tariff import is_tariff_di
@@ -207,6 +207,32 @@ class Meter:
             self.importer.tariffs_at(self._ladder_start(now))
         )
         return self.tariff.with_prices(setup, used)
+
+    def technician_visit(self) -> list[str]:
+        """A work order carried out on site: the tariff set-up reprogrammed as planned and, when
+        it is off by more than a broadcast sync can fix, the clock set (校时 counts up). Energy
+        stays continuous. Returns the programming-event counters that moved."""
+        tariff = self.tariff
+        if tariff is None:
+            raise ValueError(f"meter {self.identity.meter_id} keeps no tariff set-up")
+        now = self.tick()
+        moved = tariff.technician_visit(now)
+        if abs(self.clock.error_s) > 300:
+            self.set_time(self.clock.world.now())
+            key = "03300400"
+            counters = dict(tariff.programmed.event_counters)
+            if key in counters:
+                counters[key] += 1
+                tariff.programmed = replace(tariff.programmed, event_counters=counters)
+                moved.append(key)
+            if tariff.defect == "clock_drift":
+                tariff.defect, tariff.detail = None, ""
+        for acc in (self.importer, self.exporter):
+            before = acc.tariffs_at(now)
+            acc.reset_cache()
+            after = acc.tariffs_at(now)
+            acc.offset = [b - a for b, a in zip(before, after, strict=True)]
+        return moved
 
     def _ladder_start(self, now: dt.datetime) -> dt.datetime:
         """The last settlement of the ladder: its yearly day if it has one, else the 1st."""

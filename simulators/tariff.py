@@ -412,6 +412,7 @@ class MeterTariff:
         default_factory=dict, repr=False
     )
     _key: tuple[TariffSetup, tuple[object, ...]] | None = field(default=None, repr=False)
+    _days: dict[dt.date, Sequence[int]] = field(default_factory=dict, repr=False)
 
     @property
     def tariffs(self) -> int:
@@ -484,6 +485,16 @@ class MeterTariff:
         setup = self.programmed
         if self._key is None or self._key[0] is not setup:
             self._key = (setup, _tou_key(setup))
+            self._days.clear()
+        known = self._days.get(day)
+        if known is not None:
+            return known
+        minutes = self._minutes(setup, day)
+        self._days[day] = minutes
+        return minutes
+
+    def _minutes(self, setup: TariffSetup, day: dt.date) -> Sequence[int]:
+        assert self._key is not None
         slot = (self._key[1], day)
         tariffs = _DAY_MINUTES.get(slot)
         if tariffs is None:
@@ -518,6 +529,28 @@ class MeterTariff:
             # visible in daily freezes only when a register the plan leaves empty gets energy
             return "ENERGY_MISALLOCATED" if booked - plan else "OK"
         return DEFECT_OUTCOMES[self.defect]
+
+    def technician_visit(self, now: dt.datetime) -> list[str]:
+        """A technician reprograms the set-up on site as the plan says (a work order carried out):
+        the plan's sets, switch times, weekend rule, holidays and prices as of `now`, each
+        programming-event counter of what was written counting up. The firmware is not changed
+        (a meter booking into the wrong register stays so). Returns the counters that moved."""
+        old = _flip(self.stored(now), now)
+        counters = dict(old.event_counters)
+        fresh = program(self.plan, now.date(), counters=counters)
+        written = ["03300500", "03300600", "03300700", "03300800"]
+        if fresh.prices_current is not None:
+            written += ["03300F00", "03301000"]
+        moved = []
+        for key in written:
+            if key in counters:
+                counters[key] += 1
+                moved.append(key)
+        self.programmed = replace(fresh, event_counters=counters)
+        self.reprogram_at = self.reprogrammed = None
+        if self.defect != "wrong_register":
+            self.defect, self.detail, self.since = None, "", None
+        return moved
 
     def counters_at(self, now: dt.datetime) -> dict[str, int]:
         return dict(self.stored(now).event_counters)

@@ -137,6 +137,34 @@ _LADDER_THRESHOLDS = 6
 _LADDER_PRICES = 7
 
 
+def _item_names() -> dict[int, str]:
+    names: dict[int, str] = {
+        DI_CLOCK: "clock",
+        DI_STATUS3: "status word 3",
+        DI_WEEKEND_WORKDAYS: "weekend work-day word",
+        DI_WEEKEND_TABLE: "weekend daily table",
+    }
+    sides = ("current", "backup")
+    names.update({v: f"{k} switch time" for k, v in DI_SWITCH.items()})
+    names.update({v: f"{k} count" for k, v in DI_COUNTS.items()})
+    names.update({v: f"{sides[i]} prices" for i, v in enumerate(DI_PRICE_BLOCKS)})
+    names.update({v: f"{sides[i]} ladder" for i, v in enumerate(DI_LADDER_BLOCKS)})
+    names.update({v: f"{k} (now)" for k, v in DI_CURRENT_PRICES.items()})
+    names.update({v: f"events: {k.split(' ', 1)[1]}" for v, k in DI_EVENT_COUNTERS.items()})
+    for side, pair in enumerate(DI_LADDER_TABLES):
+        for table, di in enumerate(pair, start=1):
+            names[di] = f"{sides[side]} ladder table {table}"
+    for side, (thresholds, prices) in enumerate(DI_LADDER_2009):
+        names[thresholds] = f"set {side + 1} ladder thresholds (2009)"
+        names[prices] = f"set {side + 1} ladder prices (2009)"
+    for side, di in enumerate(DI_LADDER_ZONES):
+        names[di] = f"{sides[side]} ladder zones"
+    return names
+
+
+_NAMES = _item_names()
+
+
 def di_zone_table(set_no: int) -> int:
     """04010000 (first set) or 04020000 (second set)."""
     _check_set(set_no)
@@ -170,26 +198,7 @@ def is_tariff_di(di: int) -> bool:
 
 def tariff_item_name(di: int) -> str | None:
     """A short English name of a tariff item, None for any other DI."""
-    names: dict[int, str] = {
-        DI_CLOCK: "clock",
-        DI_STATUS3: "status word 3",
-        DI_WEEKEND_WORKDAYS: "weekend work-day word",
-        DI_WEEKEND_TABLE: "weekend daily table",
-    }
-    names.update({v: f"{k} switch time" for k, v in DI_SWITCH.items()})
-    names.update({v: f"{k} count" for k, v in DI_COUNTS.items()})
-    names.update({v: f"{('current', 'backup')[i]} prices" for i, v in enumerate(DI_PRICE_BLOCKS)})
-    names.update({v: f"{('current', 'backup')[i]} ladder" for i, v in enumerate(DI_LADDER_BLOCKS)})
-    names.update({v: f"{k} (now)" for k, v in DI_CURRENT_PRICES.items()})
-    names.update({v: f"events: {k.split(' ', 1)[1]}" for v, k in DI_EVENT_COUNTERS.items()})
-    for s, pair in enumerate(DI_LADDER_TABLES):
-        for t, di_ in enumerate(pair, start=1):
-            names[di_] = f"{('current', 'backup')[s]} ladder table {t}"
-    for s, (th, pr) in enumerate(DI_LADDER_2009):
-        names[th] = f"set {s + 1} ladder thresholds (2009)"
-        names[pr] = f"set {s + 1} ladder prices (2009)"
-    for s, di_ in enumerate(DI_LADDER_ZONES):
-        names[di_] = f"{('current', 'backup')[s]} ladder zones"
+    names = _NAMES
     if di in names:
         return names[di]
     if di in (0x04010000, 0x04020000):

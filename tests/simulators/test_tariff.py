@@ -305,3 +305,57 @@ def test_the_same_seed_gives_the_same_defects() -> None:
     a = parse_fleet(fleet_text("[tariff]\nmisprogram_share = 0.3", count=20))
     b = parse_fleet(fleet_text("[tariff]\nmisprogram_share = 0.3", count=20))
     assert a.tariff_truth() == b.tariff_truth()
+
+
+def test_a_technician_visit_puts_a_meter_right() -> None:
+    fleet = parse_fleet(fleet_text("[tariff]\nmisprogram_share = 0.5"))
+    plans = fleet.tariff_plans
+    day = dt.date(2026, 3, 10)
+    for meter in fleet.meters():
+        tariff = meter.tariff
+        if tariff is None or tariff.defect is None:
+            continue
+        defect = tariff.defect
+        before = meter.tariff_setup()
+        assert before is not None
+        energy = meter.values()["energy_import_total_kwh"]
+        moved = meter.technician_visit()
+        after = meter.tariff_setup()
+        assert after is not None
+        assert meter.values()["energy_import_total_kwh"] == energy  # registers continuous
+        assert after.event_counters["03300500"] == before.event_counters["03300500"] + 1
+        assert "03300500" in moved
+        assert tuple(meter_tariff_minutes(after, day)) == plans[tariff.plan.name].minutes(day)
+        truth = fleet.tariff_truth(dt.date(2026, 3, 13))[meter.identity.meter_id]
+        if defect == "wrong_register":  # firmware: programming does not fix it
+            assert truth.defect == "wrong_register"
+        else:
+            assert (truth.defect, truth.outcome) == (None, "OK"), defect
+        if defect == "clock_drift":
+            assert "03300400" in moved
+            assert abs(meter.clock.error_s) < 1
+
+
+async def test_the_control_channel_gives_plans_truth_and_visits() -> None:
+    import aiohttp
+
+    from simulators.control import serve_control
+
+    fleet = parse_fleet(fleet_text("[tariff]\nmisprogram_share = 0.5", count=10))
+    wrong = next(m for m in fleet.meters() if m.tariff and m.tariff.defect == "wrong_boundary")
+    meter_id = wrong.identity.meter_id
+    async with serve_control(fleet) as (host, port), aiohttp.ClientSession() as http:
+        base = f"http://{host}:{port}/v1"
+        async with http.get(f"{base}/tariff?day=2026-03-13") as r:
+            body = await r.json()
+        assert tomllib.loads(body["plans_toml"])["plan"][0]["name"] == "resident-tou"
+        assert body["truth"][meter_id]["outcome"] == "PARAM_MISMATCH"
+        async with http.post(f"{base}/meters/{meter_id}/tariff/visit") as r:
+            assert r.status == 200
+            assert "03300500" in (await r.json())["moved"]
+        async with http.get(f"{base}/tariff?day=2026-03-13") as r:
+            assert (await r.json())["truth"][meter_id]["outcome"] == "OK"
+        async with http.get(f"{base}/tariff?day=tomorrow") as r:
+            assert r.status == 400
+        async with http.post(f"{base}/meters/000000000971/tariff/visit") as r:
+            assert r.status == 400
