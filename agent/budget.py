@@ -139,8 +139,7 @@ def _carrier_per_meter(
         replies.append(_REPLY["balance"])
     watched = _watched(meter, cfg)
     replies += [_COUNTER_REPLY] * watched
-    # hplc: the freeze items in one request, the watched counters in a second
-    exchanges = (1 + (1 if watched else 0)) if url.mode == "hplc" else len(replies)
+    exchanges = 1 if url.mode == "hplc" else len(replies)  # hplc: the items (counters too) in one
     line = url.wire_time(exchanges * 2 * _CARRIER_FRAME + sum(_REQUEST + r for r in replies))
     return exchanges, exchanges * CARRIER_READ_S[url.mode], CARRIER_FAILED_S, line
 

@@ -18,14 +18,14 @@ import asyncio
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from agent.config import DailyPlan as DailyPlanConfig
 from agent.config import MeterConfig, parse_hhmm
-from agent.dlt645 import Dlt645Client, reason_of
+from agent.dlt645 import Dlt645Client, ReadResult, reason_of
 from agent.health import CONTACT_FAILURES
 from agent.plans.context import PlanContext, edition_of, make_reading
 from agent.plans.tariff import TariffWatch
@@ -322,9 +322,21 @@ class DailyPlanner:
             return self._reading(meter, self.ctx.clock.now(), result.measurements)
         today = day == self.ctx.clock.now().date()
         balance = self.cfg.prepaid_balance and meter.prepaid and today
-        reading = await self._read_frozen(client, meter, day, balance=balance)
-        if self.watch is not None and today:
-            await self.watch.check(client, meter)
+        watch = self.watch if today else None
+        # on a medium that packs items the watched counters ride in the freeze's exchange
+        riders = watch.dis_now(meter) if watch is not None and client.packs_reads else []
+        taken: list[bool] = []
+
+        def take(results: list[ReadResult | Exception]) -> None:
+            assert watch is not None
+            watch.absorb(meter, riders, results)
+            taken.append(True)
+
+        reading = await self._read_frozen(
+            client, meter, day, balance=balance, riders=riders, on_riders=take
+        )
+        if watch is not None and not taken:
+            await watch.check(client, meter)
         return reading
 
     async def _read_frozen(
@@ -335,6 +347,8 @@ class DailyPlanner:
         quality: str | None = None,
         *,
         balance: bool = False,
+        riders: Sequence[int] = (),
+        on_riders: Callable[[list[ReadResult | Exception]], None] | None = None,
     ) -> dict[str, Any]:
         """The daily freeze of `day` from a 2007 meter: its record number, then its energy
         (and the remaining amount of a prepaid meter). On a medium that packs items (a carrier
@@ -343,7 +357,9 @@ class DailyPlanner:
         assert meter.address is not None
         address = Address.parse(meter.address)
         packed = (
-            await self._read_packed(client, address, day, balance) if client.packs_reads else None
+            await self._read_packed(client, address, day, balance, riders, on_riders)
+            if client.packs_reads
+            else None
         )
         if packed is not None:
             freeze, values = packed
@@ -357,16 +373,26 @@ class DailyPlanner:
         return self._reading(meter, freeze.replace(tzinfo=self.ctx.clock.tz), values, quality)
 
     async def _read_packed(
-        self, client: Dlt645Client, address: Address, day: dt.date, balance: bool
+        self,
+        client: Dlt645Client,
+        address: Address,
+        day: dt.date,
+        balance: bool,
+        riders: Sequence[int] = (),
+        on_riders: Callable[[list[ReadResult | Exception]], None] | None = None,
     ) -> tuple[dt.datetime, list[Measurement]] | None:
         """Record 1 (stamp, energy …) in one exchange; None when record 1 is not `day`'s (the
-        meter's clock is off around midnight: the record search takes over)."""
+        meter's clock is off around midnight: the record search takes over). `riders` (the
+        tariff plan's counters) go in the same exchange, their results to `on_riders`."""
         dis = [DI_FREEZE_TIME | 1, DI_FREEZE_IMPORT | 1]
         if self.cfg.reverse_energy:
             dis.append(DI_FREEZE_EXPORT | 1)
         if balance:
             dis.append(DI_BALANCE)
-        results = await client.read_many(address, dis)
+        results = await client.read_many(address, [*dis, *riders])
+        if riders and on_riders is not None:
+            on_riders(results[len(dis) :])
+        results = results[: len(dis)]
         stamp = results[0]
         if isinstance(stamp, Exception):
             raise stamp

@@ -29,7 +29,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.config import MeterConfig, parse_hhmm
@@ -37,7 +37,7 @@ from agent.config import TariffPlan as TariffConfig
 from agent.dlt645 import Dlt645Client, ReadResult, reason_of
 from agent.plans.context import PlanContext
 from agent.poller import PRIORITY_TARIFF, BusClosed
-from protocols.dlt645 import Address, MeterError
+from protocols.dlt645 import Address, MeterError, lookup
 from protocols.dlt645.tariff import (
     DI_CLOCK,
     DI_COUNTS,
@@ -70,6 +70,7 @@ ATTEMPTS_PER_DAY = 2
 RETRY_SPACING = dt.timedelta(minutes=30)
 _LOCAL_EVENTS = ("03300F00", "03301000")  # 费率参数表 / 阶梯表编程: local-prepaid meters only
 _MARK = "tariff:"
+DI_DATE, DI_TIME = 0x04000101, 0x04000102
 
 
 def local_mode(status_word3: int | None) -> bool:
@@ -147,20 +148,32 @@ class TariffWatch:
             watch.append("03300F00")
         return [int(d, 16) for d in watch if d not in state.unsupported]
 
-    async def check(self, client: Dlt645Client, meter: MeterConfig) -> list[str]:
-        """Read the watched counters; returns the ones that moved (and marks the read due)."""
+    def dis_now(self, meter: MeterConfig) -> list[int]:
+        """The counters to read with this meter's freeze today (none for other editions)."""
         if meter.protocol != "dlt645-2007" or meter.address is None:
             return []
-        state = self.store.get(meter.meter_id)
-        dis = self.dis(meter, state)
+        return self.dis(meter, self.store.get(meter.meter_id))
+
+    async def check(self, client: Dlt645Client, meter: MeterConfig) -> list[str]:
+        """Read the watched counters; returns the ones that moved (and marks the read due)."""
+        dis = self.dis_now(meter)
         if not dis:
             return []
-        today = self.ctx.clock.now().date().isoformat()
+        assert meter.address is not None
         try:
             results = await client.read_many(Address.parse(meter.address), dis)
         except Exception as exc:  # the freeze was read: the counters wait for tomorrow
             log.info("tariff watch %s: %s", meter.meter_id, str(exc) or type(exc).__name__)
             return []
+        return self.absorb(meter, dis, results)
+
+    def absorb(
+        self, meter: MeterConfig, dis: Sequence[int], results: Sequence[ReadResult | Exception]
+    ) -> list[str]:
+        """Take the counters read (alone, or riding with the freeze in one carrier exchange);
+        returns the ones that moved."""
+        state = self.store.get(meter.meter_id)
+        today = self.ctx.clock.now().date().isoformat()
         moved = []
         for di, result in zip(dis, results, strict=True):
             key = _hex(di)
@@ -351,25 +364,50 @@ class _MeterRead:
             self.raw[di] = result.value
 
     async def _clock(self) -> None:
-        if _hex(DI_CLOCK) in self.unsupported:
+        """The meter's clock and the agent time around its read: 0400010C, or date 04000101 and
+        time 04000102 on a meter without it (the time read is the one timed)."""
+        dis = [DI_CLOCK] if _hex(DI_CLOCK) not in self.unsupported else [DI_DATE, DI_TIME]
+        dis = [di for di in dis if _hex(di) not in self.unsupported]
+        if not dis:
             return
         clock = self.plan.ctx.clock
         poller = self.plan.ctx.poller_for(self.meter.bus)
 
-        async def job(client: Dlt645Client) -> tuple[dt.datetime, ReadResult | Exception]:
-            before = clock.now()
-            result = (await client.read_many(self.address, [DI_CLOCK]))[0]
-            after = clock.now()
-            return before + (after - before) / 2, result
+        async def job(client: Dlt645Client) -> tuple[dt.datetime, list[ReadResult | Exception]]:
+            results: list[ReadResult | Exception] = []
+            before = after = clock.now()
+            for di in dis:
+                before = clock.now()
+                results += await client.read_many(self.address, [di])
+                after = clock.now()
+            return before + (after - before) / 2, results
 
-        at, result = await poller.submit(job, priority=self.priority)
+        at, results = await poller.submit(job, priority=self.priority)
         self.read_at = at
-        if isinstance(result, Exception):
-            if not _is_denial(result):
-                raise result
-            self.unsupported[_hex(DI_CLOCK)] = self.today
-        else:
-            self.raw[DI_CLOCK] = result.value
+        for di, result in zip(dis, results, strict=True):
+            if isinstance(result, Exception):
+                if not _is_denial(result):
+                    raise result
+                self.unsupported[_hex(di)] = self.today
+            else:
+                self.raw[di] = result.value
+        if DI_CLOCK in dis and DI_CLOCK not in self.raw:
+            await self._clock()  # denied just now: the date and time items instead
+
+    def _split_clock(self) -> dt.datetime | None:
+        """The meter time from 04000101 + 04000102, when that is what the meter answered."""
+        date_bytes, time_bytes = self.raw.get(DI_DATE), self.raw.get(DI_TIME)
+        if date_bytes is None or time_bytes is None:
+            return None
+        date_item, time_item = lookup(DI_DATE), lookup(DI_TIME)
+        assert date_item is not None
+        assert time_item is not None
+        try:
+            day = dt.date.fromisoformat(str(date_item.decode(date_bytes)[0].value))
+            time = dt.time.fromisoformat(str(time_item.decode(time_bytes)[0].value))
+        except (ValueFormatError, ValueError):
+            return None
+        return dt.datetime.combine(day, time)
 
     async def read(self) -> dict[str, Any]:
         await self._clock()
@@ -445,6 +483,8 @@ class _MeterRead:
         read_at = self.read_at or ctx.clock.now()
         denied = [int(d, 16) for d in self.unsupported]
         setup, errors = setup_from_replies(self.raw, read_at=read_at, denied=denied)
+        if setup.meter_time is None:
+            setup = replace(setup, meter_time=self._split_clock())
         payload: dict[str, Any] = {
             "meter": self.meter.meter_id,
             "bus": self.meter.bus,

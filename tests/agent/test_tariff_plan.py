@@ -193,7 +193,18 @@ async def test_over_a_carrier_bus_items_are_packed(tmp_path: Path) -> None:
         daily = DailyPlanner(
             DailyPlan(backfill_days=0), sa.ctx, watch=TariffWatch(TariffPlan(), sa.ctx)
         )
+        before = len(sa.fleet.recorder.carrier)
         await daily.run_round(dt.date(2026, 3, 11), final=False)
+        daily_reads = [
+            r
+            for r in sa.fleet.recorder.carrier[before:]
+            if r.dir == "down" and r.afn == "F1" and r.outcome == "answered"
+        ]
+        # one module exchange per meter: stamp, energy and the two watched counters together
+        assert len(daily_reads) == 6
+        assert {tuple(r.dis) for r in daily_reads} == {
+            ("05060001", "05060101", "03300500", "03300600")
+        }
         for r in sa.sink.of("readings"):
             values = r["values"]
             total = values["energy_import_total_kwh"]["value"]
@@ -304,3 +315,18 @@ async def test_the_centres_tariff_command_reads_now(tmp_path: Path) -> None:
         plan = TariffPlanner(TariffPlan(enabled=True), sa.ctx)
         due = {m.meter_id for m, _ in plan.due(START.date(), START.replace(tzinfo=TZ))}
         assert "000000000001" not in due
+
+
+async def test_a_meter_without_0400010C_gives_its_clock_from_date_and_time(tmp_path: Path) -> None:
+    async with sim_agent(FLEET.format(share=0.0, count=1), tmp_path) as sa:
+        meter = sa.fleet.meter("000000000001")
+        assert meter.tariff is not None
+        meter.tariff.denied = ("0400010C",)
+        plan = TariffPlanner(TariffPlan(enabled=True), sa.ctx)
+        archived = next(m for m in sa.ctx.archive().meters if m.meter_id == "000000000001")
+        payload = await plan.read_now(archived, "first")
+        setup = TariffSetup.from_payload(payload["setup"])
+        assert "0400010C" in setup.unsupported
+        assert {"04000101", "04000102"} <= set(payload["raw"])
+        assert setup.meter_time == meter.now().replace(microsecond=0)
+        assert abs(payload["clock_offset_s"]) < 2

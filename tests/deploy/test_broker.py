@@ -24,7 +24,7 @@ from tests.deploy.broker import NOT_AUTHORIZED, broker_log, peer, production_bro
 from tests.fixtures.pki import CENTRAL, Pki, make_pki
 
 A, B = "c-001", "c-002"
-KINDS = ("readings", "rounds", "events", "archive", "status")
+KINDS = ("readings", "rounds", "events", "archive", "status", "tariff")
 
 
 @pytest.fixture(scope="module")
