@@ -66,7 +66,7 @@ DEFECTS: Final = (
 DEFECT_OUTCOMES: Final[dict[str, str]] = {
     "wrong_boundary": "PARAM_MISMATCH",
     "missing_holiday": "PARAM_MISMATCH",
-    "switch_missed": "SWITCH_MISSED",
+    "switch_missed": "SWITCH_MISSED",  # SWITCH_PENDING before the switch date
     "wrong_price": "PRICE_MISMATCH",
     "clock_drift": "CLOCK_DRIFT",
     "wrong_register": "ENERGY_MISALLOCATED",
@@ -310,16 +310,23 @@ class MeterTariff:
             return "OK"
         since = self.since.date() if self.since is not None else None
         if self.defect == "switch_missed":
-            # before the planned switch the second set and the switch times differ from the plan
-            return "SWITCH_MISSED" if since is None or day >= since else "PARAM_MISMATCH"
+            # before the planned switch today's tables are right, the planned change is not
+            # programmed (SWITCH_PENDING); from the switch on the meter runs the old version
+            return "SWITCH_MISSED" if since is None or day >= since else "SWITCH_PENDING"
         if since is not None and day < since:
             return "OK"
         if self.defect == "wrong_register":
-            plan = set(self.plan.minutes(day))
-            booked = {min(self.register_map[t - 1], self.registers) for t in plan}
-            # visible in daily freezes only when a register the plan leaves empty gets energy
-            return "ENERGY_MISALLOCATED" if booked - plan else "OK"
+            # the check of day D has the freezes of D-2, D-1 and D: the consumption of D-2 and
+            # D-1, and flags only when both show energy in a register the plan leaves empty
+            days = (day - dt.timedelta(days=2), day - dt.timedelta(days=1))
+            return "ENERGY_MISALLOCATED" if all(self._misbooks(d) for d in days) else "OK"
         return DEFECT_OUTCOMES[self.defect]
+
+    def _misbooks(self, day: dt.date) -> bool:
+        """Whether this meter books energy of `day` into a register the plan gives no minute."""
+        plan = set(self.plan.minutes(day))
+        booked = {min(self.register_map[t - 1], self.registers) for t in plan}
+        return bool(booked - plan)
 
     def technician_visit(self, now: dt.datetime) -> list[str]:
         """A technician reprograms the set-up on site as the plan says (a work order carried out):
