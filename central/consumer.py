@@ -31,6 +31,7 @@ import signal
 import socket
 import zoneinfo
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -106,6 +107,8 @@ class Consumer:
         )
         self.ledger = Ledger(self.store)
         self.tariffs = TariffStore(self.store)
+        #: per day, what its last check here depended on (`TariffStore.marker`)
+        self._tariff_marks: dict[str, tuple[object, ...]] = {}
         self.writer = make_writer(cfg.influx)
         self.sink = Sink(self.writer, self.spool, cfg.influx)
         self.connected = asyncio.Event()
@@ -357,6 +360,7 @@ class Consumer:
             await asyncio.sleep(interval * random.uniform(0.8, 1.0))
             try:
                 await self.publish_tariff()
+                await self.request_switch_reads()
             except WriteUnavailable as exc:
                 log.info("tariff check not written, InfluxDB unavailable (%s); will retry", exc)
             except StoreUnavailable as exc:
@@ -364,10 +368,65 @@ class Consumer:
             except Exception:
                 log.exception("tariff check failed; will retry")
 
+    async def request_switch_reads(self, sender: Any = None, *, limit: int = 200) -> int:
+        """The day a plan takes a new version and the day after, ask the agents to read the set-up
+        of each meter on that plan read before the switch (the ``tariff`` command), at most
+        `limit` per run and one at a time per concentrator; returns how many were asked. Needs
+        the command key (``METERLINK_MQTT_COMMAND_KEY``); `sender` is a `CommandSender` (made
+        here when not given)."""
+        from central.commands import CommandSender, CommandTimeout
+        from central.tariff.day import switch_read_candidates
+        from protocols.commands import key_bytes
+
+        t = self.cfg.tariff
+        book = await asyncio.to_thread(self.tariffs.plans)
+        if book is None:
+            return 0
+        today = dt.datetime.now(zoneinfo.ZoneInfo(t.timezone)).date()
+        wanted = await asyncio.to_thread(
+            switch_read_candidates, self.ledger, self.tariffs, book, today, t.timezone
+        )
+        wanted = wanted[:limit]
+        if not wanted:
+            return 0
+        if sender is None:
+            if self.cfg.mqtt.command_key is None:
+                log.info(
+                    "tariff: %d meters to read after a plan switch, but no command key"
+                    " (METERLINK_MQTT_COMMAND_KEY): left to the agents",
+                    len(wanted),
+                )
+                return 0
+            key = key_bytes(self.cfg.mqtt.command_key.reveal())
+            async with CommandSender(self.cfg.mqtt, key) as own:
+                return await self.request_switch_reads(own, limit=limit)
+        by_concentrator: dict[str, list[str]] = {}
+        for c, m, _ in wanted:
+            by_concentrator.setdefault(c, []).append(m)
+
+        async def one_concentrator(c: str, meters: list[str]) -> int:
+            asked = 0
+            for m in meters:
+                try:
+                    reply = await sender.send(c, "tariff", meter=m, wait_s=120.0)
+                    asked += 1
+                    if not reply.ok:
+                        log.info("tariff: read of %s on %s after the switch: %s", m, c,
+                                 reply.reason)  # fmt: skip
+                except CommandTimeout:
+                    log.info("tariff: %s did not answer the read of %s in time", c, m)
+                    return asked  # this concentrator is busy or away: next run
+            return asked
+
+        done = await asyncio.gather(*(one_concentrator(c, ms) for c, ms in by_concentrator.items()))
+        return sum(done)
+
     async def publish_tariff(self, days: list[str] | None = None) -> int:
         """Check `days` (default: yesterday and today, the meters' time zone) against the plans
-        in force, store the outcomes and write the KPI; under a lease, one instance at a time.
-        Returns how many days were checked (0: no plans yet, or another instance is at it)."""
+        in force, store the outcomes and write the KPI; under a lease, one instance at a time;
+        a day whose inputs did not change since this instance checked it is skipped. Returns how
+        many days were checked (0: no plans yet, nothing changed, or another instance is at
+        it)."""
         from central.tariff.day import check_day, day_lines
 
         t = self.cfg.tariff
@@ -380,16 +439,24 @@ class Consumer:
         lease_s = max(120.0, 4 * t.interval_s)
         if not await asyncio.to_thread(self.store.take_lease, TARIFF_LEASE, self.instance, lease_s):
             return 0
+        checked = 0
         try:
             for day in days:
+                # nothing it depends on changed since this instance checked it: skip
+                marker = (book.digest, await asyncio.to_thread(self.tariffs.marker, day))
+                if self._tariff_marks.get(day) == marker:
+                    continue
                 result = await asyncio.to_thread(
                     check_day, self.ledger, self.tariffs, book, day, t.settings(), t.timezone
                 )
                 await self.sink.write_now(day_lines(result))
+                self._tariff_marks = {**{d: m for d, m in self._tariff_marks.items()
+                                         if d in days}, day: marker}  # fmt: skip
                 self.stats.tariff_days += 1
+                checked += 1
         finally:
             await asyncio.to_thread(self.store.release_lease, TARIFF_LEASE, self.instance)
-        return len(days)
+        return checked
 
     async def _log_forever(self) -> None:
         while True:

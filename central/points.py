@@ -304,9 +304,10 @@ def archive_digest(
 ) -> str:
     """The archive's content as coverage uses it (meter, district, manufacturer, bus), in any
     order: two archives with the same digest expect the same meters the same way. The model
-    and tariff plan (`extras`, per meter in the same order) count only when an archive has
-    any, so an archive without them keeps the digest it had before they were kept."""
-    if not any(model or plan for model, plan in extras):
+    and tariff plan (`extras`, per meter in the same order) count only when an archive names a
+    tariff plan, so an archive without one keeps the digest it had before they were kept (a
+    retained copy seen again after an upgrade is not taken for a new version)."""
+    if not any(plan for _, plan in extras):
         return hashlib.sha256(json.dumps(sorted(meters)).encode()).hexdigest()
     rows = sorted([*m, *e] for m, e in zip(meters, extras, strict=True))
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()

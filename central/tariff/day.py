@@ -29,7 +29,14 @@ from central.tariff.plans import PlanBook
 from central.tariff.store import FreezeFact, Outcome, TariffStore
 from protocols.tariff import TariffPayloadError, TariffSetup
 
-__all__ = ["SCOPES", "TariffDay", "TariffScope", "check_day", "day_lines"]
+__all__ = [
+    "SCOPES",
+    "TariffDay",
+    "TariffScope",
+    "check_day",
+    "day_lines",
+    "switch_read_candidates",
+]
 
 SCOPES = ("fleet", "concentrator", "district", "manufacturer", "model")
 
@@ -205,3 +212,37 @@ def day_lines(result: TariffDay) -> list[str]:
             f" {body} {at}"
         )
     return lines
+
+
+def switch_read_candidates(
+    ledger: Ledger, tariffs: TariffStore, book: PlanBook, today: dt.date, timezone: str
+) -> list[tuple[str, str, str]]:
+    """(concentrator, meter, plan effective date) of the meters whose plan took a new version
+    today or yesterday and whose latest set-up was read before it: the centre asks their agents
+    to read them now (the agent only knows the switch times a meter holds; a meter that missed
+    its switch holds none). Unread meters (no set-up at all) are the agent's own business."""
+    tz = zoneinfo.ZoneInfo(timezone)
+    switched = {}
+    for plan in book.plans.values():
+        for v in plan.version[1:]:
+            if 0 <= (today - v.effective).days <= 1:
+                switched[plan.name] = v.effective
+    if not switched:
+        return []
+    latest = {
+        (str(c), str(m)): int(r)
+        for c, m, r in tariffs.store.rows(
+            "SELECT concentrator, meter, max(read_at) FROM tariff_setup"
+            " GROUP BY concentrator, meter"
+        )
+    }
+    out = []
+    for a in archive_in_force(ledger, today.isoformat()):
+        effective = switched.get(a.plan)
+        if effective is None:
+            continue
+        since = int(dt.datetime.combine(effective, dt.time(), tz).timestamp())
+        read = latest.get((a.concentrator, a.meter))
+        if read is not None and read < since:
+            out.append((a.concentrator, a.meter, effective.isoformat()))
+    return out

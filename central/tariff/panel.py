@@ -122,6 +122,47 @@ async def recheck(ctx: ActionContext, args: Mapping[str, str]) -> ActionResult:
     return await asyncio.to_thread(run)
 
 
+async def read_setup(ctx: ActionContext, args: Mapping[str, str]) -> ActionResult:
+    """Ask the meter's agent to read its tariff set-up now (the ``tariff`` command; operator,
+    audited). The agent publishes it as usual; it is also stored here at once, so a re-check
+    right after sees it."""
+    from central.commands import CommandTimeout
+    from central.points import Converted, convert
+
+    svc = ctx.services
+    c, m = args.get("concentrator", ""), args.get("meter", "")
+    if not c or not m:
+        return ActionResult(False, "concentrator and meter are needed")
+    if svc.key is None:
+        return ActionResult(False, "no command key (METERLINK_MQTT_COMMAND_KEY)")
+    try:
+        reply = await svc.command(c, "tariff", m, {})
+    except CommandTimeout as exc:
+        return ActionResult(False, str(exc))
+    if not reply.ok:
+        detail = reply.payload.get("detail", "")
+        return ActionResult(
+            False, f"{reply.reason}: {detail}".strip(": "), {"reply": reply.payload}
+        )
+    result = reply.payload.get("result")
+    if not isinstance(result, dict):
+        return ActionResult(False, "the agent's reply carries no set-up", {"reply": reply.payload})
+    facts = Converted()
+    try:
+        convert("tariff", {"concentrator": c, **result}, facts)
+    except ValueError as exc:
+        return ActionResult(False, f"the set-up read cannot be used: {exc}")
+    await asyncio.to_thread(TariffStore(svc.store).apply_converted, facts)
+    setup = result.get("setup", {})
+    denied = len(setup.get("unsupported") or ())
+    offset = result.get("clock_offset_s")
+    return ActionResult(
+        True,
+        f"{m}: set-up read at {result.get('read_at')}, clock offset {offset} s,"
+        f" {denied} items denied ({reply.seconds:.1f} s)",
+    )
+
+
 def register(registry: Registry) -> None:
     registry.provide("tariff", TariffSection())
     registry.action(
@@ -131,5 +172,14 @@ def register(registry: Registry) -> None:
             recheck,
             section="tariff",
             fields=("day",),
+        )
+    )
+    registry.action(
+        Action(
+            "tariff.read",
+            {"zh-CN": "立即读取电价参数", "en": "Read the set-up now"},
+            read_setup,
+            section="tariff",
+            fields=("concentrator", "meter"),
         )
     )

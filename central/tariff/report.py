@@ -122,8 +122,17 @@ def short(o: Outcome) -> str:
                              f" {found.get('found_switch')}")  # fmt: skip
             return "; ".join(parts)
         case "ENERGY_MISALLOCATED":
-            days = found.get("days", [])
-            return "; ".join(f"{d['day']}: {d['problems']}" for d in days)
+            parts = []
+            for d in found.get("days", []):
+                for p in d["problems"]:
+                    if "register" in p:
+                        runs = " ".join(f"T{t}" for t in p["plan_tariffs"])
+                        parts.append(f"{d['day']}: {p['kwh']} kWh in {p['register']}"
+                                     f" (the plan runs {runs})")  # fmt: skip
+                    else:
+                        parts.append(f"{d['day']}: T1..Tn sum {p['sum_of_tariffs']} kWh ≠"
+                                     f" total {p['total']} kWh")  # fmt: skip
+            return "; ".join(parts)
     return ""
 
 

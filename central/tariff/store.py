@@ -303,6 +303,19 @@ class TariffStore:
             (meter,),
         )
 
+    def marker(self, day: str) -> tuple[Any, ...]:
+        """What a day's check depends on, cheaply: when it is unchanged the check would give
+        the same outcomes (the consumer's job then skips the day)."""
+        first = (dt.date.fromisoformat(day) - dt.timedelta(days=2)).isoformat()
+        row = self.store.rows(
+            "SELECT (SELECT count(*) FROM tariff_setup), (SELECT max(read_at) FROM tariff_setup),"
+            " (SELECT count(*) FROM tariff_freeze WHERE day >= ? AND day <= ?),"
+            " (SELECT max(seq) FROM tariff_plans), (SELECT count(*) FROM tariff_job),"
+            " (SELECT max(ended_at) FROM tariff_job), (SELECT count(*) FROM archive_version)",
+            (first, day),
+        )
+        return tuple(row[0])
+
     # --- outcomes ------------------------------------------------------------------------------
     def save_outcomes(self, day: str, outcomes: Sequence[Outcome]) -> None:
         """Replace the day's outcomes (a recomputation gives the whole day)."""

@@ -56,6 +56,9 @@ async def test_every_tariff_panel_gives_the_known_numbers(
         store.close()
     async with running_consumer(cfg) as consumer:
         assert await consumer.publish_tariff([D]) == 1
+        assert await consumer.publish_tariff([D]) == 0  # nothing changed: not checked again
+        consumer.tariffs.record_job("c-1", "m-ok", "workorder", 1, 2, "t", "")
+        assert await consumer.publish_tariff([D]) == 1
     assert set(SCOPES) == {"fleet", "concentrator", "district", "manufacturer", "model"}
     panels = json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
     assert {p["title"] for p in panels} == set(EXPECTED)

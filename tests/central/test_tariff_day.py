@@ -246,3 +246,73 @@ def test_a_tariff_payload_becomes_a_set_up_fact_and_a_point() -> None:
     with pytest.raises(NotConvertible, match="counts"):
         convert("tariff", {"concentrator": "c-1", **broken}, out)
     assert len(out.tariffs) == 1  # all of a payload or nothing
+
+
+SWITCHING_TODAY = """
+[[plan]]
+name = "resident-tou"
+  [[plan.version]]
+  effective = 2026-01-01
+  tariffs = 4
+  zones = [ { start = "01-01", table = 1 } ]
+    [plan.version.tables]
+    1 = [ { start = "00:00", tariff = 4 }, { start = "08:00", tariff = 3 } ]
+  [[plan.version]]
+  effective = TODAY
+  tariffs = 4
+  zones = [ { start = "01-01", table = 1 } ]
+    [plan.version.tables]
+    1 = [ { start = "00:00", tariff = 4 }, { start = "07:00", tariff = 2 } ]
+"""
+
+
+class _Sender:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str | None]] = []
+
+    async def send(self, concentrator: str, command: str, *, meter: str | None = None,
+                   wait_s: float = 60.0) -> object:  # fmt: skip
+        self.sent.append((concentrator, command, meter))
+
+        class Reply:
+            ok, reason = True, None
+
+        return Reply()
+
+
+async def test_after_a_plan_switch_the_centre_asks_for_fresh_reads(
+    store: Store, store_url: str, tmp_path: Path
+) -> None:
+    import zoneinfo
+
+    from central.consumer import Consumer
+    from tests.central.helpers import config
+
+    today = dt.datetime.now(zoneinfo.ZoneInfo("Asia/Shanghai")).date()
+    _, tariffs = _load(store)  # the archive: m-ok, m-bad, m-unread on resident-tou
+    tariffs.replace_plans(SWITCHING_TODAY.replace("TODAY", today.isoformat()), "test")
+    # m-ok was read before today's switch, m-bad after it
+    facts = Converted()
+    for meter, when in (("m-ok", dt.datetime(2026, 1, 5, tzinfo=dt.UTC)),
+                        ("m-bad", dt.datetime.now(dt.UTC))):  # fmt: skip
+        store.execute("DELETE FROM tariff_setup WHERE meter = ?", (meter,))
+        setup = good(TOU, read_at=when)
+        facts.tariffs.append(TariffRead("c-1", meter, int(when.timestamp()), setup.to_payload()))
+    tariffs.apply_converted(facts)
+    consumer = Consumer(config(tmp_path, 1, "http://127.0.0.1:1", store=store_url))
+    try:
+        sender = _Sender()
+        assert await consumer.request_switch_reads(sender) == 1
+        assert sender.sent == [("c-1", "tariff", "m-ok")]
+        # without the command key nothing is sent (and nothing fails)
+        assert await consumer.request_switch_reads() == 0
+    finally:
+        consumer.store.close()
+        consumer.spool.close()
+
+
+def test_an_archive_without_tariff_plans_keeps_its_digest() -> None:
+    meters = (("m-1", "east", "acme", "b1"), ("m-2", "east", "acme", "b1"))
+    before = archive_digest(meters)  # as coverage computed it before models and plans were kept
+    assert archive_digest(meters, (("DDZY666", ""), ("DTZY666", ""))) == before
+    assert archive_digest(meters, (("DDZY666", "resident-tou"), ("DTZY666", ""))) != before

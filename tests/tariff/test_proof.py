@@ -176,3 +176,66 @@ def _check_against_truth(tmp_path: Path, days_later: int) -> Counter[str]:
         return codes
     finally:
         store.close()
+
+
+def test_a_work_order_carried_out_and_recorded_makes_the_meter_ok(tmp_path: Path) -> None:
+    """Mismatch → work-order CSV → the technician reprograms the meter on site (the simulator's
+    visit) → `meterlink central tariff job` records it → the next read is OK; the same visit
+    without the record is PROGRAMMED_OUTSIDE_PLAN."""
+    import csv
+    import io
+
+    from central.tariff.report import workorders
+
+    fleet = parse_fleet(FLEET)
+    tz = fleet.world.tz
+    store = open_store(f"sqlite://{tmp_path}/store.sqlite3", name="workorders")
+    try:
+        ledger, tariffs = Ledger(store), TariffStore(store)
+        book = tariffs.replace_plans(fleet.tariff_plans_toml(), "simulator")
+        out = Converted()
+        convert("archive", {"concentrator": CONCENTRATOR, "version": 1,
+                            "updated_at": START.replace(tzinfo=tz).isoformat(),
+                            "meters": fleet.archive()}, out)  # fmt: skip
+        ledger.apply(out, [])
+
+        def read_all(when: dt.datetime) -> None:
+            fleet.world.set(when)
+            facts = Converted()
+            for meter in fleet.meters():
+                payload = read_setup(meter, fleet)
+                if payload is not None:
+                    at = int(dt.datetime.fromisoformat(payload["read_at"]).timestamp())
+                    facts.tariffs.append(
+                        TariffRead(CONCENTRATOR, meter.identity.meter_id, at, payload)
+                    )
+            tariffs.apply_converted(facts)
+
+        def outcomes(day: dt.date) -> dict[str, str]:
+            result = check_day(ledger, tariffs, book, day.isoformat(), CheckSettings(), str(tz))
+            return {o.meter: o.outcome for o in result.outcomes}
+
+        day0 = START.date()
+        read_all(START + dt.timedelta(minutes=30))
+        before = outcomes(day0)
+        csv_text = workorders(day0.isoformat(), tariffs.outcomes(day0.isoformat()), book)
+        orders = {r["meter"]: r for r in csv.DictReader(io.StringIO(csv_text))}
+        fix = sorted(m for m, o in before.items() if o == "PARAM_MISMATCH")
+        assert len(fix) >= 2
+        assert all(orders[m]["to_write"] for m in fix)
+        recorded, unrecorded = fix[0], fix[1]
+        visit = START + dt.timedelta(hours=2)
+        fleet.world.set(visit)
+        for meter_id in (recorded, unrecorded):
+            assert fleet.meter(meter_id).technician_visit()  # counters moved
+        local = visit.replace(tzinfo=tz)
+        tariffs.record_job(CONCENTRATOR, recorded, "workorder",
+                           int((local - dt.timedelta(minutes=5)).timestamp()),
+                           int((local + dt.timedelta(minutes=30)).timestamp()), "technician 7",
+                           orders[recorded]["to_write"][:100])  # fmt: skip
+        read_all(START + dt.timedelta(hours=4))
+        after = outcomes(day0)
+        assert after[recorded] == "OK"
+        assert after[unrecorded] == "PROGRAMMED_OUTSIDE_PLAN"
+    finally:
+        store.close()
