@@ -331,7 +331,8 @@ class Executor:
         → the order waits (`_Stop`), in VERIFYING if `uncertain`."""
         if not order.touched:  # a cancel and the first send are serialised in the store
             self.book.update(order, now=self.clock(), touched=True)
-        wait_s = max(1.0, min(self.cfg.command_timeout_s, order.deadline - self.clock() + 5.0))
+        # no reply by the deadline: the order ends then (a late reply finds it terminal)
+        wait_s = max(0.2, min(self.cfg.command_timeout_s, order.deadline - self.clock()))
         try:
             payload = await self.channel.security(order.concentrator, order.meter, args, wait_s)
         except (CommandTimeout, TimeoutError) as exc:
