@@ -193,3 +193,52 @@ async def test_webhook_signed_and_retried_and_the_reconciliation_pull(tmp_path: 
             assert "W-1,topup," in text
     finally:
         await runner.cleanup()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    crt, pem = tmp / "topup.crt", tmp / "topup.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))  # fmt: skip
+    return crt, pem
+
+
+async def test_tls(tmp_path: Path) -> None:
+    """With tls_cert / tls_key the API speaks HTTPS only; the token is still required."""
+    import ssl
+
+    import aiohttp
+
+    crt, key = _self_signed(tmp_path)
+    async with service_stack(tmp_path, topup={"tls_cert": str(crt), "tls_key": str(key)}) as s:
+        assert s.url.startswith("https://")
+        trust = ssl.create_default_context(cafile=str(crt))
+        trust.check_hostname = False  # the certificate names 127.0.0.1 as CN only
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as https:
+            s.http, plain = https, s.http
+            await s.topup("S-1", LOCAL, 100)
+            assert (await s.terminal("S-1"))["state"] == "confirmed"
+            async with https.get(f"{s.url}/v1/topups/S-1") as r:
+                assert r.status == 401
+            assert plain is not None
+            with pytest.raises(aiohttp.ClientError):
+                await plain.get(s.url.replace("https://", "http://") + "/healthz")
+            s.http = plain
