@@ -73,6 +73,9 @@ async def test_top_up_relay_idempotency_and_cancel(tmp_path: Path) -> None:
         closed = await s.terminal("R-2", "relay-orders")
         assert closed["state"] == "confirmed", closed
         assert not s.fleet.meter(REMOTE).relay.open
+        # verified by status word 3 and the relay event records
+        assert closed["result"]["relay_events"]["1E000001"]["relay_close_count"] == 1
+        assert tripped["result"]["relay_events"]["1D000001"]["relay_trip_count"] == 1
 
         # cancel: only before anything reached the meter (the machine is down: nothing sent)
         s.hsm.fail(160, "error")
