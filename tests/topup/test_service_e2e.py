@@ -245,3 +245,38 @@ async def test_tls(tmp_path: Path) -> None:
             with pytest.raises(aiohttp.ClientError):
                 await plain.get(s.url.replace("https://", "http://") + "/healthz")
             s.http = plain
+
+
+async def test_the_kpi_reaches_influxdb(tmp_path: Path) -> None:
+    """The service writes `topup*` points every influx_interval_s: the day's rate with a
+    confirmed and a failed order, and the failing meter named."""
+    from tests.agent.helpers_mqtt import eventually
+    from tests.fixtures.services import running_influxdb
+
+    with running_influxdb(tmp_path / "influx") as influx:
+        extra = f'[influx]\nurl = "{influx.url}"\n'
+        async with service_stack(
+            tmp_path, topup={"influx_interval_s": 0.5}, central_extra=extra
+        ) as s:
+            await s.topup("K-1", LOCAL, 100)
+            await s.post(
+                "/v1/topups",
+                {"order_id": "K-2", "meter": LOCAL_2, "customer": "999999999999",
+                 "amount_fen": 100},
+            )  # fmt: skip
+            one, two = await s.terminal("K-1"), await s.terminal("K-2")
+            assert (one["state"], two["state"]) == ("confirmed", "failed")
+
+            def rate() -> list[list[object]]:
+                series = influx.query(
+                    "SELECT last(rate), last(orders), last(confirmed) FROM topup"
+                    " WHERE scope = 'fleet'"
+                )
+                return [v[1:] for x in series for v in x["values"]]
+
+            # polled: InfluxDB has no event to wait on
+            await eventually(lambda: rate() == [[50.0, 2.0, 1.0]], within=30)
+            meters = influx.query("SELECT last(reasons) FROM topup_meter GROUP BY meter")
+            assert [(m["tags"]["meter"], m["values"][0][1]) for m in meters] == [
+                (LOCAL_2, "customer_mismatch 1")
+            ]
