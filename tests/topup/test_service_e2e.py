@@ -280,3 +280,51 @@ async def test_the_kpi_reaches_influxdb(tmp_path: Path) -> None:
             assert [(m["tags"]["meter"], m["values"][0][1]) for m in meters] == [
                 (LOCAL_2, "customer_mismatch 1")
             ]
+
+
+async def test_two_instances_share_the_store(tmp_path: Path) -> None:
+    """Two service instances (their own MQTT identities) on one store: orders submitted to
+    either are executed once each, one at a time per meter, whichever instance takes them."""
+    import asyncio
+
+    from tests.fixtures.processes import MeterlinkProcess
+    from tests.topup.service_stack import KEY, TOKEN
+
+    async with service_stack(tmp_path) as s:
+        second_config = tmp_path / "central-2.toml"
+        second_config.write_text(
+            s.central_config.read_text().replace('"test-topup-central"', '"test-topup-central-2"')
+        )
+        second = MeterlinkProcess(
+            ["central", "topup", "serve", "--config", str(second_config)],
+            tmp_path / "topup-second.log",
+            {"METERLINK_MQTT_COMMAND_KEY": KEY, "METERLINK_TOPUP_TOKENS": TOKEN},
+        )
+        await second.start(stdout=asyncio.subprocess.PIPE)
+        assert second.proc is not None
+        assert second.proc.stdout is not None
+        url2 = ""
+        while True:
+            line = (await asyncio.wait_for(second.proc.stdout.readline(), 60)).decode().strip()
+            assert line, second.log()
+            if line.startswith("topup "):
+                url2 = line.split()[1].rstrip("/")
+            if line == "ready":
+                break
+        try:
+            first_url = s.url
+            before = {m: s.count(m) for m in (LOCAL, LOCAL_2, "000000000003")}
+            ids = []
+            for i in range(6):
+                meter = ("000000000001", "000000000002", "000000000003")[i % 3]
+                s.url = first_url if i % 2 == 0 else url2
+                await s.topup(f"M-{i}", meter, 100 + i)
+                ids.append(f"M-{i}")
+            s.url = first_url
+            for order_id in ids:
+                assert (await s.terminal(order_id))["state"] == "confirmed"
+            for j, meter in enumerate(("000000000001", "000000000002", "000000000003")):
+                n = before[meter]
+                assert s.credits(meter) == [(n + 1, 100 + j), (n + 2, 100 + j + 3)]
+        finally:
+            assert await second.stop() == 0, second.log()
