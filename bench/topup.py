@@ -9,6 +9,11 @@ orders per second the order service sustains.
    confirmation, beside the wire-time minimum of the exchanges it needed, from what actually
    crossed the line during it (request wire time + the meter's drawn reply delay + reply wire
    time, for every frame). Printed: p50 / p95 of both and of their ratio.
+1b. The same through a carrier bus: an HPLC CCO (simulated, one read at a time, time scale
+   0.05: the field's drawn latencies × 0.05) with the agent's carrier transport; beside the
+   sum of the latencies the module applied to the exchanges of the order (the carrier
+   network's floor; the serial hop to the module is included in the measurement only).
+   Multiply by 20 for field seconds.
 2. Throughput: 10,000 orders over 1,000 meters (10 each, serialised per meter) through the
    order book and executor on the central store (SQLite, synchronous=FULL as in production),
    against an in-process fake agent and machine that answer at once; beside a baseline
@@ -46,6 +51,7 @@ from central.topup.executor import Executor  # noqa: E402
 from central.topup.hsm import IdentityAuth, PurseMacs, SecurityModule  # noqa: E402
 from central.topup.orders import OrderBook, load_archive  # noqa: E402
 from simulators import Fleet  # noqa: E402
+from simulators.record import CarrierRecord  # noqa: E402
 from tests.agent.simenv import sim_agent  # noqa: E402
 from tests.topup.helpers import LocalHsm  # noqa: E402
 from tests.topup.service_stack import topup_archive  # noqa: E402
@@ -158,6 +164,90 @@ async def line_latency(n: int, tmp: Path) -> tuple[list[tuple[float, float]], fl
             out.append((elapsed, minimum))
         store.close()
         return out, len(log.exchanges) / n
+
+
+CARRIER_FLEET = """
+seed = 8
+[[district]]
+name = "d"
+  [[district.bus]]
+  name = "plc-1"
+  protocol = "carrier"
+    [district.bus.carrier]
+    profile = "hplc"
+    concurrency = 1
+    forming_s = 0
+    reforming_s = 0
+    boot_report_s = [0, 0]
+    [[district.bus.meters]]
+    count = {count}
+    first_address = "000000000001"
+    models = {{ DDZY666 = 1 }}
+    balance_yuan = 80
+    offset_s = 0
+    drift_ppm = 0
+"""
+CARRIER_SCALE = 0.05
+
+
+async def carrier_latency(n: int, tmp: Path) -> tuple[list[tuple[float, float]], float]:
+    async with sim_agent(
+        CARRIER_FLEET.format(count=n), tmp, time_scale=CARRIER_SCALE,
+        carrier_options="in_flight=16&read_timeout_ms=0",
+    ) as sa:  # fmt: skip
+        fleet = sa.fleet
+        module = sa.serving.module("plc-1")
+        await sa.pollers["plc-1"].client.module_info()  # start-up and archive sync first
+        await module.wait_formed()
+        meters = "".join(
+            f'[[archive.meters]]\naddress = "{m.identity.meter_id}"\nbus = "plc-1"\n'
+            f'protocol = "{m.identity.protocol}"\n'
+            for m in fleet.meters()
+        )
+        path = tmp / "agent.toml"
+        path.write_text(
+            f'[agent]\nconcentrator = "c-bench"\nstate_dir = "{tmp}"\n'
+            '[[buses]]\nname = "plc-1"\nurl = "carrier+tcp://127.0.0.1:1"\n' + meters
+        )
+
+        async def on_change() -> None:
+            return None
+
+        run = CommandExecutor(sa.ctx, ArchiveStore(load_config(path)), on_change)
+        store = open_store(tmp / "carrier.sqlite3")
+        book = OrderBook(store, TZ)
+        book.migrate()
+        book.set_archive(load_archive(topup_archive(fleet, "c-bench")))
+        cfg = TopupConfig(concurrency=1, poll_s=0.01, command_timeout_s=60)
+        executor = Executor(book, cfg, LocalHsm(fleet), AgentChannel(run))
+        out = []
+        exchanges = 0
+        for i, m in enumerate(fleet.meters()):
+            wallet = m.wallet
+            assert wallet is not None
+            before = len(fleet.recorder.carrier)
+            now = time.time()
+            body = {"order_id": f"plc-{i}", "meter": m.identity.meter_id,
+                    "customer": wallet.customer_number, "amount_fen": 1000}  # fmt: skip
+            book.accept("topup", body, now=now, deadline=now + 600)
+            started = time.perf_counter()
+            while book.active_count():
+                executor.tick()
+                for task in list(executor.running.values()):
+                    await task
+                await asyncio.sleep(0.001)
+            elapsed = time.perf_counter() - started
+            order = book.get(f"plc-{i}")
+            assert order is not None
+            assert order.state.value == "confirmed", order
+            reads = [
+                r for r in fleet.recorder.carrier[before:]
+                if isinstance(r, CarrierRecord) and r.dir == "down" and r.applied_s is not None
+            ]  # fmt: skip
+            exchanges += len(reads)
+            out.append((elapsed, sum(r.applied_s or 0.0 for r in reads)))
+        store.close()
+        return out, exchanges / n
 
 
 class FakeHsm(SecurityModule):
@@ -304,6 +394,7 @@ async def main() -> None:
     parser.add_argument("--orders", type=int, default=10000)
     parser.add_argument("--meters", type=int, default=1000)
     parser.add_argument("--line-orders", type=int, default=12)
+    parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-topup-") as tmpdir:
         tmp = Path(tmpdir)
@@ -320,6 +411,21 @@ async def main() -> None:
                   f" {pct(ratios, q):>6.3f}")  # fmt: skip
         print(f"   {'mean':>10} {statistics.mean(measured):>11.2f}"
               f" {statistics.mean(minimum):>15.2f} {statistics.mean(ratios):>6.3f}")  # fmt: skip
+        (tmp / "plc").mkdir()
+        plc, plc_per_order = await carrier_latency(args.line_orders, tmp / "plc")
+        print(f"\n1b. through an HPLC CCO, time scale {CARRIER_SCALE} ({len(plc)} orders, one"
+              f" at a time; {plc_per_order:.1f} carrier exchanges per order)")  # fmt: skip
+        print(f"   {'':>10} {'measured s':>11} {'Σ latency s':>15} {'ratio':>6}")
+        pm, pw = [m for m, _ in plc], [w for _, w in plc]
+        pr = [m / w for m, w in plc]
+        for name, q in (("p50", 0.5), ("p95", 0.95)):
+            print(f"   {name:>10} {pct(pm, q):>11.2f} {pct(pw, q):>15.2f} {pct(pr, q):>6.3f}")
+        print(
+            f"   field time at scale 1: p50 {pct(pw, 0.5) / CARRIER_SCALE:.0f} s,"
+            f" p95 {pct(pw, 0.95) / CARRIER_SCALE:.0f} s of carrier latency per order"
+        )
+        if args.skip_throughput:
+            return
         (tmp / "tp").mkdir()
         rate, base, commands, commits = await throughput(args.orders, args.meters, tmp / "tp")
         print(f"\n2. throughput: {args.orders} orders over {args.meters} meters, SQLite store,"

@@ -766,8 +766,10 @@ async def _done(request: web.Request) -> dict[str, Any] | None:
 
 
 # --- the application -----------------------------------------------------------------------------
-def make_registry(extensions: list[str]) -> Registry:
-    registry = Registry()
+def make_registry(extensions: list[str], **context: Any) -> Registry:
+    """The sections and actions; `context` (``store``, ``cfg``) is what modules' ``register``
+    may build their providers with."""
+    registry = Registry(context=dict(context))
     default_sections(registry)
     registry.action(Action("read_now", {"zh-CN": "立即抄读", "en": "Read now"}, read_now,
                            fields=("concentrator", "meter")))  # fmt: skip
@@ -840,7 +842,8 @@ async def running(
     client_id = cfg.panel.client_id or f"{cfg.mqtt.client_id}-panel"
     svc = Services(
         cfg, store, users, cache, data.InfluxReader(cfg.influx),
-        data.StatusWatcher(cfg.mqtt, client_id), make_registry(cfg.panel.extensions),
+        data.StatusWatcher(cfg.mqtt, client_id),
+        make_registry(cfg.panel.extensions, store=store, cfg=cfg),
         tls=cfg.panel.tls_cert is not None, key=key,
     )  # fmt: skip
     for section in svc.registry.sections.values():  # providers that read the store

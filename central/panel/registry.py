@@ -120,6 +120,9 @@ class Section:
 class Registry:
     sections: dict[str, Section] = field(default_factory=dict)
     actions: dict[str, Action] = field(default_factory=dict)
+    #: what a module's ``register`` may use to build its provider: ``store`` (the central
+    #: store) and ``cfg`` (the central configuration) when the panel serves; empty otherwise
+    context: dict[str, Any] = field(default_factory=dict)
 
     def section(self, section: Section) -> None:
         if section.key in self.sections:

@@ -53,6 +53,9 @@ T = TypeVar("T")
 #: the API's relay actions → the 1CH command (protocols.topup.RelayCommand names)
 RELAY_ACTIONS = {"trip": "trip", "allow_close": "close_allowed", "close": "direct_close"}
 RELAY_ITEMS = ("04000503",)
+#: after a 1CH: status word 3 and the relay event counts (跳闸 / 合闸 总次数); an item a meter
+#: does not have fails alone, status word 3 still decides
+RELAY_VERIFY_ITEMS = ("04000503", "1D000001", "1E000001")
 
 #: reasons of the service itself (beside `SecurityReason` and the communication reasons)
 SERVICE_REASONS = {
@@ -331,7 +334,8 @@ class Executor:
         → the order waits (`_Stop`), in VERIFYING if `uncertain`."""
         if not order.touched:  # a cancel and the first send are serialised in the store
             self.book.update(order, now=self.clock(), touched=True)
-        wait_s = max(1.0, min(self.cfg.command_timeout_s, order.deadline - self.clock() + 5.0))
+        # no reply by the deadline: the order ends then (a late reply finds it terminal)
+        wait_s = max(0.2, min(self.cfg.command_timeout_s, order.deadline - self.clock()))
         try:
             payload = await self.channel.security(order.concentrator, order.meter, args, wait_s)
         except (CommandTimeout, TimeoutError) as exc:
@@ -601,13 +605,14 @@ class Executor:
                          relay_tries=order.relay_tries + 1)  # fmt: skip
         second = await self._command(
             order, f"relay:{command}+relay-state",
-            security_args([relay_step(cipher), read_step(RELAY_ITEMS)], session=first.random2,
+            security_args([relay_step(cipher), read_step(RELAY_VERIFY_ITEMS)],
+                          session=first.random2,
                           not_after=self._not_after(order, session_end)),
             after={"state": State.VERIFYING},
         )  # fmt: skip
         after = second.purchase_state()
         if self._satisfied(command, after):
-            self._relay_done(order, command, after)
+            self._relay_done(order, command, after, _events(second))
         if after.status_word_3 is not None:
             self.book.update(order, now=self.clock(), uncertain=False)
         step = second.step("relay")
@@ -621,7 +626,26 @@ class Executor:
         text = str(getattr(reason, "value", reason) or "no_reply")
         self._comm_wait(order, text, step.detail if step else second.detail)
 
-    def _relay_done(self, order: Order, command: str, state: PurchaseState) -> None:
+    def _relay_done(
+        self,
+        order: Order,
+        command: str,
+        state: PurchaseState,
+        events: dict[str, Any] | None = None,
+    ) -> None:
         result = {**order.result, "relay": command, "status_word_3": state.status_word_3,
                   "relay_open": state.relay_open}  # fmt: skip
+        if events:
+            result["relay_events"] = events
         self._finish(order, State.CONFIRMED, None, "", uncertain=False, result=result)
+
+
+def _events(result: SecurityResult) -> dict[str, Any]:
+    """The relay event counts read after a 1CH (1D 00 00 01 trips, 1E 00 00 01 closings):
+    their decoded values, by item."""
+    out: dict[str, Any] = {}
+    for step in result.steps:
+        for item, entry in step.items.items():
+            if item in ("1D000001", "1E000001") and entry.get("values"):
+                out[item] = {k: v.get("value") for k, v in entry["values"].items()}
+    return out

@@ -93,6 +93,10 @@ async def serve(cfg: CentralConfig, store: Store, *, stop: asyncio.Event | None 
     tokens = t.token_list()
     if not tokens:
         raise ValueError("no bearer token for billing: set METERLINK_TOPUP_TOKENS")
+    if t.webhook_url and t.webhook_secret is None:
+        raise ValueError(
+            "[topup] webhook_url is set but not its secret: set METERLINK_TOPUP_WEBHOOK_SECRET"
+        )
     if cfg.mqtt.command_key is None:
         raise ValueError("no command key: set METERLINK_MQTT_COMMAND_KEY (the agents' key)")
     from protocols.commands import key_bytes

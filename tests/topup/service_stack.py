@@ -220,6 +220,7 @@ async def service_stack(
     topup: dict[str, Any] | None = None,
     agent_reply_timeout_ms: int = 200,
     env: dict[str, str] | None = None,
+    central_extra: str = "",
 ) -> AsyncIterator[ServiceStack]:
     """`topup`: [topup] keys over the test defaults (short retries and waits)."""
     fleet = parse_fleet(fleet_toml or fleet_text())
@@ -259,6 +260,7 @@ async def service_stack(
                 'client_id = "test-topup-central"\nreconnect_min_s = 0.2\n'
                 f'[store]\nurl = "sqlite://{tmp_path}/central.sqlite3"\n[topup]\n'
                 + "".join(f"{k} = {json.dumps(v)}\n" for k, v in options.items())
+                + central_extra
             )
             async with (
                 Collector(broker, filters=(f"meterlink/v1/{CONCENTRATOR}/status",)) as seen,

@@ -103,7 +103,10 @@ async def test_e04_agent_restarts_between_sent_and_reply(tmp_path: Path) -> None
     the simulator's log, while it waits for the lost reply): the service has no answer →
     "crediting, outcome unknown" → the next attempt's read-back says count = target → confirmed
     without a resend."""
-    async with service_stack(tmp_path, topup={"command_timeout_s": 3}) as s:
+    # the agent waits 2 s for the lost reply: the window in which it is killed
+    async with service_stack(
+        tmp_path, topup={"command_timeout_s": 3}, agent_reply_timeout_ms=2000
+    ) as s:
         n = s.count(LOCAL)
         s.fleet.inject(LOCAL, "drop_reply", on="topup")
         await s.topup("E4", LOCAL, 4000)
@@ -111,7 +114,7 @@ async def test_e04_agent_restarts_between_sent_and_reply(tmp_path: Path) -> None
         assert s.agent.proc is not None
         s.agent.proc.send_signal(signal.SIGKILL)
         await s.agent.proc.wait()
-        await eventually_state(s, "E4", "verifying")
+        await eventually_timeout(s, "E4", "topup+readback")
         await s.restart_agent()
         order = await done(s, "E4")
         assert order["state"] == "confirmed", order
@@ -122,11 +125,14 @@ async def test_e04_agent_restarts_between_sent_and_reply(tmp_path: Path) -> None
         assert s.credits(LOCAL) == [(n + 1, 4000)]
 
 
-async def eventually_state(s: ServiceStack, order_id: str, state: str) -> dict[str, Any]:
+async def eventually_timeout(s: ServiceStack, order_id: str, what: str) -> dict[str, Any]:
+    """The order once the service saw no reply to its `what` command."""
     async with asyncio.timeout(60):
         while True:
             order = await s.order(order_id)
-            if order["state"] == state:
+            if any(e["what"] == what and e["reason"] == "command_timeout"
+                   for e in order["exchanges"]):  # fmt: skip
+                assert order["state"] != "confirmed", order
                 return order
             await asyncio.sleep(0.1)
 

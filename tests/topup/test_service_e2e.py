@@ -73,6 +73,9 @@ async def test_top_up_relay_idempotency_and_cancel(tmp_path: Path) -> None:
         closed = await s.terminal("R-2", "relay-orders")
         assert closed["state"] == "confirmed", closed
         assert not s.fleet.meter(REMOTE).relay.open
+        # verified by status word 3 and the relay event records
+        assert closed["result"]["relay_events"]["1E000001"]["relay_close_count"] == 1
+        assert tripped["result"]["relay_events"]["1D000001"]["relay_trip_count"] == 1
 
         # cancel: only before anything reached the meter (the machine is down: nothing sent)
         s.hsm.fail(160, "error")
@@ -193,3 +196,135 @@ async def test_webhook_signed_and_retried_and_the_reconciliation_pull(tmp_path: 
             assert "W-1,topup," in text
     finally:
         await runner.cleanup()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    crt, pem = tmp / "topup.crt", tmp / "topup.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))  # fmt: skip
+    return crt, pem
+
+
+async def test_tls(tmp_path: Path) -> None:
+    """With tls_cert / tls_key the API speaks HTTPS only; the token is still required."""
+    import ssl
+
+    import aiohttp
+
+    crt, key = _self_signed(tmp_path)
+    async with service_stack(tmp_path, topup={"tls_cert": str(crt), "tls_key": str(key)}) as s:
+        assert s.url.startswith("https://")
+        trust = ssl.create_default_context(cafile=str(crt))
+        trust.check_hostname = False  # the certificate names 127.0.0.1 as CN only
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as https:
+            s.http, plain = https, s.http
+            await s.topup("S-1", LOCAL, 100)
+            assert (await s.terminal("S-1"))["state"] == "confirmed"
+            async with https.get(f"{s.url}/v1/topups/S-1") as r:
+                assert r.status == 401
+            assert plain is not None
+            with pytest.raises(aiohttp.ClientError):
+                await plain.get(s.url.replace("https://", "http://") + "/healthz")
+            s.http = plain
+
+
+async def test_the_kpi_reaches_influxdb(tmp_path: Path) -> None:
+    """The service writes `topup*` points every influx_interval_s: the day's rate with a
+    confirmed and a failed order, and the failing meter named."""
+    from tests.agent.helpers_mqtt import eventually
+    from tests.fixtures.services import running_influxdb
+
+    with running_influxdb(tmp_path / "influx") as influx:
+        extra = f'[influx]\nurl = "{influx.url}"\n'
+        async with service_stack(
+            tmp_path, topup={"influx_interval_s": 0.5}, central_extra=extra
+        ) as s:
+            await s.topup("K-1", LOCAL, 100)
+            await s.post(
+                "/v1/topups",
+                {"order_id": "K-2", "meter": LOCAL_2, "customer": "999999999999",
+                 "amount_fen": 100},
+            )  # fmt: skip
+            one, two = await s.terminal("K-1"), await s.terminal("K-2")
+            assert (one["state"], two["state"]) == ("confirmed", "failed")
+
+            def rate() -> list[list[object]]:
+                series = influx.query(
+                    "SELECT last(rate), last(orders), last(confirmed) FROM topup"
+                    " WHERE scope = 'fleet'"
+                )
+                return [v[1:] for x in series for v in x["values"]]
+
+            # polled: InfluxDB has no event to wait on
+            await eventually(lambda: rate() == [[50.0, 2.0, 1.0]], within=30)
+            meters = influx.query("SELECT last(reasons) FROM topup_meter GROUP BY meter")
+            assert [(m["tags"]["meter"], m["values"][0][1]) for m in meters] == [
+                (LOCAL_2, "customer_mismatch 1")
+            ]
+
+
+async def test_two_instances_share_the_store(tmp_path: Path) -> None:
+    """Two service instances (their own MQTT identities) on one store: orders submitted to
+    either are executed once each, one at a time per meter, whichever instance takes them."""
+    import asyncio
+
+    from tests.fixtures.processes import MeterlinkProcess
+    from tests.topup.service_stack import KEY, TOKEN
+
+    async with service_stack(tmp_path) as s:
+        second_config = tmp_path / "central-2.toml"
+        second_config.write_text(
+            s.central_config.read_text().replace('"test-topup-central"', '"test-topup-central-2"')
+        )
+        second = MeterlinkProcess(
+            ["central", "topup", "serve", "--config", str(second_config)],
+            tmp_path / "topup-second.log",
+            {"METERLINK_MQTT_COMMAND_KEY": KEY, "METERLINK_TOPUP_TOKENS": TOKEN},
+        )
+        await second.start(stdout=asyncio.subprocess.PIPE)
+        assert second.proc is not None
+        assert second.proc.stdout is not None
+        url2 = ""
+        while True:
+            line = (await asyncio.wait_for(second.proc.stdout.readline(), 60)).decode().strip()
+            assert line, second.log()
+            if line.startswith("topup "):
+                url2 = line.split()[1].rstrip("/")
+            if line == "ready":
+                break
+        try:
+            first_url = s.url
+            before = {m: s.count(m) for m in (LOCAL, LOCAL_2, "000000000003")}
+            ids = []
+            for i in range(6):
+                meter = ("000000000001", "000000000002", "000000000003")[i % 3]
+                s.url = first_url if i % 2 == 0 else url2
+                await s.topup(f"M-{i}", meter, 100 + i)
+                ids.append(f"M-{i}")
+            s.url = first_url
+            for order_id in ids:
+                assert (await s.terminal(order_id))["state"] == "confirmed"
+            for j, meter in enumerate(("000000000001", "000000000002", "000000000003")):
+                n = before[meter]
+                assert s.credits(meter) == [(n + 1, 100 + j), (n + 2, 100 + j + 3)]
+        finally:
+            assert await second.stop() == 0, second.log()
