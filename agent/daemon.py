@@ -183,12 +183,20 @@ class Agent:
         """Daily readings the disk budget dropped before delivery: read them again (backfill)."""
         if kind != "readings":
             return
+        again: dict[str, list[str]] = {}
         for reading in payloads:
             if reading.get("item") == "daily_freeze":
                 day = (
                     dt.datetime.fromisoformat(reading["data_time"]).astimezone(self.clock.tz).date()
                 )
                 self.state.forget_read(day, reading["meter"])
+                again.setdefault(day.isoformat(), []).append(reading["meter"])
+        if again:
+            log.info(
+                "evicted daily readings to be read again by backfill: %s",
+                "; ".join(f"{day} {' '.join(meters)}" for day, meters in sorted(again.items())),
+                extra={"evicted_reads": again},
+            )
 
     # --- providers for the MQTT link -------------------------------------------------------------
     def archive_payload(self) -> dict[str, Any]:
