@@ -382,7 +382,7 @@ class Consumer:
         book = await asyncio.to_thread(self.tariffs.plans)
         if book is None:
             return 0
-        today = dt.datetime.now(zoneinfo.ZoneInfo(t.timezone)).date()
+        today = common.clock.current().now(zoneinfo.ZoneInfo(t.timezone)).date()
         wanted = await asyncio.to_thread(
             switch_read_candidates, self.ledger, self.tariffs, book, today, t.timezone
         )

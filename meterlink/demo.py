@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import common.clock
 from central.config import CoverageConfig
 from central.coverage import compute_day
 from central.ledger import Ledger
@@ -456,7 +457,7 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
         print(f"demo: panel {panel_url} (log-in {PANEL_USER} / {panel_password}, operator)")
         # the data day is the meters' local date (the agent's default zone is the same,
         # Asia/Shanghai, whatever this machine's zone is)
-        day = dt.datetime.now(tz).date().isoformat()
+        day = common.clock.current().now(tz).date().isoformat()
         cfg = CoverageConfig()
         deadline = time.monotonic() + args.wait
         status = "waiting for the first round"

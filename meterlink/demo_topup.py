@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import common.clock
 from simulators import Fleet
 
 __all__ = ["TopupDemo", "topup_archive"]
@@ -135,7 +136,7 @@ class TopupDemo:
         """Top-ups for every local prepaid meter, relay orders for two; faults injected into a
         few through the simulator's control channel."""
         tz = zoneinfo.ZoneInfo(str(self.fleet.world.tz))
-        deadline = (dt.datetime.now(tz) + dt.timedelta(seconds=deadline_s)).isoformat(
+        deadline = (common.clock.current().now(tz) + dt.timedelta(seconds=deadline_s)).isoformat(
             timespec="seconds"
         )
         local = [m for m in self.fleet.meters() if m.wallet is not None
@@ -147,7 +148,7 @@ class TopupDemo:
                       healthy[1].identity.meter_id: "drop_request"}  # fmt: skip
         for meter, action in faults.items():
             _http("POST", f"{control}/v1/faults", {"meter": meter, "action": action, "on": "topup"})
-        stamp = dt.datetime.now(tz).strftime("%H%M%S")
+        stamp = common.clock.current().now(tz).strftime("%H%M%S")
         for i, m in enumerate(local):
             wallet = m.wallet
             assert wallet is not None
@@ -203,7 +204,9 @@ class TopupDemo:
         tz = zoneinfo.ZoneInfo(str(self.fleet.world.tz))
         ours = {order_id for _, order_id in self.orders}
         book = OrderBook(store, tz)
-        days = sorted({book.day_of(time.time()), *(v["day"] for v in final.values())})
+        days = sorted(
+            {book.day_of(common.clock.current().time()), *(v["day"] for v in final.values())}
+        )
         orders = [o for o in book.orders_of_days(days) if o.order_id in ours]
         day = days[-1]
         lines = [f"top-ups: {rate_line(compute(day, orders))}"]

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import common.clock
 from central.points import Converted
 from central.store import Migration, Schema, Store, Tx
 from central.tariff.plans import PlanBook, parse_plans
@@ -262,7 +263,7 @@ class TariffStore:
 
     def start_job(self, concentrator: str, meter: str, kind: str, by: str, detail: str) -> int:
         def write(tx: Tx) -> int:
-            now = int(dt.datetime.now(dt.UTC).timestamp())
+            now = int(common.clock.current().time())
             row = tx.one(
                 "INSERT INTO tariff_job (concentrator, meter, kind, started_at, ended_at, state,"
                 " by_whom, detail) VALUES (?, ?, ?, ?, NULL, 'running', ?, ?) RETURNING id",
@@ -290,7 +291,7 @@ class TariffStore:
         return self.store.write(write)
 
     def end_job(self, job: int, state: str, detail: str) -> None:
-        now = int(dt.datetime.now(dt.UTC).timestamp())
+        now = int(common.clock.current().time())
         self.store.execute(
             "UPDATE tariff_job SET ended_at = ?, state = ?, detail = ? WHERE id = ?",
             (now, state, detail, job),
@@ -351,4 +352,4 @@ class TariffStore:
 
 
 def _now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return common.clock.current().now().isoformat(timespec="seconds")

@@ -592,9 +592,9 @@ class Executor:
                          f" {state.status_word_3}: the relay does not move")  # fmt: skip
         if not restore:
             self.book.update(order, now=self.clock(), state=State.CREDITING)
-        until = dt.datetime.now(self.tz).replace(tzinfo=None) + dt.timedelta(
-            minutes=self.cfg.relay_valid_minutes
-        )
+        until = dt.datetime.fromtimestamp(self.clock(), self.tz).replace(
+            tzinfo=None
+        ) + dt.timedelta(minutes=self.cfg.relay_valid_minutes)
         cipher = await self._hsm(
             order, "user_control",
             self.hsm.user_control(order.address, first.random2, first.esam_serial,

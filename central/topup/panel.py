@@ -16,6 +16,7 @@ import zoneinfo
 from collections.abc import Mapping
 from typing import Any
 
+import common.clock
 from central.panel.registry import Figure, Registry
 from central.store import Store
 from central.topup.kpi import compute, rate_line
@@ -81,7 +82,7 @@ class TopupSection:
     async def page(self, lang: str, query: Mapping[str, str]) -> str | None:
         day = query.get("day", "")
         if not _DAY.match(day):
-            day = dt.datetime.now(self.tz).date().isoformat()
+            day = common.clock.current().now(self.tz).date().isoformat()
         orders = await asyncio.to_thread(self.book.orders_of_days, [day])
         k = compute(day, orders)
         t = self._labels(lang)

@@ -19,7 +19,6 @@ import logging
 import signal
 import ssl
 import sys
-import time
 import zoneinfo
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+import common.clock
 from central.commands import CommandSender
 from central.config import CentralConfig
 from central.store import Store
@@ -116,7 +116,7 @@ async def serve(cfg: CentralConfig, store: Store, *, stop: asyncio.Event | None 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     hsm = load_security_module(t.hsm, {"url": t.hsm_url, "timeout_s": t.hsm_timeout_s})
-    clock = time.time
+    clock = common.clock.current().time
     async with hsm, CommandSender(cfg.mqtt, key, client_id=f"{cfg.mqtt.client_id}-topup") as sender:
         executor = Executor(book, t, hsm, MqttChannel(sender), clock=clock)
         book.listeners.append(lambda order: executor.wake())
