@@ -63,7 +63,10 @@ TOPUP_DEADLINE_S = 45.0
 #: 1997 import energy totals); the simulator's record is checked against these
 ENERGY_DIS = ("0506", "901F", "9010")
 #: the tariff set-ups arriving stop counting as "still coming" after this long without a new one
+#: (once the first arrived: top-up commands go before the agent's plans on the bus)
 TARIFF_SETTLE_S = 6.0
+#: the longest the demo waits for the agent's tariff set-ups
+TARIFF_WAIT_S = 120.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -483,7 +486,7 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
             " item of one attempt; the record counts single replies)"
         )
         if fleet is not None and fleet.tariff_plans:
-            _tariff_rate(ledger, tariffs, fleet, day, cov.fleet().rate, stack)
+            _tariff_rate(ledger, tariffs, fleet, day, cov.fleet(), stack)
         final = topup.wait(stack, TOPUP_DEADLINE_S + 15)
         print()
         for line in topup.report(control, final, store):
@@ -504,19 +507,25 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
 
 
 def _tariff_rate(
-    ledger: Ledger, tariffs: TariffStore, fleet: Any, day: str, coverage: float | None,
-    stack: _Stack,
-) -> None:  # fmt: skip
-    """Wait (briefly) for the agent's tariff set-ups, check the day, print 电价执行正确率 beside
-    the coverage rate and the simulator's own truth."""
-    settled, last, count = time.monotonic(), -1, 0
-    while time.monotonic() - settled < TARIFF_SETTLE_S:
+    ledger: Ledger, tariffs: TariffStore, fleet: Any, day: str, fleet_cov: Any, stack: _Stack
+) -> None:
+    """Wait for the agent's tariff set-ups, check the day, print 电价执行正确率 beside the
+    coverage rate and the simulator's own truth.
+
+    Done when every meter the daily plan read has a set-up in the store, or when none came for
+    TARIFF_SETTLE_S after the first one (dead meters never send one), or after TARIFF_WAIT_S."""
+    coverage: float | None = fleet_cov.rate
+    started = settled = time.monotonic()
+    last, count = -1, 0
+    while time.monotonic() - started < TARIFF_WAIT_S:
         stack.check()
         count = int(tariffs.store.rows(
             "SELECT count(DISTINCT meter) FROM tariff_setup WHERE concentrator = ?",
             (CONCENTRATOR,))[0][0])  # fmt: skip
         if count != last:
             last, settled = count, time.monotonic()
+        if count >= fleet_cov.read or (count and time.monotonic() - settled >= TARIFF_SETTLE_S):
+            break
         time.sleep(1.0)
     book = tariffs.plans()
     assert book is not None

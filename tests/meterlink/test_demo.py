@@ -5,27 +5,37 @@ default SQLite file, and in a private PostgreSQL (`--store postgresql://...`).""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import os
 import re
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import common.clock
 from central.config import CoverageConfig
 from central.coverage import compute_day
 from central.ledger import Ledger
 from central.store import open_store
 from simulators import load_fleet
+from tests.fixtures.clock import clear_of_midnight, on_clock
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET = Path(__file__).parent / "data" / "demo-fleet.toml"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # a hang guard, not a speed limit
+
+
+@pytest.fixture(autouse=True)
+def _clear_of_midnight() -> Iterator[None]:
+    """The daily plan reads today's 00:00 freeze: the demo's processes and this test share a
+    clock that starts at 10:00 today in the meters' zone, so no run straddles a midnight."""
+    with on_clock(clear_of_midnight(load_fleet(FLEET).world.tz)):
+        yield
 
 
 def answered_energy(record: Path) -> set[str]:
@@ -50,10 +60,6 @@ async def test_demo_coverage_equals_the_simulators_record(
     tmp_path: Path, store_args: list[str]
 ) -> None:
     tz = load_fleet(FLEET).world.tz  # the meters' zone (Asia/Shanghai), not this machine's
-    now = dt.datetime.now(tz)
-    to_midnight = (dt.datetime.combine(now.date(), dt.time(), tz) + dt.timedelta(days=1)) - now
-    if to_midnight.total_seconds() < 90:  # the daily plan reads today's freeze: stay in one day
-        await asyncio.sleep(to_midnight.total_seconds() + 5)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "meterlink", "demo", "--fleet", str(FLEET),
         "--workdir", str(tmp_path), "--wait", "90", "--settle", "3", *store_args,
@@ -75,7 +81,7 @@ async def test_demo_coverage_equals_the_simulators_record(
     store = open_store(store_args[1] if store_args else tmp_path / "coverage.sqlite3")
     try:
         ledger = Ledger(store)
-        day = dt.datetime.now(tz).date().isoformat()
+        day = common.clock.current().now(tz).date().isoformat()
         cov = compute_day(ledger, day, CoverageConfig())
         read = {
             str(m) for (m,) in ledger.rows("SELECT meter FROM daily_read WHERE day = ?", (day,))

@@ -6,18 +6,20 @@ equals the simulator's recorded truth for the day; 电价执行正确率 equals 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import common.clock
 from central.store import open_store
 from central.tariff.store import TariffStore
 from simulators import load_fleet
+from tests.fixtures.clock import clear_of_midnight, on_clock
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET = Path(__file__).parent / "data" / "tariff-fleet.toml"
@@ -25,13 +27,17 @@ FLEET = Path(__file__).parent / "data" / "tariff-fleet.toml"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # a hang guard, not a speed limit
 
 
+@pytest.fixture(autouse=True)
+def _clear_of_midnight() -> Iterator[None]:
+    """The daily plan reads today's 00:00 freeze: the demo's processes and this test share a
+    clock that starts at 10:00 today in the meters' zone, so no run straddles a midnight."""
+    with on_clock(clear_of_midnight(load_fleet(FLEET).world.tz)):
+        yield
+
+
 async def test_the_demos_tariff_verdict_is_the_simulators_truth(tmp_path: Path) -> None:
     fleet = load_fleet(FLEET)
     tz = fleet.world.tz
-    now = dt.datetime.now(tz)
-    to_midnight = (dt.datetime.combine(now.date(), dt.time(), tz) + dt.timedelta(days=1)) - now
-    if to_midnight.total_seconds() < 120:  # one data day for the whole run
-        await asyncio.sleep(to_midnight.total_seconds() + 5)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "meterlink", "demo", "--fleet", str(FLEET),
         "--workdir", str(tmp_path), "--wait", "120", "--settle", "3",
@@ -42,7 +48,7 @@ async def test_the_demos_tariff_verdict_is_the_simulators_truth(tmp_path: Path) 
     text = out.decode()
     assert proc.returncode == 0, text[-3000:]
 
-    day = dt.datetime.now(tz).date()
+    day = common.clock.current().now(tz).date()
     truth = load_fleet(FLEET).tariff_truth(day)
     assert {t.defect for t in truth.values()} >= {None, "dead", "old_firmware", "wrong_boundary",
                                                   "wrong_price", "clock_drift"}  # fmt: skip
