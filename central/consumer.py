@@ -42,14 +42,7 @@ from central.spool import Spool
 from central.store import StoreUnavailable, open_store
 from central.writers import WriteUnavailable, make_writer
 from common.mqtt import client_arguments
-from protocols.payloads import (
-    TOPIC_ROOT,
-    DuplicateKey,
-    PayloadInvalid,
-    kind_of_topic,
-    loads,
-    validate,
-)
+from protocols.payloads import TOPIC_ROOT, PayloadInvalid, kind_of_topic, validate
 
 __all__ = ["Consumer", "ConsumerStats"]
 
@@ -204,7 +197,7 @@ class Consumer:
         kind = where[1]
         before = batch.converted.readings
         try:
-            payload = loads(body)
+            payload = json.loads(body)
             validate(kind, payload)
             if payload["concentrator"] != where[0]:
                 raise PayloadInvalid(kind, "concentrator differs from the topic's", "/concentrator")
@@ -370,7 +363,7 @@ def _has_nul(value: object) -> bool:
 
 
 def _rejection(kind: str, exc: Exception) -> str:
-    if isinstance(exc, PayloadInvalid | NotConvertible | DuplicateKey):
+    if isinstance(exc, PayloadInvalid | NotConvertible):
         return str(exc)[:1000]
     if isinstance(exc, UnicodeDecodeError):
         return f"{kind} payload is not UTF-8 (byte {exc.start}: {exc.reason})"
