@@ -47,15 +47,7 @@ from central.store import StoreUnavailable, open_store
 from central.tariff.store import TariffStore
 from central.writers import WriteUnavailable, make_writer
 from common.mqtt import client_arguments
-from protocols.payloads import (
-    KINDS,
-    TOPIC_ROOT,
-    DuplicateKey,
-    PayloadInvalid,
-    kind_of_topic,
-    loads,
-    validate,
-)
+from protocols.payloads import KINDS, TOPIC_ROOT, PayloadInvalid, kind_of_topic, validate
 
 __all__ = ["Consumer", "ConsumerStats"]
 
@@ -218,7 +210,7 @@ class Consumer:
         kind = where[1]
         before = batch.converted.readings
         try:
-            payload = loads(body)
+            payload = json.loads(body)
             validate(kind, payload)
             if payload["concentrator"] != where[0]:
                 raise PayloadInvalid(kind, "concentrator differs from the topic's", "/concentrator")
@@ -491,7 +483,7 @@ def _has_nul(value: object) -> bool:
 
 
 def _rejection(kind: str, exc: Exception) -> str:
-    if isinstance(exc, PayloadInvalid | NotConvertible | DuplicateKey):
+    if isinstance(exc, PayloadInvalid | NotConvertible):
         return str(exc)[:1000]
     if isinstance(exc, UnicodeDecodeError):
         return f"{kind} payload is not UTF-8 (byte {exc.start}: {exc.reason})"

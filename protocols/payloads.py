@@ -19,7 +19,6 @@ frozen data (the freeze stamp), converted with the concentrator's time zone.
 
 from __future__ import annotations
 
-import json
 import re
 from enum import StrEnum
 from functools import cache
@@ -544,6 +543,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def loads(raw: str | bytes | bytearray) -> Any:
     """JSON as a payload boundary takes it: UTF-8 only (UnicodeDecodeError), no key twice
     (`DuplicateKey`); too deep a nesting raises RecursionError, like json.loads."""
+    import json  # (here: the rest of the module has no use for it)
+
     text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
     return json.loads(text, object_pairs_hook=_unique_keys)
 

@@ -13,15 +13,16 @@ fleet's `seed` and the names of bus and meter, so the same file gives the same f
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import datetime as dt
+import functools
 import hashlib
 import tomllib
 import zoneinfo
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 from simulators.bus import Bus
 from simulators.carrier.config import CarrierConfig, CarrierConfigError
@@ -92,6 +93,36 @@ _RULE_DEFAULTS: dict[str, Any] = {
 
 class FleetError(ValueError):
     """A fleet file that cannot be used; the message names the key path."""
+
+
+_TABLE: contextvars.ContextVar[str] = contextvars.ContextVar("fleet_table", default="")
+"""the table `parse_fleet` is reading (set by `_known`): where an unforeseen error is"""
+P = ParamSpec("P")
+_BAD_VALUE = (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError)
+"""what a value of the wrong type or range raises deep inside the builders"""
+
+
+def _table_named_errors(parse: Callable[P, Fleet]) -> Callable[P, Fleet]:
+    """A wrong value the checks did not foresee still ends as one `FleetError` naming the table
+    it is in (never a traceback)."""
+
+    @functools.wraps(parse)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> Fleet:
+        token = _TABLE.set("")
+        try:
+            return parse(*args, **kwargs)
+        except FleetError:
+            raise
+        except _BAD_VALUE as exc:
+            detail = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            where = _TABLE.get() or "the fleet's top level"
+            raise FleetError(
+                f"{where}: a value of the wrong type or range ({detail[:200]})"
+            ) from None
+        finally:
+            _TABLE.reset(token)
+
+    return checked
 
 
 @dataclass
@@ -213,6 +244,7 @@ def load_fleet(
     return parse_fleet(text, world=world, recorder=recorder, credits=credits, source=str(path))
 
 
+@_table_named_errors
 def parse_fleet(
     text: str,
     *,
@@ -230,8 +262,7 @@ def parse_fleet(
     if world is None:
         start = doc.get("start")
         if isinstance(start, str):
-            with _named("start"):
-                start = dt.datetime.fromisoformat(start)
+            start = dt.datetime.fromisoformat(start)
         if start is not None and not isinstance(start, dt.datetime):
             raise FleetError("start: expected a local date-time like 2026-03-01T10:00:00")
         if isinstance(start, dt.datetime) and start.tzinfo is not None:
@@ -241,12 +272,11 @@ def parse_fleet(
             )
         world = WorldClock(start, frozen=bool(doc.get("frozen", False)), tz=_zone(doc))
     key_hex = doc.get("master_key")
-    with _named("master_key"):
-        master_key = (
-            bytes.fromhex(key_hex)
-            if isinstance(key_hex, str)
-            else hashlib.sha256(f"meterlink-sim-master/{seed}".encode()).digest()[:16]
-        )
+    master_key = (
+        bytes.fromhex(key_hex)
+        if isinstance(key_hex, str)
+        else hashlib.sha256(f"meterlink-sim-master/{seed}".encode()).digest()[:16]
+    )
     if len(master_key) != 16:
         raise FleetError("master_key: 32 hex digits (16 bytes) expected")
     recorder = recorder if recorder is not None else Recorder()
@@ -260,11 +290,10 @@ def parse_fleet(
         _known(district, _DISTRICT_KEYS, path)
         d_name = str(district.get("name", f"district{d_index + 1}"))
         for b_index, bus_doc in enumerate(_list(district, "bus", path)):
-            where = f"{path}.bus[{b_index}]"
-            with _named(where):
-                buses.append(
-                    _bus(bus_doc, where, d_name, seed, world, master_key, recorder, tariffs)
-                )
+            buses.append(
+                _bus(bus_doc, f"{path}.bus[{b_index}]", d_name, seed, world, master_key, recorder,
+                     tariffs)
+            )  # fmt: skip
     names = [b.name for b in buses]
     if len(set(names)) != len(names):
         raise FleetError("bus names must be unique across the fleet")
@@ -281,8 +310,7 @@ def parse_fleet(
         except (ValueError, TypeError) as exc:
             raise FleetError(f"inject[{i}]: {exc}") from None
     for i, entry in enumerate(_list(doc, "purchase", "")):
-        with _named(f"purchase[{i}]"):
-            _card_purchase(fleet, entry, f"purchase[{i}]")
+        _card_purchase(fleet, entry, f"purchase[{i}]")
     fleet.tariff_plans = tariffs.plans if tariffs.enabled else {}
     return fleet
 
@@ -383,23 +411,6 @@ def _card_purchase(fleet: Fleet, doc: Mapping[str, Any], path: str) -> None:
     meter.schedule_card_purchase(when.replace(tzinfo=None), round(amount * 100))
 
 
-_BAD_VALUE = (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError)
-"""what a value of the wrong type or range raises deep inside the builders"""
-
-
-@contextlib.contextmanager
-def _named(path: str) -> Iterator[None]:
-    """A wrong value the checks above did not foresee still ends as a `FleetError` that names
-    the table it is in (never a traceback)."""
-    try:
-        yield
-    except FleetError:
-        raise
-    except _BAD_VALUE as exc:
-        detail = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        raise FleetError(f"{path}: a value of the wrong type or range ({detail[:200]})") from None
-
-
 def _zone(doc: Mapping[str, Any]) -> zoneinfo.ZoneInfo:
     name = doc.get("timezone", DEFAULT_TIMEZONE)
     try:
@@ -411,6 +422,7 @@ def _zone(doc: Mapping[str, Any]) -> zoneinfo.ZoneInfo:
 
 
 def _known(doc: Mapping[str, Any], keys: set[str], path: str) -> None:
+    _TABLE.set(path)
     for key in doc:
         if key not in keys:
             where = f"{path}.{key}" if path else key
@@ -454,9 +466,9 @@ def _bus(
     baud = int(doc.get("baud", _DEFAULT_BAUD[protocol]))
     bus = Bus(name, world, [], seed, district, protocol, baud, faults, recorder, carrier=carrier)
     for r_index, rule in enumerate(_list(doc, "meters", path)):
-        where = f"{path}.meters[{r_index}]"
-        with _named(where):
-            bus.meters.extend(_meters(rule, where, bus, seed, master_key, tariffs))
+        bus.meters.extend(
+            _meters(rule, f"{path}.meters[{r_index}]", bus, seed, master_key, tariffs)
+        )
     units = [m.identity.unit_id for m in bus.meters if protocol == "modbus"]
     if len(set(units)) != len(units):
         raise FleetError(f"{path}: Modbus unit ids repeat on one bus")

@@ -228,6 +228,17 @@ class MqttLink:
 
     async def _connect_once(self) -> None:
         client = await self._new_client()
+        try:
+            await self._serve_connection(client)
+        finally:
+            # aiomqtt keeps an unexpected disconnection as the exception of a future that only
+            # its message iterator reads; lost any other way (a PUBACK that timed out), asyncio
+            # would log it as "Future exception was never retrieved" with its traceback
+            gone = client._disconnected
+            if gone.done() and not gone.cancelled():
+                gone.exception()
+
+    async def _serve_connection(self, client: _Client) -> None:
         async with client:
             self._went_up(client)
             self._publisher.new_connection()
