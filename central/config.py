@@ -25,6 +25,7 @@ __all__ = [
     "ConsumerConfig",
     "CoverageConfig",
     "InfluxConfig",
+    "MetricsConfig",
     "MqttConfig",
     "PanelConfig",
     "StoreConfig",
@@ -110,6 +111,20 @@ class ConsumerConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    #: host:port of the consumer's Prometheus endpoint (GET /metrics); "" turns it off. One
+    #: port per instance on a host.
+    listen: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            return
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen {self.listen!r}: expected host:port, e.g. 127.0.0.1:9465")
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """Where the central state (the coverage ledger, and what later modules keep) lives."""
 
@@ -160,6 +175,7 @@ class CentralConfig:
     coverage: CoverageConfig = field(default_factory=CoverageConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     panel: PanelConfig = field(default_factory=PanelConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def parse_hhmm(text: str) -> dt.time:

@@ -28,6 +28,7 @@ import random
 import re
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -36,7 +37,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from central.config import CentralConfig
 from central.coverage import affected_days, compute_day, day_lines
 from central.ledger import Ledger
-from central.points import Converted, NotConvertible, convert
+from central.metrics import ConsumerMetrics, serve_metrics
+from central.points import Converted, NotConvertible, convert, epoch
 from central.sink import Sink
 from central.spool import Spool
 from central.store import StoreUnavailable, open_store
@@ -61,8 +63,11 @@ class ConsumerStats:
     readings: int = 0
     invalid: int = 0
     acked: int = 0
+    acked_readings: int = 0
     batches: int = 0
     coverage_days: int = 0
+    #: the last acknowledged readings message: its sent_at (the agent's clock) to its ack
+    lag_s: float = 0.0
 
 
 @dataclass
@@ -71,6 +76,9 @@ class _Batch:
     #: (client, connection generation, mid, qos) in arrival order
     acks: list[tuple[aiomqtt.Client, int, int, int]] = field(default_factory=list)
     rejects: list[tuple[str, str, bytes]] = field(default_factory=list)
+    #: when its first message arrived (monotonic), and the newest readings message's sent_at
+    started: float = 0.0
+    sent_at: str | None = None
 
     def __len__(self) -> int:
         return len(self.acks)
@@ -92,7 +100,9 @@ class Consumer:
         self.writer = make_writer(cfg.influx)
         self.sink = Sink(self.writer, self.spool, cfg.influx)
         self.connected = asyncio.Event()
+        self.metrics_ready = asyncio.Event()
         self._batch = _Batch()
+        self._writing = _Batch()
         self._full = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -112,6 +122,14 @@ class Consumer:
                     tg.create_task(self._coverage_forever(), name="coverage"),
                     tg.create_task(self._log_forever(), name="stats"),
                 ]
+                if self.cfg.metrics.listen:
+                    metrics = ConsumerMetrics(self)
+                    tasks.append(
+                        tg.create_task(
+                            serve_metrics(metrics, self.cfg.metrics.listen, self.metrics_ready),
+                            name="metrics",
+                        )
+                    )
                 if stop is not None:
                     await stop.wait()
                     for task in tasks:
@@ -183,6 +201,8 @@ class Consumer:
         await self._room.wait()
         self.stats.messages += 1
         batch = self._batch
+        if not batch.acks and not batch.rejects:
+            batch.started = time.monotonic()
         name = message.topic.value
         body = (
             message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
@@ -214,6 +234,8 @@ class Consumer:
             batch.rejects.append((name, _rejection(kind, exc), body))
             return
         self.stats.readings += batch.converted.readings - before
+        if kind == "readings":
+            batch.sent_at = payload["sent_at"]
         if batch.converted.readings >= self.cfg.consumer.batch_readings:
             self._full.set()
             if batch.converted.readings >= 2 * self.cfg.consumer.batch_readings:
@@ -232,14 +254,28 @@ class Consumer:
         self._room.set()
         if not len(batch) and not batch.rejects:
             return
+        self._writing = batch
         await self._make_durable(batch)
+        self._writing = _Batch()
         for client, generation, mid, qos in batch.acks:
             # an ack belongs to the connection the message came on; after a reconnect the
             # broker redelivers those messages itself
             if generation == self._generation and client is self._client:
                 client._client.ack(mid, qos)
                 self.stats.acked += 1
+        self.stats.acked_readings += batch.converted.readings
         self.stats.batches += 1
+        if batch.sent_at is not None:
+            with contextlib.suppress(ValueError):
+                self.stats.lag_s = time.time() - epoch(batch.sent_at)
+
+    def held_messages(self) -> int:
+        """Messages taken and not acknowledged yet (the batch filling, and the one written)."""
+        return len(self._batch) + len(self._writing)
+
+    def oldest_held_s(self) -> float:
+        oldest = self._writing if len(self._writing) else self._batch
+        return time.monotonic() - oldest.started if len(oldest) else 0.0
 
     async def _make_durable(self, batch: _Batch, *, patient: bool = True) -> None:
         for topic_name, error, body in batch.rejects:
