@@ -169,6 +169,11 @@ class Run:
         return self.readings / self.seconds
 
 
+def bodies(lines: list[str]) -> list[bytes]:
+    """10,000-line requests (the consumers' max_lines_per_write)."""
+    return ["\n".join(lines[i : i + 10_000]).encode() for i in range(0, len(lines), 10_000)]
+
+
 async def _post_all(target: Target, bodies: list[bytes]) -> float:
     async with aiohttp.ClientSession() as http:
         start = time.perf_counter()
@@ -179,10 +184,9 @@ async def _post_all(target: Target, bodies: list[bytes]) -> float:
 
 
 def run_raw(target: Target, messages: list[tuple[str, bytes]], readings: int) -> Run:
-    lines = lines_of(messages)
-    bodies = ["\n".join(lines[i : i + 10_000]).encode() for i in range(0, len(lines), 10_000)]
+    requests = bodies(lines_of(messages))
     db0, own0 = cpu_seconds(target.pid), own_cpu_seconds()
-    seconds = asyncio.run(_post_all(target, bodies))
+    seconds = asyncio.run(_post_all(target, requests))
     cpu = {"database": cpu_seconds(target.pid) - db0, "writer (this process)":
            own_cpu_seconds() - own0}  # fmt: skip
     return Run("raw", readings, seconds, cpu)
@@ -352,7 +356,9 @@ def bench(target: Target, work: Path, args: argparse.Namespace) -> None:
     print(f"\n{target.name}")
     day = iter(range(1, 32))
     warm = next(day)
-    asyncio.run(_post_all(target, ["\n".join(lines_of(payloads(args.readings, args.per_message, warm))).encode()]))  # fmt: skip
+    asyncio.run(
+        _post_all(target, bodies(lines_of(payloads(args.readings, args.per_message, warm))))
+    )
     runs: list[Run] = []
     for r, order in enumerate(orders(args.rounds), 1):
         for kind in order:
