@@ -32,19 +32,26 @@ import time
 from dataclasses import dataclass, field
 
 import aiomqtt
+import msgspec
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from central.config import CentralConfig
 from central.coverage import affected_days, compute_day, day_lines
 from central.ledger import Ledger
 from central.metrics import ConsumerMetrics, serve_metrics
-from central.points import Converted, NotConvertible, convert, epoch
+from central.points import Converted, NotConvertible, convert, convert_readings, epoch
 from central.sink import Sink
 from central.spool import Spool
 from central.store import StoreUnavailable, open_store
 from central.writers import WriteUnavailable, make_writer
 from common.mqtt import client_arguments
-from protocols.payloads import TOPIC_ROOT, PayloadInvalid, kind_of_topic, validate
+from protocols.payloads import (
+    TOPIC_ROOT,
+    PayloadInvalid,
+    decode_readings,
+    kind_of_topic,
+    validate,
+)
 
 __all__ = ["Consumer", "ConsumerStats"]
 
@@ -216,17 +223,10 @@ class Consumer:
         kind = where[1]
         before = batch.converted.readings
         try:
-            payload = json.loads(body)
-            validate(kind, payload)
-            if payload["concentrator"] != where[0]:
-                raise PayloadInvalid(kind, "concentrator differs from the topic's", "/concentrator")
-            if _SURROGATE_ESCAPE.search(body):
-                # a lone surrogate ("\ud800") is valid JSON but no UTF-8: neither InfluxDB's
-                # body nor SQLite could take it
-                json.dumps(payload, ensure_ascii=False).encode()
-            if b"\\u0000" in body and _has_nul(payload):
-                raise NotConvertible("a string holds U+0000 (NUL), which no database text holds")
-            convert(kind, payload, batch.converted)  # all of the message's facts, or none
+            if kind == "readings":
+                sent_at = self._readings(where[0], body, batch.converted)
+            else:
+                self._other(kind, where[0], body, batch.converted)
         except Exception as exc:  # one message must never stop the consumer
             # refused, kept as a dead letter, acknowledged: whatever it is (the schema's
             # verdict, an impossible date, a lone surrogate, a RecursionError from absurd
@@ -235,11 +235,40 @@ class Consumer:
             return
         self.stats.readings += batch.converted.readings - before
         if kind == "readings":
-            batch.sent_at = payload["sent_at"]
+            batch.sent_at = sent_at
         if batch.converted.readings >= self.cfg.consumer.batch_readings:
             self._full.set()
             if batch.converted.readings >= 2 * self.cfg.consumer.batch_readings:
                 self._room.clear()  # backpressure until the flusher takes this batch
+
+    @staticmethod
+    def _readings(concentrator: str, body: bytes, out: Converted) -> str:
+        """Decode and check in one pass (msgspec structs), then lines and facts; returns the
+        payload's sent_at."""
+        payload = decode_readings(body)
+        if payload.concentrator != concentrator:
+            raise PayloadInvalid(
+                "readings", "concentrator differs from the topic's", "$.concentrator"
+            )
+        if b"\\u0000" in body and _has_nul(msgspec.to_builtins(payload)):
+            raise NotConvertible("a string holds U+0000 (NUL), which no database text holds")
+        convert_readings(payload, out)  # all of the message's facts, or none
+        return payload.sent_at
+
+    @staticmethod
+    def _other(kind: str, concentrator: str, body: bytes, out: Converted) -> None:
+        """The other payloads (a few per concentrator and day): JSON, then the schema."""
+        payload = json.loads(body)
+        validate(kind, payload)
+        if payload["concentrator"] != concentrator:
+            raise PayloadInvalid(kind, "concentrator differs from the topic's", "/concentrator")
+        if _SURROGATE_ESCAPE.search(body):
+            # a lone surrogate ("\ud800") is valid JSON but no UTF-8: neither InfluxDB's body
+            # nor SQLite could take it
+            json.dumps(payload, ensure_ascii=False).encode()
+        if b"\\u0000" in body and _has_nul(payload):
+            raise NotConvertible("a string holds U+0000 (NUL), which no database text holds")
+        convert(kind, payload, out)  # all of the message's facts, or none
 
     # --- durability, then acknowledgement ------------------------------------------------------
     async def _flush_forever(self) -> None:
