@@ -75,6 +75,8 @@ class ConsumerStats:
     coverage_days: int = 0
     #: the last acknowledged readings message: its sent_at (the agent's clock) to its ack
     lag_s: float = 0.0
+    #: unix time of the last acknowledgement
+    last_ack_at: float = 0.0
 
 
 @dataclass
@@ -294,9 +296,10 @@ class Consumer:
                 self.stats.acked += 1
         self.stats.acked_readings += batch.converted.readings
         self.stats.batches += 1
+        self.stats.last_ack_at = now = time.time()
         if batch.sent_at is not None:
             with contextlib.suppress(ValueError):
-                self.stats.lag_s = time.time() - epoch(batch.sent_at)
+                self.stats.lag_s = now - epoch(batch.sent_at)
 
     def held_messages(self) -> int:
         """Messages taken and not acknowledged yet (the batch filling, and the one written)."""
@@ -312,8 +315,16 @@ class Consumer:
             log.warning("rejected payload on %s: %s", topic_name, error)
             await asyncio.to_thread(self.spool.dead, "schema", topic_name, error, body)
         facts = batch.converted
-        await self._apply(facts, patient=patient)
-        await self.sink.write(facts.lines)
+        # the ledger (a transaction in the store, in a thread) and the points (InfluxDB, or the
+        # spool) at the same time: both are done before anything is acknowledged
+        done = await asyncio.gather(
+            self._apply(facts, patient=patient),
+            self.sink.write(facts.lines),
+            return_exceptions=True,
+        )
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _apply(self, facts: Converted, *, patient: bool) -> None:
         """The batch's facts into the ledger. While the store is unreachable the batch waits

@@ -17,6 +17,7 @@ meterlink_central_held_messages                  taken, not yet acknowledged
 meterlink_central_oldest_held_seconds            age of the oldest message not acknowledged yet
 meterlink_central_lag_seconds                    the last acknowledged readings message: its
                                                  `sent_at` (the agent's clock) to its ack
+meterlink_central_last_ack_timestamp_seconds     unix time of the last acknowledgement
 meterlink_central_mqtt_connected                 1 while connected to the broker
 meterlink_central_coverage_days_total            days of coverage recomputed and written
 """
@@ -133,6 +134,11 @@ class ConsumerMetrics:
             p + "lag_seconds",
             "The last acknowledged readings message: sent_at to acknowledgement",
             value=s.lag_s,
+        )
+        yield GaugeMetricFamily(
+            p + "last_ack_timestamp_seconds",
+            "Unix time of the last acknowledgement",
+            value=s.last_ack_at,
         )
         yield GaugeMetricFamily(
             p + "mqtt_connected", "Connected to the broker", value=int(c.connected.is_set())

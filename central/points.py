@@ -20,6 +20,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -102,7 +103,7 @@ class DailyRead(NamedTuple):
     day: str  # the freeze stamp's calendar date in the meter's local time
     day_start: int  # unix seconds of that local midnight
     read_at: int
-    values: frozenset[str]
+    values: AbstractSet[str]  # the names of its values (a view of the payload's dict)
     backfill: bool
 
 
@@ -187,6 +188,7 @@ def _readings(payload: ReadingsPayload, out: Converted) -> None:
     c = payload.concentrator
     head = f"reading,concentrator={escape_tag(c)},item="
     lines, reads = out.lines, out.reads
+    new_read = tuple.__new__  # DailyRead's own __new__ is Python, this is not
     for r in payload.readings:
         values = r.values
         parts = [
@@ -208,8 +210,9 @@ def _readings(payload: ReadingsPayload, out: Converted) -> None:
         if item == DAILY_ITEM:
             day, day_start = _data_day(data_time)
             reads.append(
-                DailyRead(
-                    c, meter, day, day_start, read_at, frozenset(values), quality == "backfill"
+                new_read(
+                    DailyRead,
+                    (c, meter, day, day_start, read_at, values.keys(), quality == "backfill"),
                 )
             )
     out.readings += len(payload.readings)

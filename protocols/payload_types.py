@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Annotated, Any, Final, Generic, Literal, TypeVar, cast, get_args, get_origin
 
 import msgspec
@@ -96,25 +95,28 @@ def struct_schema(struct: type[Struct], schema_id: str) -> dict[str, Any]:
 
 class _Seen:
     """A pattern, and the strings that matched it lately: readings repeat their value names,
-    items and times, so each is searched for once, not once per reading."""
+    items and times, so each is searched for once, not once per reading. Called with a
+    string: whether it matches; `each` checks every string of an iterable (a dict's keys)."""
 
     def __init__(self, pattern: str) -> None:
         self._search = re.compile(pattern).search
-        self._seen: set[str] = set()
-        seen = self._seen.__contains__
-        ok = self.ok
-        #: the check of one string, and of every string of an iterable (a dict's keys)
-        self.one: Check = lambda text: seen(text) or ok(text)
-        self.each: Check = lambda texts: all(map(seen, texts)) or all(map(ok, texts))
+        self.seen: set[str] = set()
+        contains, ok = self.seen.__contains__, self.ok
+        self.each: Callable[[Any], bool] = lambda texts: (
+            all(map(contains, texts)) or all(map(ok, texts))
+        )
+
+    def __call__(self, text: str) -> bool:
+        return text in self.seen or self.ok(text)
 
     def ok(self, text: str) -> bool:
-        if text in self._seen:
+        if text in self.seen:
             return True
         if self._search(text) is None:
             return False
-        if len(self._seen) >= 100_000:
-            self._seen.clear()
-        self._seen.add(text)
+        if len(self.seen) >= 100_000:
+            self.seen.clear()
+        self.seen.add(text)
         return True
 
 
@@ -169,19 +171,22 @@ class CheckedDecoder(Generic[S]):
             gc=config.gc,
         )
 
-        if len(checks) == 1:
-            ((name, only),) = checks
-            get_one = attrgetter(name)
-
-            def check_all(obj: Any) -> bool:
-                return only(get_one(obj))
-        else:
-            get = attrgetter(*(name for name, _ in checks))
-            each = [c for _, c in checks]
-
-            def check_all(obj: Any) -> bool:
-                return all(map(_call, each, get(obj)))
-
+        # one expression of every field's check, compiled once per struct: a reading is checked
+        # without a call per field (a string seen before costs a set lookup)
+        scope: dict[str, Any] = {}
+        terms = []
+        for i, (name, check) in enumerate(checks):
+            if not name.isidentifier():
+                raise TypeError(f"{struct.__name__}.{name}: not an identifier")
+            if isinstance(check, _Seen):
+                scope[f"s{i}"], scope[f"o{i}"] = check.seen, check.ok
+                terms.append(f"(obj.{name} in s{i} or o{i}(obj.{name}))")
+            else:
+                scope[f"c{i}"] = check
+                terms.append(f"c{i}(obj.{name})")
+        # the source is made of our own structs' field names (checked above), never of input
+        exec(f"def check_all(obj):\n    return {' and '.join(terms)}\n", scope)  # noqa: S102
+        check_all: Check = scope["check_all"]
         return twin, check_all
 
     def _strip(self, tp: Any) -> tuple[Any, Check | None]:
@@ -196,14 +201,14 @@ class CheckedDecoder(Generic[S]):
                 return Annotated[(inner, *args[1:])], check
             if args[0] is not str or len(metas) != 1 or _others(metas[0]):
                 raise TypeError(f"{tp}: a pattern only alone on a str")
-            return str, _Seen(patterns[0]).one
+            return str, _Seen(patterns[0])
         if isinstance(tp, type) and issubclass(tp, Struct):
             return self._derive(tp)
         if origin is list:
             item, check = self._strip(args[0])
             if check is None:
                 return tp, None
-            return list[item], lambda values: all(check(v) for v in values)  # type: ignore[valid-type]
+            return list[item], lambda values: all(map(check, values))  # type: ignore[valid-type]
         if origin is dict:
             key, key_check = self._strip(args[0])
             value, value_check = self._strip(args[1])
@@ -219,10 +224,6 @@ class CheckedDecoder(Generic[S]):
         if any(self._strip(a)[1] is not None for a in args):
             raise TypeError(f"{tp}: a pattern inside it is not supported")
         return tp, None
-
-
-def _call(check: Check, value: Any) -> bool:
-    return check(value)
 
 
 def _others(meta: Meta) -> bool:
