@@ -8,6 +8,7 @@ the environment (the rule is in `common.config`): ``METERLINK_MQTT_PASSWORD``,
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -25,11 +26,13 @@ __all__ = [
     "ConsumerConfig",
     "CoverageConfig",
     "InfluxConfig",
+    "LogConfig",
     "MetricsConfig",
     "MqttConfig",
     "PanelConfig",
     "StoreConfig",
     "load",
+    "reloaded",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,10 +107,23 @@ class ConsumerConfig:
     #: a batch is written when it holds this many readings, or after `flush_interval_s`
     batch_readings: int = 5000
     flush_interval_s: float = 0.5
+    #: SIGTERM: how long the staged stop may take (stop taking messages, write and acknowledge
+    #: what is held, close); below the systemd unit's TimeoutStopSec (30 s)
+    stop_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         if self.batch_readings < 1 or self.flush_interval_s <= 0:
             raise ValueError("batch_readings must be >= 1 and flush_interval_s > 0")
+        if not 0 < self.stop_timeout_s <= 3600:
+            raise ValueError("stop_timeout_s must be > 0 and <= 3600")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    #: reloaded on SIGHUP (`meterlink central run --log-level` overrides it until then)
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    #: "text" (one line each) or "json" (one object per line, for a log collector)
+    format: Literal["text", "json"] = "text"
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,35 @@ class CentralConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     panel: PanelConfig = field(default_factory=PanelConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def reloaded(running: CentralConfig, new: CentralConfig) -> tuple[CentralConfig, list[str]]:
+    """What SIGHUP changes in a running consumer: the log level and format, the batch size
+    and interval, the stop budget, the coverage job's settings, InfluxDB's retry timing. The
+    rest (the broker, the database's address and credentials, the store, the spool, the
+    metrics listener, the panel) is kept, and named in the returned list: it takes a restart."""
+    influx_retry = ("attempts_before_spool", "retry_initial_s", "retry_max_s")
+    influx = dataclasses.replace(
+        running.influx, **{k: getattr(new.influx, k) for k in influx_retry}
+    )
+    consumer = dataclasses.replace(new.consumer, spool=running.consumer.spool)
+    out = dataclasses.replace(
+        running, log=new.log, coverage=new.coverage, consumer=consumer, influx=influx
+    )
+    kept = [
+        name
+        for name, before, after in (
+            ("[mqtt]", running.mqtt, new.mqtt),
+            ("[store]", running.store, new.store),
+            ("[metrics]", running.metrics, new.metrics),
+            ("[panel]", running.panel, new.panel),
+            ("[consumer] spool", running.consumer.spool, new.consumer.spool),
+            ("[influx] (address, database, credentials)", influx, new.influx),
+        )
+        if before != after
+    ]
+    return out, kept
 
 
 def parse_hhmm(text: str) -> dt.time:

@@ -30,12 +30,13 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiomqtt
 import msgspec
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from central.config import CentralConfig
+from central.config import CentralConfig, load, reloaded
 from central.coverage import affected_days, compute_day, day_lines
 from central.ledger import Ledger
 from central.metrics import ConsumerMetrics, serve_metrics
@@ -44,6 +45,8 @@ from central.sink import Sink
 from central.spool import Spool
 from central.store import StoreUnavailable, open_store
 from central.writers import WriteUnavailable, make_writer
+from common.config import ConfigError
+from common.logs import setup_logging
 from common.mqtt import client_arguments
 from protocols.payloads import (
     TOPIC_ROOT,
@@ -53,13 +56,15 @@ from protocols.payloads import (
     validate,
 )
 
-__all__ = ["Consumer", "ConsumerStats"]
+__all__ = ["STAGES", "Consumer", "ConsumerStats", "configure_logging", "install_signal_handlers"]
 
 log = logging.getLogger(__name__)
 
 SHARED_KINDS = ("readings", "rounds", "events", "status")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 COVERAGE_LEASE = "coverage"
+#: share of `[consumer] stop_timeout_s` the stop's stages may take (the rest: closing)
+STAGES = {"write": 0.8, "close": 0.2}
 #: longest wait between two tries of a batch while the store is unreachable
 STORE_RETRY_MAX_S = 10.0
 
@@ -94,8 +99,10 @@ class _Batch:
 
 
 class Consumer:
-    def __init__(self, cfg: CentralConfig) -> None:
+    def __init__(self, cfg: CentralConfig, config_path: Path | None = None) -> None:
         self.cfg = cfg
+        #: read again on SIGHUP (`request_reload`)
+        self.config_path = config_path
         self.instance = f"{cfg.mqtt.client_id}@{socket.gethostname()}"
         self.stats = ConsumerStats()
         self.spool = Spool(cfg.consumer.spool)
@@ -117,10 +124,14 @@ class Consumer:
         self._room.set()
         self._generation = 0
         self._client: aiomqtt.Client | None = None
+        self._flushing = asyncio.Lock()
+        self._stopping = False
+        self._reload = asyncio.Event()
 
     # --- life cycle ----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Run until `stop` is set (or the task is cancelled); then close everything."""
+        """Run until `stop` is set, then stop in stages (`shutdown`); cancelled, close at once
+        (what is held stays unacknowledged, and the broker sends it again)."""
         await self._start_writer()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -130,6 +141,7 @@ class Consumer:
                     tg.create_task(self.sink.drain(), name="drain"),
                     tg.create_task(self._coverage_forever(), name="coverage"),
                     tg.create_task(self._log_forever(), name="stats"),
+                    tg.create_task(self._reload_forever(), name="reload"),
                 ]
                 if self.cfg.metrics.listen:
                     metrics = ConsumerMetrics(self)
@@ -141,10 +153,66 @@ class Consumer:
                     )
                 if stop is not None:
                     await stop.wait()
+                    await self.shutdown()
                     for task in tasks:
                         task.cancel()
         finally:
             await self._close()
+
+    async def shutdown(self) -> None:
+        """The staged stop, within `[consumer] stop_timeout_s`:
+
+        1. stop taking messages (what the broker sends from now on stays unacknowledged: it
+           is sent again, to this instance's session or the group's others);
+        2. write what is held — to InfluxDB, else the spool; its facts to the ledger — and
+           acknowledge it (STAGES["write"] of the budget);
+        3. close: the tasks, the MQTT session (kept by the broker), the writer, the spool and
+           the store (the rest).
+        """
+        budget = self.cfg.consumer.stop_timeout_s
+        self._stopping = True
+        self._room.clear()  # `_take` waits here from now on
+        held = self.held_messages()
+        log.info("stopping (budget %.0f s): taking no more messages, %d held", budget, held)
+        try:
+            async with asyncio.timeout(budget * STAGES["write"]):
+                await self.flush()  # after the flush in progress, if any
+        except TimeoutError:
+            log.warning(
+                "stop: %d messages not written and acknowledged in time; the broker sends"
+                " them again",
+                self.held_messages(),
+            )
+        else:
+            log.info("stop: everything held is written and acknowledged")
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def _reload_forever(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            if self.config_path is None:
+                log.warning("reload: started without a configuration file; nothing to read")
+                continue
+            try:
+                new = load(self.config_path)
+            except ConfigError as exc:
+                log.error("reload refused, keeping the running configuration: %s", exc)
+                continue
+            self.cfg, kept = reloaded(self.cfg, new)
+            self.sink.cfg = self.cfg.influx
+            configure_logging(self.cfg.log.level, self.cfg.log.format)
+            for what in kept:
+                log.warning("reload: %s changed; that takes a restart (kept as it was)", what)
+            log.info(
+                "reloaded: log %s, batches of %d readings or %.2f s, coverage every %.0f s",
+                self.cfg.log.level,
+                self.cfg.consumer.batch_readings,
+                self.cfg.consumer.flush_interval_s,
+                self.cfg.coverage.interval_s,
+            )
 
     async def _start_writer(self) -> None:
         delay = self.cfg.influx.retry_initial_s
@@ -280,9 +348,14 @@ class Consumer:
             await self.flush()
 
     async def flush(self) -> None:
+        async with self._flushing:  # one batch at a time, in arrival order
+            await self._flush()
+
+    async def _flush(self) -> None:
         self._full.clear()
         batch, self._batch = self._batch, _Batch()
-        self._room.set()
+        if not self._stopping:
+            self._room.set()
         if not len(batch) and not batch.rejects:
             return
         self._writing = batch
@@ -441,7 +514,18 @@ def _rejection(kind: str, exc: Exception) -> str:
     return f"{kind} payload not convertible: {type(exc).__name__}: {exc}"
 
 
-def install_signal_handlers(stop: asyncio.Event) -> None:
+def configure_logging(level: str, fmt: str) -> None:
+    """`common.logs.setup_logging`, every logger at `level` (at debug, the MQTT client's
+    packets too, as `logging.basicConfig` did here before)."""
+    setup_logging(level, fmt)
+    for name in ("aiomqtt", "asyncio"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def install_signal_handlers(stop: asyncio.Event, consumer: Consumer | None = None) -> None:
+    """SIGTERM, SIGINT: the staged stop; SIGHUP: `consumer` reads its configuration again."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if consumer is not None:
+        loop.add_signal_handler(signal.SIGHUP, consumer.request_reload)
