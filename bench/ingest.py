@@ -84,6 +84,12 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+#: --kind: what a reading is. daily: a daily freeze, total + 4 tariffs (a coverage fact each);
+#: interval: a 15-minute read of the voltage block 0201FF00, three phases (no coverage fact)
+KIND = "daily"
+FIELD = {"daily": "energy_import_total_kwh", "interval": "voltage_a_v"}
+
+
 def payloads(readings: int, per_message: int, day: int) -> list[tuple[str, bytes]]:
     out = []
     for start in range(0, readings, per_message):
@@ -91,13 +97,20 @@ def payloads(readings: int, per_message: int, day: int) -> list[tuple[str, bytes
         batch = []
         for i in range(start, min(start + per_message, readings)):
             kwh = 1000 + i % 997 + 0.25
-            values = {"energy_import_total_kwh": {"value": kwh, "unit": "kWh"}}
-            for t in range(1, 5):
-                values[f"energy_import_t{t}_kwh"] = {"value": round(kwh / 4, 2), "unit": "kWh"}
+            if KIND == "daily":
+                values = {"energy_import_total_kwh": {"value": kwh, "unit": "kWh"}}
+                for t in range(1, 5):
+                    values[f"energy_import_t{t}_kwh"] = {"value": round(kwh / 4, 2),
+                                                         "unit": "kWh"}  # fmt: skip
+                item, plan, at = "daily_freeze", "daily", "00:00:00"
+            else:
+                values = {f"voltage_{p}_v": {"value": 220 + (i + k) % 13 * 0.1, "unit": "V"}
+                          for k, p in enumerate("abc")}  # fmt: skip
+                item, plan, at = "0201FF00", "interval", "10:15:00"
             batch.append({
-                "meter": f"{i:012d}", "item": "daily_freeze", "plan": "daily",
-                "data_time": f"2026-10-{day:02d}T00:00:00+08:00",
-                "read_at": f"2026-10-{day:02d}T00:21:07+08:00",
+                "meter": f"{i:012d}", "item": item, "plan": plan,
+                "data_time": f"2026-10-{day:02d}T{at}+08:00",
+                "read_at": f"2026-10-{day:02d}T{at[:3]}{int(at[3:5]) + 1:02d}:07+08:00",
                 "values": values,
             })  # fmt: skip
         body = {"schema": "meterlink.readings/1", "concentrator": c, "batch_id": f"{c}:{start}",
@@ -137,8 +150,10 @@ def influxd_target(db: InfluxDB1) -> Target:
         ).close()
 
     def count(day: int) -> int:
-        when = f"time = '2026-10-{day - 1:02d}T16:00:00Z'"  # 00:00 +08:00 of the data day
-        q = f'SELECT count("energy_import_total_kwh") FROM "reading" WHERE {when}'
+        # 00:00 (daily) or 10:15 (interval) +08:00 of the data day
+        when = (f"time = '2026-10-{day - 1:02d}T16:00:00Z'" if KIND == "daily"
+                else f"time = '2026-10-{day:02d}T02:15:00Z'")  # fmt: skip
+        q = f'SELECT count("{FIELD[KIND]}") FROM "reading" WHERE {when}'
         body = _get(f"{db.url}/query?" + urllib.parse.urlencode({"q": q, "db": "consumer"}))
         series = body["results"][0].get("series", [])
         return int(series[0]["values"][0][1]) if series else 0
@@ -152,7 +167,8 @@ def victoria_target(vm: VictoriaMetrics) -> Target:
     def count(day: int) -> int:
         urllib.request.urlopen(f"{vm.url}/internal/force_flush", timeout=30).close()
         at = int(dt.datetime(2026, 10, day, tzinfo=CST).timestamp()) + 60
-        q = urllib.parse.urlencode({"query": "count(reading_energy_import_total_kwh)", "time": at})
+        at += 0 if KIND == "daily" else 10 * 3600 + 15 * 60
+        q = urllib.parse.urlencode({"query": f"count(reading_{FIELD[KIND]})", "time": at})
         result = _get(f"{vm.url}/api/v1/query?{q}")["data"]["result"]
         return int(float(result[0]["value"][1])) if result else 0
 
@@ -454,9 +470,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, choices=range(1, 8))
     ap.add_argument("--batch", type=int, default=10_000, help="the consumers' batch_readings")
     ap.add_argument("--database", choices=["influxd", "victoria", "both"], default="both")
+    ap.add_argument("--kind", choices=["daily", "interval"], default="daily",
+                    help="daily freezes (total + 4 tariffs, a coverage fact each) or 15-minute"
+                    " voltage reads (3 values, no coverage fact)")  # fmt: skip
     args = ap.parse_args()
+    global KIND
+    KIND = args.kind
     sample = payloads(args.readings, args.per_message, 1)
-    print(f"{args.readings} readings (daily freeze, total + 4 tariffs) in {len(sample)}"
+    what = "daily freeze, total + 4 tariffs" if KIND == "daily" else "15-minute, 3 voltages"
+    print(f"{args.readings} readings ({what}) in {len(sample)}"
           f" messages of {args.per_message}; {os.cpu_count()} cores shared by the broker, the"
           f" database, the consumers and the publisher; load average before:"
           f" {os.getloadavg()[0]:.2f}")  # fmt: skip
