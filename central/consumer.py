@@ -21,6 +21,7 @@ One `asyncio.TaskGroup` of named tasks:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 SHARED_KINDS = ("readings", "rounds", "events", "status")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 COVERAGE_LEASE = "coverage"
+#: batches on their way to the database at once (the next one's write overlaps the last one's
+#: ledger commit and acknowledgements; acknowledgements still go out in arrival order)
+IN_FLIGHT = 2
 #: share of `[consumer] stop_timeout_s` the stop's stages may take (the rest: closing)
 STAGES = {"write": 0.8, "close": 0.2}
 #: longest wait between two tries of a batch while the store is unreachable
@@ -84,7 +88,7 @@ class ConsumerStats:
     last_ack_at: float = 0.0
 
 
-@dataclass
+@dataclass(eq=False)  # a batch is itself: compared by identity
 class _Batch:
     converted: Converted = field(default_factory=Converted)
     #: (client, connection generation, mid, qos) in arrival order
@@ -118,13 +122,15 @@ class Consumer:
         self.connected = asyncio.Event()
         self.metrics_ready = asyncio.Event()
         self._batch = _Batch()
-        self._writing = _Batch()
+        #: batches on their way (written, then acknowledged), oldest first
+        self._writing: list[_Batch] = []
+        self._in_flight: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._slots = asyncio.Semaphore(IN_FLIGHT)
         self._full = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
         self._generation = 0
         self._client: aiomqtt.Client | None = None
-        self._flushing = asyncio.Lock()
         self._stopping = False
         self._reload = asyncio.Event()
 
@@ -226,8 +232,12 @@ class Consumer:
                 delay *= 2
 
     async def _close(self) -> None:
-        # the batch in hand is made durable; its messages stay unacknowledged and will be
-        # redelivered by the broker, landing on the same points
+        # batches on their way are stopped (what a stop in stages leaves: none); the batch in
+        # hand is made durable; their messages stay unacknowledged and will be redelivered by
+        # the broker, landing on the same points
+        for future in self._in_flight:
+            future.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
         batch, self._batch = self._batch, _Batch()
         with contextlib.suppress(Exception):
             await self._make_durable(batch, patient=False)
@@ -345,22 +355,41 @@ class Consumer:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), self.cfg.consumer.flush_interval_s)
-            await self.flush()
+            await self._submit()
+            # a batch that failed in an unforeseen way stops the consumer, as it did in-line
+            while self._in_flight and self._in_flight[0].done():
+                self._in_flight.popleft().result()
 
     async def flush(self) -> None:
-        async with self._flushing:  # one batch at a time, in arrival order
-            await self._flush()
+        """Make everything taken so far durable, and acknowledge it."""
+        await self._submit()
+        if self._in_flight:
+            await self._in_flight[-1]
 
-    async def _flush(self) -> None:
+    async def _submit(self) -> None:
+        """Start making the batch in hand durable, once fewer than IN_FLIGHT batches are on
+        their way: the next batch's write goes out while the last one's ledger transaction
+        commits, so the database is not left idle between two batches."""
+        await self._slots.acquire()
         self._full.clear()
         batch, self._batch = self._batch, _Batch()
         if not self._stopping:
             self._room.set()
         if not len(batch) and not batch.rejects:
+            self._slots.release()
             return
-        self._writing = batch
-        await self._make_durable(batch)
-        self._writing = _Batch()
+        previous = self._in_flight[-1] if self._in_flight else None
+        self._writing.append(batch)
+        self._in_flight.append(asyncio.ensure_future(self._durable_then_ack(batch, previous)))
+
+    async def _durable_then_ack(self, batch: _Batch, previous: asyncio.Future[None] | None) -> None:
+        try:
+            await self._make_durable(batch)
+            if previous is not None:
+                await previous  # acknowledgements go out in arrival order
+        finally:
+            self._writing.remove(batch)
+            self._slots.release()
         for client, generation, mid, qos in batch.acks:
             # an ack belongs to the connection the message came on; after a reconnect the
             # broker redelivers those messages itself
@@ -375,12 +404,12 @@ class Consumer:
                 self.stats.lag_s = now - epoch(batch.sent_at)
 
     def held_messages(self) -> int:
-        """Messages taken and not acknowledged yet (the batch filling, and the one written)."""
-        return len(self._batch) + len(self._writing)
+        """Messages taken and not acknowledged yet (the batch filling, and those on their way)."""
+        return len(self._batch) + sum(len(b) for b in self._writing)
 
     def oldest_held_s(self) -> float:
-        oldest = self._writing if len(self._writing) else self._batch
-        return time.monotonic() - oldest.started if len(oldest) else 0.0
+        oldest = next((b for b in (*self._writing, self._batch) if len(b)), None)
+        return time.monotonic() - oldest.started if oldest is not None else 0.0
 
     async def _make_durable(self, batch: _Batch, *, patient: bool = True) -> None:
         for topic_name, error, body in batch.rejects:
