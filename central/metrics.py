@@ -49,7 +49,7 @@ __all__ = ["ConsumerMetrics", "serve_metrics"]
 
 log = logging.getLogger(__name__)
 
-#: the spool's tables are counted at most this often (a scrape never waits on its fsyncs)
+#: the spool's tables are counted at most this often (a count may wait for a spool write)
 SPOOL_COUNT_EVERY_S = 1.0
 
 
