@@ -2,13 +2,15 @@
 raw line-protocol write of the same points and a publish-only run, in the same run.
 
     .venv/bin/python bench/ingest.py [--readings 100000] [--per-message 500] [--rounds 2]
-                                     [--database influxd|victoria|both]
+                                     [--database influxd|victoria|both] [--kind daily|interval]
+                                     [--batch 10000]
 
 Starts its own influxd (Debian `influxdb`, v1 write path) and VictoriaMetrics (v2 write path
 through influxdb-client) on free loopback ports, and a fresh Mosquitto for every run (so no
 session a run leaves behind queues messages in the next). A reading is one meter's values for
-one data item at one time: here a daily freeze with the total and four tariffs, 500 readings
-per MQTT message (an agent's batch). The runs:
+one data item at one time: a daily freeze with the total and four tariffs (a coverage fact
+each), or with ``--kind interval`` a 15-minute read of the three phase voltages (no coverage
+fact); 500 readings per MQTT message (the agent's default batch). The runs:
 
 - ``raw``: the same points as line protocol built beforehand, POSTed in 10,000-line requests
   from this process (no MQTT, no JSON, no schema, no ledger). The clock stops at the HTTP 204
@@ -26,7 +28,10 @@ Every run writes a data day of its own into series that exist already (a warm-up
 them first), as every day but the first does in the field. The kinds run in alternating order
 (round 1: raw, publish, 1, 2; round 2: 2, 1, publish, raw; ...) and the summary takes the
 median of each. CPU seconds of each process over a run are printed: the database, the broker,
-the consumers and the publisher (this process) share the machine's cores.
+the consumers and the publisher (this process) share the machine's cores. Before the runs, the
+consumer's stages (decode + check, lines + facts, HTTP bodies, the coverage ledger) are timed
+in this process through the consumer's own functions. ``BENCH_PROFILE=DIR`` runs the consumers
+under cProfile.
 """
 
 from __future__ import annotations
