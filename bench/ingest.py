@@ -26,8 +26,9 @@ fact); 500 readings per MQTT message (the agent's default batch). The runs:
 
 Every run writes a data day of its own into series that exist already (a warm-up day creates
 them first), as every day but the first does in the field. The kinds run in alternating order
-(round 1: raw, publish, 1, 2; round 2: 2, 1, publish, raw; ...) and the summary takes the
-median of each. CPU seconds of each process over a run are printed: the database, the broker,
+(round 1: raw, publish, 1, 2; round 2: 2, 1, publish, raw; ...); the summary gives the median
+of each kind, and the goals take the median of each round's consumer rate over the same
+round's raw rate (measured minutes apart, so least moved by whatever else loads the machine). CPU seconds of each process over a run are printed: the database, the broker,
 the consumers and the publisher (this process) share the machine's cores. Before the runs, the
 consumer's stages (decode + check, lines + facts, HTTP bodies, the coverage ledger) are timed
 in this process through the consumer's own functions. ``BENCH_PROFILE=DIR`` runs the consumers
@@ -188,6 +189,7 @@ class Run:
     readings: int
     seconds: float
     cpu: dict[str, float] = field(default_factory=dict)
+    round: int = 0
 
     @property
     def rate(self) -> float:
@@ -402,6 +404,7 @@ def bench(target: Target, work: Path, args: argparse.Namespace) -> None:
             if kind != "publish":
                 stored = target.count(d)
                 assert stored == args.readings, f"{kind}: {stored} points of {args.readings}"
+            run.round = r
             runs.append(run)
             cpu = ", ".join(f"{k} {v:.2f}" for k, v in run.cpu.items())
             print(f"  round {r} {LABELS[kind] + ':':<31}{run.rate:10,.0f} readings/s"
@@ -424,8 +427,19 @@ def summary(runs: list[Run], readings: int) -> None:
         db = median(kind, lambda r: r.cpu["database"] / r.seconds)
         print(f"    {LABELS[kind]}: consumer CPU {per * 1e6:.1f} µs per reading ("
               f"{1 / per:,.0f} readings/s per core); the database used {db:.2f} cores")  # fmt: skip
-    one = median("1", lambda r: r.rate) / raw
-    two = median("2", lambda r: r.rate) / raw
+    # the same round's raw run was measured minutes apart at most: its ratio is the one least
+    # moved by what else the machine was doing
+    paired: dict[str, float] = {}
+    for kind in ("1", "2"):
+        ratios = [r.rate / next(q.rate for q in runs if q.kind == "raw" and q.round == r.round)
+                  for r in runs if r.kind == kind]  # fmt: skip
+        paired[kind] = statistics.median(ratios)
+        print(
+            f"    {LABELS[kind]} / raw of the same round: "
+            + ", ".join(f"{x:.2f}" for x in ratios)
+            + f" (median {paired[kind]:.2f})"
+        )
+    one, two = paired["1"], paired["2"]
     per1 = median("1", lambda r: r.cpu["consumer 1"] / readings) * 1e6
     print(
         f"  goal: 1 consumer >= 0.90 of raw: {one:.2f} {'met' if one >= 0.9 else 'NOT met'};"
