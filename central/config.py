@@ -104,7 +104,8 @@ class InfluxConfig:
 class ConsumerConfig:
     #: per-instance SQLite file: batches InfluxDB has not accepted yet, dead letters, rejects
     spool: Path = Path("/var/lib/meterlink/central-spool.sqlite3")
-    #: a batch is written when it holds this many readings, or after `flush_interval_s`
+    #: a batch is written when it holds this many lines (a reading is one line; so is every
+    #: other point), or after `flush_interval_s`
     batch_readings: int = 5000
     flush_interval_s: float = 0.5
     #: SIGTERM: how long the staged stop may take (stop taking messages, write and acknowledge

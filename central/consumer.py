@@ -6,13 +6,16 @@ One `asyncio.TaskGroup` of named tasks:
   a session expiry), subscribed to ``$share/<group>/meterlink/v1/+/{readings,rounds,events,
   status}`` — instances of one group split the load — and, unshared, to the retained archives
   (a shared subscription gets no retained messages, and every instance needs the archive only
-  to record it idempotently). Messages are parsed, checked against the payload schema and
-  converted as they arrive; acknowledgement is manual.
-- ``flush``: every `batch_readings` readings or `flush_interval_s`, writes the batch's
-  coverage facts to the ledger (in the store: SQLite or PostgreSQL; while the store is
-  unreachable the batch waits, unacknowledged), its points to InfluxDB or the spool, and only
-  then sends the PUBACKs, in arrival order. A message the broker redelivers after a crash or
-  reconnect is written again and lands on the same points.
+  to record it idempotently). Messages are decoded, checked against the payload schema (in
+  one pass for readings: msgspec structs) and converted as they arrive; acknowledgement is
+  manual.
+- ``flush``: every `batch_readings` lines or `flush_interval_s`, writes the batch's coverage
+  facts to the ledger (in the store: SQLite or PostgreSQL; while the store is unreachable the
+  batch waits, unacknowledged) and, at the same time, its points to InfluxDB or the spool, and
+  only then sends the PUBACKs, in arrival order. Up to IN_FLIGHT batches are on their way at
+  once. A message the broker redelivers after a crash or reconnect is written again and lands
+  on the same points.
+- ``metrics``: GET /metrics on ``[metrics] listen`` (central/metrics.py); ``reload``: SIGHUP.
 - ``drain``: replays the spool once InfluxDB is back.
 - ``coverage``: recomputes the days whose facts changed, under a lease in the store so one
   instance at a time (of every host) does it, and writes the results to InfluxDB.
@@ -213,7 +216,7 @@ class Consumer:
             for what in kept:
                 log.warning("reload: %s changed; that takes a restart (kept as it was)", what)
             log.info(
-                "reloaded: log %s, batches of %d readings or %.2f s, coverage every %.0f s",
+                "reloaded: log %s, batches of %d lines or %.2f s, coverage every %.0f s",
                 self.cfg.log.level,
                 self.cfg.consumer.batch_readings,
                 self.cfg.consumer.flush_interval_s,
@@ -316,9 +319,12 @@ class Consumer:
         self.stats.readings += batch.converted.readings - before
         if kind == "readings":
             batch.sent_at = sent_at
-        if batch.converted.readings >= self.cfg.consumer.batch_readings:
+        # bounded by lines: a reading is one, and so is every other point (a round report's
+        # failures may be thousands of lines without a reading)
+        lines = len(batch.converted.lines)
+        if lines >= self.cfg.consumer.batch_readings:
             self._full.set()
-            if batch.converted.readings >= 2 * self.cfg.consumer.batch_readings:
+            if lines >= 2 * self.cfg.consumer.batch_readings:
                 self._room.clear()  # backpressure until the flusher takes this batch
 
     @staticmethod
