@@ -13,8 +13,8 @@ each), or with ``--kind interval`` a 15-minute read of the three phase voltages 
 fact); 500 readings per MQTT message (the agent's default batch). The runs:
 
 - ``raw``: the same points as line protocol built beforehand, POSTed in 10,000-line requests
-  from this process (no MQTT, no JSON, no schema, no ledger). The clock stops at the HTTP 204
-  of the last request.
+  from this process, two at a time as a consumer writes (`central.consumer.IN_FLIGHT`; no
+  MQTT, no JSON, no schema, no ledger). The clock stops at the HTTP 204 of the last request.
 - ``publish``: every message published (QoS 1) to a broker with nobody subscribed: how fast
   the publisher and the broker alone go.
 - ``1 consumer`` / ``2 consumers`` (one shared-subscription group): the consumers are
@@ -63,6 +63,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from central.consumer import IN_FLIGHT  # noqa: E402
 from central.points import Converted, convert  # noqa: E402
 from tests.fixtures.services import (  # noqa: E402
     InfluxDB1,
@@ -202,11 +203,18 @@ def bodies(lines: list[str]) -> list[bytes]:
 
 
 async def _post_all(target: Target, bodies: list[bytes]) -> float:
+    """POST every body, as many at once as a consumer has batches on their way (IN_FLIGHT):
+    the baseline gets the database's concurrency a consumer gets."""
+    queue = list(reversed(bodies))
     async with aiohttp.ClientSession() as http:
+
+        async def post() -> None:
+            while queue:
+                async with http.post(target.url + target.write_path, data=queue.pop()) as resp:
+                    assert resp.status == 204, await resp.text()
+
         start = time.perf_counter()
-        for body in bodies:
-            async with http.post(target.url + target.write_path, data=body) as resp:
-                assert resp.status == 204, await resp.text()
+        await asyncio.gather(*(post() for _ in range(IN_FLIGHT)))
         return time.perf_counter() - start
 
 
