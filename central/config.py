@@ -9,6 +9,7 @@ the environment (the rule is in `common.config`): ``METERLINK_MQTT_PASSWORD``,
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -30,12 +31,15 @@ __all__ = [
     "ConsumerConfig",
     "CoverageConfig",
     "InfluxConfig",
+    "LogConfig",
+    "MetricsConfig",
     "MqttConfig",
     "PanelConfig",
     "StoreConfig",
     "TariffConfig",
     "TopupConfig",
     "load",
+    "reloaded",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,13 +111,41 @@ class InfluxConfig:
 class ConsumerConfig:
     #: per-instance SQLite file: batches InfluxDB has not accepted yet, dead letters, rejects
     spool: Path = Path("/var/lib/meterlink/central-spool.sqlite3")
-    #: a batch is written when it holds this many readings, or after `flush_interval_s`
+    #: a batch is written when it holds this many lines (a reading is one line; so is every
+    #: other point), or after `flush_interval_s`
     batch_readings: int = 5000
     flush_interval_s: float = 0.5
+    #: SIGTERM: how long the staged stop may take (stop taking messages, write and acknowledge
+    #: what is held, close); below the systemd unit's TimeoutStopSec (30 s)
+    stop_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         if self.batch_readings < 1 or self.flush_interval_s <= 0:
             raise ValueError("batch_readings must be >= 1 and flush_interval_s > 0")
+        if not 0 < self.stop_timeout_s <= 3600:
+            raise ValueError("stop_timeout_s must be > 0 and <= 3600")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    #: reloaded on SIGHUP (`meterlink central run --log-level` overrides it until then)
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    #: "text" (one line each) or "json" (one object per line, for a log collector)
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    #: host:port of the consumer's Prometheus endpoint (GET /metrics); "" turns it off. One
+    #: port per instance on a host.
+    listen: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            return
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen {self.listen!r}: expected host:port, e.g. 127.0.0.1:9465")
 
 
 @dataclass(frozen=True)
@@ -212,6 +244,42 @@ class CentralConfig:
     panel: PanelConfig = field(default_factory=PanelConfig)
     topup: TopupConfig = field(default_factory=TopupConfig)
     tariff: TariffConfig = field(default_factory=TariffConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def reloaded(running: CentralConfig, new: CentralConfig) -> tuple[CentralConfig, list[str]]:
+    """What SIGHUP changes in a running consumer: the log level and format, the batch size
+    and interval, the stop budget, the coverage job's and the tariff check's settings,
+    InfluxDB's retry timing. The rest (the broker, the database's address and credentials,
+    the store, the spool, the metrics listener, the panel) is kept, and named in the returned
+    list: it takes a restart."""
+    influx_retry = ("attempts_before_spool", "retry_initial_s", "retry_max_s")
+    influx = dataclasses.replace(
+        running.influx, **{k: getattr(new.influx, k) for k in influx_retry}
+    )
+    consumer = dataclasses.replace(new.consumer, spool=running.consumer.spool)
+    out = dataclasses.replace(
+        running,
+        log=new.log,
+        coverage=new.coverage,
+        tariff=new.tariff,
+        consumer=consumer,
+        influx=influx,
+    )
+    kept = [
+        name
+        for name, before, after in (
+            ("[mqtt]", running.mqtt, new.mqtt),
+            ("[store]", running.store, new.store),
+            ("[metrics]", running.metrics, new.metrics),
+            ("[panel]", running.panel, new.panel),
+            ("[consumer] spool", running.consumer.spool, new.consumer.spool),
+            ("[influx] (address, database, credentials)", influx, new.influx),
+        )
+        if before != after
+    ]
+    return out, kept
 
 
 def parse_hhmm(text: str) -> dt.time:

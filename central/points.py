@@ -19,10 +19,14 @@ import datetime as dt
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import msgspec
+
+from protocols.payload_types import UNSET, Reading, ReadingsPayload
 from protocols.tariff import TariffSetup
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "Failure",
     "NotConvertible",
     "convert",
+    "convert_readings",
     "epoch",
     "escape_tag",
     "field_value",
@@ -99,7 +104,7 @@ class DailyRead(NamedTuple):
     day: str  # the freeze stamp's calendar date in the meter's local time
     day_start: int  # unix seconds of that local midnight
     read_at: int
-    values: frozenset[str]
+    values: AbstractSet[str]  # the names of its values (a view of the payload's dict)
     backfill: bool
 
 
@@ -179,60 +184,86 @@ def _data_day(data_time: str) -> tuple[str, int]:
     return cached
 
 
-def _readings(payload: dict[str, Any], out: Converted) -> None:
-    c = payload["concentrator"]
-    ctag = escape_tag(c)
+_ITEM_TAGS: dict[str, str] = {}
+_TEXT_FIELDS: dict[str, str] = {}
+
+
+def _item_tag(item: str) -> str:
+    tag = _ITEM_TAGS.get(item)
+    if tag is None:
+        tag = escape_tag(item)
+        if len(_ITEM_TAGS) > 10_000:
+            _ITEM_TAGS.clear()
+        _ITEM_TAGS[item] = tag
+    return tag
+
+
+def _text_field(text: str) -> str:
+    """`field_value` of a short text that repeats (a plan name), remembered."""
+    value = _TEXT_FIELDS.get(text)
+    if value is None:
+        value = field_value(text)
+        if len(_TEXT_FIELDS) > 10_000:
+            _TEXT_FIELDS.clear()
+        _TEXT_FIELDS[text] = value
+    return value
+
+
+def _readings(payload: ReadingsPayload, out: Converted) -> None:
+    """The hot path: a decoded payload (numbers are floats already) to lines and facts."""
+    c = payload.concentrator
+    head = f"reading,concentrator={escape_tag(c)},item="
     lines, reads = out.lines, out.reads
-    for r in payload["readings"]:
-        values = r["values"]
-        parts = []
-        for name, v in values.items():
-            x = v["value"]
-            t = type(x)
-            # the hot path: numbers; text goes through the general formatter
-            parts.append(f"{name}={x!r}" if t is float else f"{name}={field_value(x)}")
-        quality = r.get("quality", "ok")
-        read_at = epoch(r["read_at"])
+    new_read = tuple.__new__  # DailyRead's own __new__ is Python, this is not
+    for r in payload.readings:
+        values = r.values
+        parts = [
+            f"{name}={v.value!r}" if type(v.value) is float else f"{name}={field_value(v.value)}"
+            for name, v in values.items()
+        ]
+        quality = "ok" if r.quality is UNSET else r.quality
+        read_at = epoch(r.read_at)
         parts.append(f'quality="{quality}",read_at={read_at}i')
-        if "plan" in r:
-            parts.append(f"plan={field_value(r['plan'])}")
-        if "clock_offset_s" in r:
-            parts.append(f"clock_offset_s={field_value(r['clock_offset_s'])}")
-        data_time = r["data_time"]
-        item = r["item"]
+        if r.plan is not UNSET:
+            parts.append(f"plan={_text_field(r.plan)}")
+        if r.clock_offset_s is not UNSET:
+            parts.append(f"clock_offset_s={r.clock_offset_s!r}")
+        data_time, item, meter = r.data_time, r.item, r.meter
         lines.append(
-            f"reading,concentrator={ctag},item={escape_tag(item)},meter={escape_tag(r['meter'])}"
+            f"{head}{_item_tag(item)},meter={escape_tag(meter)}"
             f" {','.join(parts)} {epoch(data_time)}"
         )
         if item == DAILY_ITEM:
             day, day_start = _data_day(data_time)
             reads.append(
-                DailyRead(
-                    c, r["meter"], day, day_start, read_at, frozenset(values), quality == "backfill"
+                new_read(
+                    DailyRead,
+                    (c, meter, day, day_start, read_at, values.keys(), quality == "backfill"),
                 )
             )
             if _TOTAL in values:
-                _freeze(c, r, day, values, out)
-    out.readings += len(payload["readings"])
+                _freeze(c, r, day, out)
+    out.readings += len(payload.readings)
 
 
 _TOTAL = "energy_import_total_kwh"
 _REGISTERS = tuple(f"energy_import_t{i}_kwh" for i in range(1, 5))
 
 
-def _freeze(c: str, r: dict[str, Any], day: str, values: dict[str, Any], out: Converted) -> None:
+def _freeze(c: str, r: Reading, day: str, out: Converted) -> None:
     """The per-tariff energy of a daily freeze (T1.. as far as the freeze has them)."""
+    values = r.values
     registers = []
     for name in _REGISTERS:
         v = values.get(name)
-        if v is None or not isinstance(v["value"], int | float):
+        if v is None or not isinstance(v.value, int | float):
             break
-        registers.append(float(v["value"]))
-    total = values[_TOTAL]["value"]
+        registers.append(float(v.value))
+    total = values[_TOTAL].value
     if registers and isinstance(total, int | float):
-        offset = r.get("clock_offset_s")
+        offset = r.clock_offset_s
         out.freezes.append(
-            Freeze(c, r["meter"], day, float(total), tuple(registers),
+            Freeze(c, r.meter, day, float(total), tuple(registers),
                    float(offset) if isinstance(offset, int | float) else None)
         )  # fmt: skip
 
@@ -370,9 +401,13 @@ def _tariff(payload: dict[str, Any], out: Converted) -> None:
         )
 
 
+def _readings_dict(payload: dict[str, Any], out: Converted) -> None:
+    _readings(msgspec.convert(payload, ReadingsPayload), out)
+
+
 _CONVERTERS = {
     "tariff": _tariff,
-    "readings": _readings,
+    "readings": _readings_dict,
     "rounds": _rounds,
     "events": _event,
     "status": _status,
@@ -383,10 +418,19 @@ _CONVERTERS = {
 def convert(kind: str, payload: dict[str, Any], out: Converted) -> None:
     """Add the points and facts of one schema-valid payload to `out`: all of them, or — when
     a value cannot be stored — none, raising `NotConvertible`."""
+    _all_or_none(kind, lambda: _CONVERTERS[kind](payload, out), out)
+
+
+def convert_readings(payload: ReadingsPayload, out: Converted) -> None:
+    """`convert` of a readings payload `protocols.payloads.decode_readings` decoded."""
+    _all_or_none("readings", lambda: _readings(payload, out), out)
+
+
+def _all_or_none(kind: str, add: Callable[[], None], out: Converted) -> None:
     marks = (len(out.lines), len(out.reads), len(out.failures), len(out.archives), out.readings,
              len(out.freezes), len(out.tariffs))  # fmt: skip
     try:
-        _CONVERTERS[kind](payload, out)
+        add()
     except Exception as exc:
         del out.lines[marks[0] :], out.reads[marks[1] :], out.failures[marks[2] :]
         del out.archives[marks[3] :], out.freezes[marks[5] :], out.tariffs[marks[6] :]

@@ -13,16 +13,21 @@ connection error per backoff period, not one per batch.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from central.config import InfluxConfig
 from central.spool import Spool
 from central.writers import WriteMisconfigured, Writer, WriteRejected, WriteUnavailable
 
-__all__ = ["Sink", "SinkStats"]
+__all__ = ["WRITE_BUCKETS", "Sink", "SinkStats"]
+
+#: upper bounds (seconds) of the write-latency histogram's buckets
+WRITE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,17 @@ class SinkStats:
     replayed_lines: int = 0
     dead_lines: int = 0
     write_errors: int = 0
+    #: HTTP writes attempted, their total duration, and how many took at most each of
+    #: `WRITE_BUCKETS` (cumulative, as a Prometheus histogram counts)
+    writes: int = 0
+    write_seconds: float = 0.0
+    write_buckets: list[int] = field(default_factory=lambda: [0] * len(WRITE_BUCKETS))
+
+    def timed(self, seconds: float) -> None:
+        self.writes += 1
+        self.write_seconds += seconds
+        for i in range(bisect.bisect_left(WRITE_BUCKETS, seconds), len(WRITE_BUCKETS)):
+            self.write_buckets[i] += 1
 
 
 class Sink:
@@ -84,7 +100,7 @@ class Sink:
         for start in range(0, len(lines), step):
             chunk = lines[start : start + step]
             try:
-                await self.writer.write(chunk)
+                await self._write(chunk)
                 self._written(len(chunk))
             except WriteRejected as exc:
                 try:
@@ -95,6 +111,13 @@ class Sink:
             except WriteUnavailable as exc:
                 self._unavailable(exc)
                 raise _Remainder(lines[start:], exc) from exc
+
+    async def _write(self, lines: list[str]) -> None:
+        started = time.monotonic()
+        try:
+            await self.writer.write(lines)
+        finally:
+            self.stats.timed(time.monotonic() - started)
 
     def _written(self, n: int) -> None:
         self.stats.written_lines += n
@@ -129,7 +152,7 @@ class Sink:
         half = len(lines) // 2
         for part in (lines[:half], lines[half:]):
             try:
-                await self.writer.write(part)
+                await self._write(part)
                 self._written(len(part))
             except WriteRejected as inner:
                 await self._isolate(part, inner)

@@ -7,6 +7,7 @@ refuses these lines; retrying the same bytes cannot help).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Protocol, cast
 
@@ -65,6 +66,15 @@ class Writer(Protocol):
     async def close(self) -> None: ...
 
 
+def _cancelled_as_such() -> None:
+    """A task cancelled during a request can see it end in a TimeoutError or a connection
+    error (aiohttp's own timeout takes the cancellation for its own): that is a cancellation,
+    not a database that is down, and must not be retried as one."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _sort_status(status: int, body: str) -> None:
     if status < 300:
         return
@@ -117,6 +127,7 @@ class V1Writer:
         except WriteError:
             raise  # sorted already (WriteUnavailable is an OSError: keep its kind and status)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            _cancelled_as_such()
             raise WriteUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def write(self, lines: list[str]) -> None:
@@ -127,6 +138,7 @@ class V1Writer:
         except WriteError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            _cancelled_as_such()
             raise WriteUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
@@ -176,6 +188,7 @@ class V2Writer:
             _sort_status(int(exc.status or 500), str(exc.body or exc.reason or ""))
             raise WriteUnavailable(f"influxdb-client: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            _cancelled_as_such()
             raise WriteUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from central.config import CentralConfig, load
+from central.config import CentralConfig, load, reloaded
 from central.store import parse_url
-from common.config import EX_CONFIG, ConfigError
+from common.config import EX_CONFIG, ConfigError, build
 from meterlink.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +31,12 @@ def test_the_commented_example_loads_and_matches_the_defaults() -> None:
         ("[store]\nurl = 'postgresql://u@h:99999/db'\n", "the port is not a number"),
         ("[store]\nurl = 'postgresql://u@h:5432'\n", "names no database"),
         ("[store]\nurl = ''\n", "store url is empty"),
+        ("[metrics]\nlisten = '9465'\n", "listen '9465': expected host:port"),
+        ("[metrics]\nlisten = 'localhost:http'\n", "expected host:port"),
+        ("[metrics]\nport = 9465\n", "metrics.port: unknown key"),
+        ("[log]\nlevel = 'verbose'\n", "log.level: 'verbose' is not one of"),
+        ("[log]\nformat = 'xml'\n", "log.format: 'xml' is not one of"),
+        ("[consumer]\nstop_timeout_s = 0\n", "stop_timeout_s must be > 0"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -108,3 +114,26 @@ def test_the_ledger_key_of_before_the_store_still_works(
     path.write_text("[coverage]\nledger = 'a.sqlite3'\n[store]\nurl = 'sqlite:b.sqlite3'\n")
     with pytest.raises(ConfigError, match=r"coverage\.ledger and store\.url both set"):
         load(path)
+
+
+def test_a_reload_takes_what_a_running_consumer_can_change_and_names_the_rest() -> None:
+    running = CentralConfig()
+    data = {
+        "log": {"level": "debug"},
+        "consumer": {"batch_readings": 777, "spool": "/elsewhere.sqlite3"},
+        "coverage": {"interval_s": 5.0},
+        "influx": {"retry_max_s": 3.0, "url": "http://other:8086"},
+        "mqtt": {"port": 8883},
+    }
+    new = build(CentralConfig, data, env_prefix="METERLINK", environ={})
+    out, kept = reloaded(running, new)
+    assert out.log.level == "debug"
+    assert out.consumer.batch_readings == 777
+    assert out.coverage.interval_s == 5.0
+    assert out.influx.retry_max_s == 3.0
+    # kept as they were, and named
+    assert out.consumer.spool == running.consumer.spool
+    assert out.influx.url == running.influx.url
+    assert out.mqtt == running.mqtt
+    assert kept == ["[mqtt]", "[consumer] spool", "[influx] (address, database, credentials)"]
+    assert reloaded(running, running) == (running, [])

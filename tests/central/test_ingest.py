@@ -182,7 +182,9 @@ def _poison() -> list[tuple[str, str, dict[str, Any] | bytes]]:
         ("c-001", "archive", stamp_feb30),
         ("c-001", "archive", huge),
         ("c-001", "readings", lone),
-        ("c-001", "readings", b"[" * 100_000),  # RecursionError, not a ValueError
+        # readings are decoded into structs in one pass, which refuses these two as malformed
+        ("c-001", "readings", b"[" * 100_000),
+        ("c-001", "events", b"[" * 100_000),  # json.loads: a RecursionError, not a ValueError
     ]
 
 
@@ -215,12 +217,16 @@ async def test_a_schema_valid_payload_that_cannot_be_converted_is_a_dead_letter_
     finally:
         spool.close()
     assert [d.error.split(":")[0] for d in dead] == [
-        f"{kind} payload not convertible" for _, kind, _ in poison
+        *(f"{kind} payload not convertible" for _, kind, _ in poison[:5]),
+        "readings payload invalid at /",
+        "readings payload invalid at /",
+        "events payload not convertible",
     ]
     assert "day is out of range for month" in dead[0].error
     assert b"2026-02-30T00:00:00+08:00" in dead[0].body
-    assert "surrogates not allowed" in dead[5].error
-    assert "RecursionError" in dead[6].error
+    assert "not JSON: JSON is malformed: unexpected end of escaped utf-16" in dead[5].error
+    assert "Expected `object`, got `array`" in dead[6].error
+    assert "RecursionError" in dead[7].error
 
 
 async def test_a_bad_day_already_in_the_ledger_neither_stops_ingest_nor_coverage(
@@ -295,3 +301,18 @@ async def test_dead_letters_go_back_to_the_spool_for_another_attempt(
         spool.close()
     assert (dead.kind, dead.status) == ("influx", 400)
     assert b"meter=000000000099" in dead.body
+
+
+async def test_a_batch_is_bounded_by_lines_not_only_readings(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+) -> None:
+    # no timer in this test's life: only the size bound writes (and acknowledges) the batch
+    cfg = config(tmp_path, mosquitto.port, influxdb.url,
+                 consumer={"batch_readings": 50, "flush_interval_s": 3600})  # fmt: skip
+    failed = [(m, "no_reply") for m in meters(60)]  # 61 lines, not one reading
+    report = round_report("c-001", "2026-11-25", failed, expected=60)
+    async with running_consumer(cfg) as consumer:
+        await publish(mosquitto.port, [("c-001", "rounds", report)])
+        await wait_for(lambda: consumer.stats.acked == 1, what="the report written and acked")
+        assert consumer.stats.readings == 0
+        assert consumer.sink.stats.written_lines == 61

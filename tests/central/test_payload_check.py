@@ -4,12 +4,13 @@ agrees with jsonschema on what the consumer sees and on thousands of mutations o
 from __future__ import annotations
 
 import copy
+import json
 import random
 from typing import Any
 
 import pytest
 
-from protocols.payloads import SCHEMAS, PayloadInvalid, accepts, validate
+from protocols.payloads import SCHEMAS, PayloadInvalid, accepts, decode_readings, validate
 from tests.central import scenario
 from tests.central.helpers import batch, reading
 
@@ -84,6 +85,46 @@ def test_the_verdicts_agree_on_thousands_of_mutations() -> None:
             rejected += not expected
     assert checked > 3000
     assert rejected > checked // 3  # the mutations really break things
+
+
+def _decoder_accepts(payload: Any) -> bool:
+    try:
+        decode_readings(json.dumps(payload).encode())
+    except PayloadInvalid:
+        return False
+    return True
+
+
+def test_the_readings_decoder_agrees_with_the_schema_on_thousands_of_mutations() -> None:
+    """The consumer decodes readings with the msgspec structs the schema is generated from:
+    their verdicts are jsonschema's on the published schema."""
+    rng = random.Random(2007)
+    checked = rejected = 0
+    for kind, payload in samples():
+        if kind != "readings":
+            continue
+        for mutant in [payload, *_mutants(payload, rng, 600)]:
+            expected = _jsonschema_accepts(kind, mutant)
+            assert _decoder_accepts(mutant) is expected, mutant
+            checked += 1
+            rejected += not expected
+    assert checked > 1000
+    assert rejected > checked // 3
+
+
+def test_the_decoder_says_what_is_wrong_and_where() -> None:
+    bad = batch("c-1", [reading("000000000001", "2026-11-25")], "x")
+    bad["readings"][0]["values"]["energy_import_total_kwh"]["value"] = True
+    with pytest.raises(PayloadInvalid) as err:
+        decode_readings(json.dumps(bad).encode())
+    assert err.value.path == "$.readings[0].values[...].value"
+    assert "Expected `float | str`, got `bool`" in str(err.value)
+    with pytest.raises(PayloadInvalid, match="not JSON"):
+        decode_readings(b'{"schema": "meterlink.readings/1", "readings": [')
+    # a number no float holds: valid JSON, never a valid field value
+    big = json.dumps(batch("c-1", [reading("000000000001", "2026-11-25")], "x"))
+    with pytest.raises(PayloadInvalid, match="out of range"):
+        decode_readings(big.replace("100.0", "1e400", 1).encode())
 
 
 def test_a_refused_payload_reports_the_schema_modules_error() -> None:
