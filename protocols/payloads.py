@@ -584,6 +584,12 @@ def decode_readings(body: bytes) -> ReadingsPayload:
             message, where = str(exc), ""
         raise PayloadInvalid("readings", message, where.strip("`")) from None
     except msgspec.DecodeError as exc:
+        try:  # only on the refusal path: say so when the cause is bytes that are no UTF-8
+            body.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise PayloadInvalid(
+                "readings", f"not UTF-8: byte {bad.start} ({body[bad.start]:#04x})", ""
+            ) from None
         raise PayloadInvalid("readings", f"not JSON: {exc}", "") from None
 
 
