@@ -102,7 +102,10 @@ def test_report_and_work_orders_from_the_command_line(
     convert(
         "readings",
         {
+            "schema": "meterlink.readings/1",
             "concentrator": "c-1",
+            "batch_id": "b-1",
+            "sent_at": f"{D}T00:06:00+08:00",
             "readings": [
                 {
                     "meter": "m-ok",
