@@ -588,7 +588,14 @@ class OrderBook:
         )
 
     def retry(
-        self, order_id: str, *, operator: str, note: str = "", now: float, deadline: float
+        self,
+        order_id: str,
+        *,
+        operator: str,
+        note: str = "",
+        now: float,
+        deadline: float,
+        via: str = "api",
     ) -> Order:
         """Put a needs_review (or communication-failed) order back in its meter's queue, named
         after `operator` in its audit trail. Nothing of what the executor decides on is
@@ -638,7 +645,7 @@ class OrderBook:
             self._append(
                 tx, order, at=now, what="operator:retry", ok=True, reason=None,
                 detail=f"by {operator}" + (f": {note}" if note else ""),
-                request={"operator": operator, "note": note, "deadline": deadline},
+                request={"operator": operator, "via": via, "note": note, "deadline": deadline},
                 reply={"was": was},
             )  # fmt: skip
             return order
@@ -647,7 +654,9 @@ class OrderBook:
         self._changed(order)
         return order
 
-    def close(self, order_id: str, *, operator: str, note: str, now: float) -> Order:
+    def close(
+        self, order_id: str, *, operator: str, note: str, now: float, via: str = "api"
+    ) -> Order:
         """End a needs_review order for good (an operator's decision, with a mandatory note).
         It ends as **failed** (`closed_by_operator`, business class) unless a read-back already
         put its credit on the meter (`credited`: e.g. restore_pending, the relay not restored
@@ -668,7 +677,7 @@ class OrderBook:
                 )  # fmt: skip
             was = {"state": order.state.value, "reason": order.reason,
                    "reason_class": order.reason_class, "detail": order.detail}  # fmt: skip
-            closed = {"by": operator, "note": note, "at": now, "was": was,
+            closed = {"by": operator, "via": via, "note": note, "at": now, "was": was,
                       "uncertain": order.uncertain}  # fmt: skip
             if order.credited:
                 state, reason, cls = State.CONFIRMED, "closed_by_operator", None
@@ -681,7 +690,7 @@ class OrderBook:
             self._append(
                 tx, order, at=now, what="operator:close", ok=True, reason=reason,
                 detail=f"by {operator}: {note}",
-                request={"operator": operator, "note": note},
+                request={"operator": operator, "via": via, "note": note},
                 reply={"was": was, "state": state.value},
             )  # fmt: skip
             return order
