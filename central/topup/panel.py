@@ -81,7 +81,8 @@ class TopupSection:
             if forms is not None:
                 row += f'<td class="order-actions">{self._buttons(o, forms, t)}</td>'
             rows.append(f'<tr data-order="{_e(o.order_id)}">{row}</tr>')
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        body = "".join(rows)
+        return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
     def _buttons(self, o: Any, forms: Forms, t: Mapping[str, str]) -> str:
         """Retry / close for the orders they apply to (the order book checks again)."""
