@@ -85,3 +85,49 @@ async def test_sigterm_with_a_command_in_flight_stops_within_timeout_stop_sec(
         order = await s.terminal("STOP-1")
         assert order["state"] == "confirmed", order
         assert s.credits(LOCAL) == [(n + 1, 1500)]
+
+
+async def test_sigterm_with_a_webhook_that_never_answers(tmp_path: Path) -> None:
+    """Billing's webhook endpoint accepts the connection and never answers (webhook_timeout_s
+    far beyond TimeoutStopSec): the delivery is cut at stop_timeout_s, the process exits 0
+    within TimeoutStopSec, and the result stays due (delivered after the next start)."""
+    timeout_stop_s = float(_service()["TimeoutStopSec"])
+    held: list[asyncio.StreamWriter] = []
+    got_request = asyncio.Event()
+
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.readline()
+        got_request.set()  # read the request line; never answer
+
+    server = await asyncio.start_server(black_hole, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with service_stack(
+            tmp_path,
+            topup={"webhook_url": f"http://127.0.0.1:{port}/hook", "webhook_timeout_s": 600,
+                   "stop_timeout_s": 3},
+            env={"METERLINK_TOPUP_WEBHOOK_SECRET": "hook-secret-0123456789"},
+        ) as s:  # fmt: skip
+            await s.topup("HOOK-1", LOCAL, 1200)
+            assert (await s.terminal("HOOK-1"))["state"] == "confirmed"
+            await asyncio.wait_for(got_request.wait(), 60)  # the delivery hangs now
+            assert s.service is not None
+            started = asyncio.get_running_loop().time()
+            code = await s.service.stop(signal.SIGTERM, within=timeout_stop_s)
+            took = asyncio.get_running_loop().time() - started
+            print(f"SIGTERM, webhook hanging → exit {code} after {took:.2f} s (stop_timeout_s 3)")
+            log = s.service.log()
+            s.service = None
+            assert code == 0, log[-3000:]
+            assert "still busy after stop_timeout_s" in log
+            with contextlib.closing(sqlite3.connect(tmp_path / "central.sqlite3")) as db:
+                (state,) = db.execute(
+                    "SELECT notify_state FROM topup_order WHERE order_id = 'HOOK-1'"
+                ).fetchone()
+            assert state == "pending"  # not lost: due again at the next start
+    finally:
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
