@@ -8,6 +8,8 @@ States (docs/topup.md "The order service")::
                   ↑            │               │            │    ↘ failed(reason, class)
                   └────────────┴───────────────┴────────────┘    ↘ needs_review
     accepted | queued (nothing sent to the meter yet) → cancelled
+    needs_review | failed(communication) → queued        (an operator's retry: read back first)
+    needs_review → failed(closed_by_operator) | confirmed (an operator's close, with a note)
 
 Every state change is one store transaction; an order being executed is held by one instance
 (a lease on the row, `lease_s`), so an instance that dies mid-attempt leaves the order to
