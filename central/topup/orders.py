@@ -607,7 +607,8 @@ class OrderBook:
         the last purchase is this order's → confirmed without resending). The per-order ESAM,
         re-check and relay counts start again (the per-meter daily ESAM cap stays); the
         deadline becomes `deadline`. A failed order is not retried when another order took
-        its (meter, purchase count) since (acceptance frees the count of a failed order)."""
+        its (meter, purchase count) since (acceptance frees the count of a failed order); no
+        order is retried while another order of its meter is held by an executor."""
         if not operator:
             raise OrderError(400, "invalid", "operator: who retries the order")
 
@@ -634,6 +635,17 @@ class OrderBook:
                         f"meter {order.meter} purchase count {order.purchase_count} belongs"
                         f" to order {other[0]} now",
                     )  # fmt: skip
+            busy = tx.one(
+                "SELECT order_id FROM topup_order WHERE meter = ? AND order_id <> ?"  # noqa: S608
+                f" AND state IN {_ACTIVE_SQL} AND lease_holder IS NOT NULL"
+                " AND lease_until > ?",
+                (order.meter, order.order_id, now),
+            )
+            if busy is not None:  # one order in flight per meter, across instances too
+                raise OrderError(
+                    409, "meter_busy",
+                    f"order {busy[0]} of meter {order.meter} is being executed: retry after it",
+                )  # fmt: skip
             was = {"state": order.state.value, "reason": order.reason,
                    "reason_class": order.reason_class, "detail": order.detail}  # fmt: skip
             result = {k: v for k, v in order.result.items() if k != "comm_failures"}

@@ -244,9 +244,20 @@ def test_operator_retry_of_failed_orders(store: Store) -> None:
         book.retry("comm", operator="alice", now=T0 + 70, deadline=T0 + 200)
     assert (taken.value.status, taken.value.code) == (409, "purchase_count_taken")
     book.cancel("again", now=T0 + 71)
+    # another order of the meter is being executed (held by an instance): not now
+    book.accept("topup", topup("later", "m1", purchase_count=4), now=T0 + 71, deadline=T0 + 600)
+    assert [o.order_id for o in book.claim(now=T0 + 71, limit=5)] == ["later"]
+    with pytest.raises(OrderError) as busy:
+        book.retry("comm", operator="alice", now=T0 + 72, deadline=T0 + 200)
+    assert (busy.value.status, busy.value.code) == (409, "meter_busy")
+    later = book.get("later")
+    assert later is not None
+    book.release(later, now=T0 + 72, next_at=T0 + 100)
     assert book.retry("comm", operator="alice", now=T0 + 72, deadline=T0 + 200).state is (
         State.QUEUED
     )
+    # and the retried order, the lower count, is its meter's head again
+    assert [o.order_id for o in book.claim(now=T0 + 100, limit=5)] == ["comm"]
     with pytest.raises(OrderError) as refused:  # and its count is held again
         book.accept("topup", topup("third", "m1", purchase_count=3), now=T0 + 73,
                     deadline=T0 + 600)  # fmt: skip
