@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 from aiohttp import web
@@ -44,7 +44,9 @@ from central.panel.registry import (
     Action,
     ActionContext,
     ActionResult,
+    Forms,
     Registry,
+    accepts_forms,
     default_sections,
 )
 from central.panel.svg import Series, bars, line_chart
@@ -567,8 +569,16 @@ async def meter(request: web.Request) -> web.StreamResponse:
     chart = line_chart([Series("kWh", "s-rate", pts)], labels=labels, unit="",
                        chart_id="history", width=480) if pts else ""  # fmt: skip
     blocks = []
+    session: Session | None = request[SESSION]
+    here = f"/meters/{quote(c, safe='')}/{quote(m, safe='')}?day={day}"
+    forms = Forms(session.csrf, here, lang) if session is not None and session.can_act else None
     for section in svc.registry.sections.values():
-        html = await section.provider.meter_block(c, m, lang) if section.provider else None
+        html = None
+        if section.provider is not None:
+            if accepts_forms(section.provider.meter_block):
+                html = await section.provider.meter_block(c, m, lang, forms=forms)  # type: ignore[call-arg]
+            else:
+                html = await section.provider.meter_block(c, m, lang)
         blocks.append((section, _trusted(html) if html else None))
     done = None
     if request.query.get("done", "").isdigit() and request[SESSION] is not None:
@@ -740,9 +750,19 @@ async def section_page(request: web.Request) -> web.StreamResponse:
     if section is None:
         raise web.HTTPNotFound()
     html = None
+    session: Session | None = request[SESSION]
+    lang = _lang(request)
+    query = {k: v for k, v in request.query.items() if k != "done"}
+    here = f"/section/{quote(section.key, safe='')}" + (f"?{urlencode(query)}" if query else "")
+    forms = Forms(session.csrf, here, lang) if session is not None and session.can_act else None
     if section.provider is not None:
-        html = await section.provider.page(_lang(request), dict(request.query))
-    actions = [a for a in svc.registry.actions.values() if a.section == section.key]
+        if accepts_forms(section.provider.page):
+            html = await section.provider.page(lang, dict(request.query), forms=forms)  # type: ignore[call-arg]
+        else:
+            html = await section.provider.page(lang, dict(request.query))
+    actions = [
+        a for a in svc.registry.actions.values() if a.section == section.key and not a.inline
+    ]
     done = await _done(request)
     return render(request, "section.html", section=section, actions=actions,
                   today=svc.today(), done=done,

@@ -14,14 +14,21 @@ registers a provider for them. A module offers ``register(registry)`` in its
 Every action is for the operator role only, runs only after the server checked the session,
 the role and the CSRF token, and is written to the audit trail (`central.panel.auth.audit`)
 before it runs and again with its outcome.
+
+An action on one row of a section's table (e.g. retry *this* order) is ``inline``: the section
+page shows no form of its own for it; the provider draws its buttons with the `Forms` the
+panel passes to ``page`` / ``meter_block`` when they take a ``forms`` keyword — only for an
+operator's session (a viewer gets ``forms=None``: no button).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from html import escape
 from typing import Any, Protocol
 
 __all__ = [
@@ -30,9 +37,11 @@ __all__ = [
     "ActionContext",
     "ActionResult",
     "Figure",
+    "Forms",
     "Registry",
     "Section",
     "SectionProvider",
+    "accepts_forms",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,6 +97,56 @@ class Action:
     #: the form fields it takes (anything else is refused)
     fields: tuple[str, ...] = ()
     role: str = "operator"
+    #: drawn by the section's provider on its rows (`Forms`), not as a form of its own
+    inline: bool = False
+
+
+@dataclass(frozen=True)
+class Forms:
+    """What a provider needs to draw an operator's action buttons: the session's CSRF token
+    and the page to come back to. The panel passes it to an operator's pages only; the server
+    checks the role and the token again on every POST whatever the page showed."""
+
+    csrf: str
+    next: str
+    lang: str
+
+    def button(
+        self,
+        action: str,
+        label: str,
+        values: Mapping[str, str],
+        *,
+        note: str | None = None,
+        note_required: bool = False,
+        element_id: str = "",
+    ) -> str:
+        """A form posting `values` to the action; `note`: the placeholder of a note field."""
+        hidden = "".join(
+            f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
+            for k, v in {"csrf": self.csrf, "next": self.next, **values}.items()
+        )
+        field_html = ""
+        if note is not None:
+            required = " required" if note_required else ""
+            field_html = (
+                f'<input name="note" class="note" placeholder="{escape(note)}"'
+                f' maxlength="500"{required}>'
+            )
+        ident = f' id="{escape(element_id)}"' if element_id else ""
+        return (
+            f'<form method="post" action="/actions/{escape(action)}" class="action inline"'
+            f"{ident}>{hidden}{field_html}"
+            f'<button type="submit">{escape(label)}</button></form>'
+        )
+
+
+def accepts_forms(method: Any) -> bool:
+    """Whether a provider's method takes the ``forms`` keyword (older providers do not)."""
+    try:
+        return "forms" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class SectionProvider(Protocol):

@@ -201,6 +201,37 @@ def make_app(
         order = book.cancel(order_id, now=clock())
         return web.json_response(order.view(book.tz))
 
+    async def operator_action(request: web.Request) -> web.Response:
+        """``POST /v1/topups/{id}/retry|close`` (and relay orders): billing's / ops' people act
+        on a needs_review order as the panel's operators do; `operator` names them in the
+        order's audit trail."""
+        order_id = request.match_info["order_id"]
+        kind = "topup" if request.path.startswith("/v1/topups/") else "relay"
+        existing = book.get(order_id)
+        if existing is None or existing.kind != kind:
+            raise OrderError(404, "not_found", f"no {kind} order {order_id}")
+        raw = await body_of(request)
+        if not isinstance(raw, dict):
+            raise OrderError(400, "invalid", "expected a JSON object")
+        action = request.path.rsplit("/", 1)[1]
+        allowed = {"operator", "note"} | ({"deadline"} if action == "retry" else set())
+        unknown = set(raw) - allowed
+        if unknown:
+            raise OrderError(400, "invalid", f"unknown keys {', '.join(sorted(unknown))}")
+        operator, note = raw.get("operator"), raw.get("note", "")
+        if not isinstance(operator, str) or not 1 <= len(operator) <= 64:
+            raise OrderError(400, "invalid", "operator: who acts (1-64 characters)")
+        if not isinstance(note, str) or len(note) > 500:
+            raise OrderError(400, "invalid", "note: text, at most 500 characters")
+        now = clock()
+        if action == "retry":
+            order = book.retry(order_id, operator=operator, note=note, now=now,
+                               deadline=_deadline(raw, now, settings))  # fmt: skip
+            wake()
+        else:
+            order = book.close(order_id, operator=operator, note=note, now=now)
+        return web.json_response(order.view(book.tz))
+
     async def reconcile(request: web.Request) -> web.StreamResponse:
         day = request.query.get("day", "")
         if not _DAY.match(day):
@@ -219,10 +250,14 @@ def make_app(
     app.router.add_get("/v1/topups", list_topups)
     app.router.add_get("/v1/topups/{order_id}", get_topup)
     app.router.add_post("/v1/topups/{order_id}/cancel", cancel)
+    app.router.add_post("/v1/topups/{order_id}/retry", operator_action)
+    app.router.add_post("/v1/topups/{order_id}/close", operator_action)
     app.router.add_post("/v1/relay-orders", post_relay)
     app.router.add_get("/v1/relay-orders", list_relays)
     app.router.add_get("/v1/relay-orders/{order_id}", get_relay)
     app.router.add_post("/v1/relay-orders/{order_id}/cancel", cancel)
+    app.router.add_post("/v1/relay-orders/{order_id}/retry", operator_action)
+    app.router.add_post("/v1/relay-orders/{order_id}/close", operator_action)
     app.router.add_get("/v1/reconciliation", reconcile)
     app.router.add_get("/healthz", health)
     return app

@@ -80,6 +80,10 @@ class TopupConfig:
     poll_s: float = 1.0
     #: an instance's claim on an order it executes; another instance takes over after it
     lease_s: float = 900.0
+    #: on SIGTERM / SIGINT: how long the API's open requests, then the scheduler, the webhook
+    #: and the KPI loop together may take to end before they are cancelled (an order cut
+    #: mid-attempt is taken up again with a read-back); below the unit's TimeoutStopSec (30)
+    stop_timeout_s: float = 15.0
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
@@ -103,6 +107,7 @@ class TopupConfig:
             "webhook_timeout_s": self.webhook_timeout_s,
             "poll_s": self.poll_s,
             "lease_s": self.lease_s,
+            "stop_timeout_s": self.stop_timeout_s,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -71,6 +71,7 @@ SERVICE_REASONS = {
     "deadline_passed": "the order's deadline passed before it could be executed",
     "esam_daily_cap": "the meter's ESAM failures today reached esam_failures_per_meter_day",
     "agent_refused": "the agent refused the command as a whole (invalid, unauthorized)",
+    "closed_by_operator": "an operator closed the needs_review order, with a note",
 }
 _ARCHIVE = {
     "customer_mismatch", "auth_failed", "profile_remote_mode", "not_opened", "relay_fault",
@@ -78,7 +79,7 @@ _ARCHIVE = {
 }  # fmt: skip
 _BUSINESS = {
     "hoarding_exceeded", "out_of_band_purchase", "waiting_earlier_purchase",
-    "purchase_count_error", "duplicate_top_up",
+    "purchase_count_error", "duplicate_top_up", "closed_by_operator",
 }  # fmt: skip
 
 

@@ -8,6 +8,8 @@ States (docs/topup.md "The order service")::
                   ↑            │               │            │    ↘ failed(reason, class)
                   └────────────┴───────────────┴────────────┘    ↘ needs_review
     accepted | queued (nothing sent to the meter yet) → cancelled
+    needs_review | failed(communication) → queued        (an operator's retry: read back first)
+    needs_review → failed(closed_by_operator) | confirmed (an operator's close, with a note)
 
 Every state change is one store transaction; an order being executed is held by one instance
 (a lease on the row, `lease_s`), so an instance that dies mid-attempt leaves the order to
@@ -579,6 +581,147 @@ class OrderBook:
         self._changed(order)
         return order
 
+    # --- operator actions ----------------------------------------------------------------------
+    def retryable(self, order: Order) -> bool:
+        """An order an operator may put back in the queue: needs_review, or failed for a
+        communication reason (docs/topup.md "Operator actions")."""
+        return order.state is State.NEEDS_REVIEW or (
+            order.state is State.FAILED and order.reason_class == FailureClass.COMMUNICATION.value
+        )
+
+    def retry(
+        self,
+        order_id: str,
+        *,
+        operator: str,
+        note: str = "",
+        now: float,
+        deadline: float,
+        via: str = "api",
+    ) -> Order:
+        """Put a needs_review (or communication-failed) order back in its meter's queue, named
+        after `operator` in its audit trail. Nothing of what the executor decides on is
+        changed: the order keeps its purchase count, `touched`, `uncertain` and `credited`,
+        so its next attempt starts, like every attempt, with an identity authentication and a
+        read-back before anything is sent, and the read-back rule decides (count = target and
+        the last purchase is this order's → confirmed without resending). The per-order ESAM,
+        re-check and relay counts start again (the per-meter daily ESAM cap stays); the
+        deadline becomes `deadline`. A failed order is not retried when another order took
+        its (meter, purchase count) since (acceptance frees the count of a failed order); no
+        order is retried while another order of its meter is held by an executor."""
+        if not operator:
+            raise OrderError(400, "invalid", "operator: who retries the order")
+
+        def write(tx: Tx) -> Order:
+            tx.lock("topup.accept")  # against an acceptance taking a failed order's count
+            order = self._locked(tx, order_id)
+            if not self.retryable(order):
+                raise OrderError(
+                    409, "not_retryable",
+                    f"order {order_id} is {order.state.value}"
+                    + (f" ({order.reason_class})" if order.reason_class else "")
+                    + ": only needs_review or a communication failure can be retried",
+                )  # fmt: skip
+            if order.kind == "topup" and order.purchase_count is not None:
+                other = tx.one(
+                    "SELECT order_id FROM topup_order WHERE meter = ? AND purchase_count = ?"
+                    " AND kind = 'topup' AND order_id <> ?"
+                    " AND state NOT IN ('failed', 'cancelled')",
+                    (order.meter, order.purchase_count, order.order_id),
+                )
+                if other is not None:
+                    raise OrderError(
+                        409, "purchase_count_taken",
+                        f"meter {order.meter} purchase count {order.purchase_count} belongs"
+                        f" to order {other[0]} now",
+                    )  # fmt: skip
+            busy = tx.one(
+                "SELECT order_id FROM topup_order WHERE meter = ? AND order_id <> ?"  # noqa: S608
+                f" AND state IN {_ACTIVE_SQL} AND lease_holder IS NOT NULL"
+                " AND lease_until > ?",
+                (order.meter, order.order_id, now),
+            )
+            if busy is not None:  # one order in flight per meter, across instances too
+                raise OrderError(
+                    409, "meter_busy",
+                    f"order {busy[0]} of meter {order.meter} is being executed: retry after it",
+                )  # fmt: skip
+            was = {"state": order.state.value, "reason": order.reason,
+                   "reason_class": order.reason_class, "detail": order.detail}  # fmt: skip
+            result = {k: v for k, v in order.result.items() if k != "comm_failures"}
+            self._set(
+                tx, order, now, state=State.QUEUED, reason=None, reason_class=None,
+                detail=f"retried by {operator}" + (f": {note}" if note else ""),
+                finished_at=None, next_at=now, deadline=deadline, lease_holder=None,
+                lease_until=None, esam_failures=0, rechecks=0, relay_tries=0, result=result,
+                notify_state="none", notify_next_at=None,
+            )  # fmt: skip
+            self._append(
+                tx, order, at=now, what="operator:retry", ok=True, reason=None,
+                detail=f"by {operator}" + (f": {note}" if note else ""),
+                request={"operator": operator, "via": via, "note": note, "deadline": deadline},
+                reply={"was": was},
+            )  # fmt: skip
+            return order
+
+        order = self.store.write(write)
+        self._changed(order)
+        return order
+
+    def close(
+        self, order_id: str, *, operator: str, note: str, now: float, via: str = "api"
+    ) -> Order:
+        """End a needs_review order for good (an operator's decision, with a mandatory note).
+        It ends as **failed** (`closed_by_operator`, business class) unless a read-back already
+        put its credit on the meter (`credited`: e.g. restore_pending, the relay not restored
+        by the deadline) — then **confirmed**, since billing must never refund a credit the
+        meter holds. An operator's word never confirms a credit: to settle an order the
+        operator believes credited, retry it (its read-back confirms without resending)."""
+        if not operator:
+            raise OrderError(400, "invalid", "operator: who closes the order")
+        if not note.strip():
+            raise OrderError(400, "invalid", "note: why the order is closed (mandatory)")
+
+        def write(tx: Tx) -> Order:
+            order = self._locked(tx, order_id)
+            if order.state is not State.NEEDS_REVIEW:
+                raise OrderError(
+                    409, "not_closable",
+                    f"order {order_id} is {order.state.value}: only needs_review can be closed",
+                )  # fmt: skip
+            was = {"state": order.state.value, "reason": order.reason,
+                   "reason_class": order.reason_class, "detail": order.detail}  # fmt: skip
+            closed = {"by": operator, "via": via, "note": note, "at": now, "was": was,
+                      "uncertain": order.uncertain}  # fmt: skip
+            if order.credited:
+                state, reason, cls = State.CONFIRMED, "closed_by_operator", None
+            else:
+                state, reason, cls = State.FAILED, "closed_by_operator", "business"
+            self._set(
+                tx, order, now, state=state, reason=reason, reason_class=cls,
+                detail=f"closed by {operator}: {note}", result={**order.result, "closed": closed},
+            )  # fmt: skip
+            self._append(
+                tx, order, at=now, what="operator:close", ok=True, reason=reason,
+                detail=f"by {operator}: {note}",
+                request={"operator": operator, "via": via, "note": note},
+                reply={"was": was, "state": state.value},
+            )  # fmt: skip
+            return order
+
+        order = self.store.write(write)
+        self._changed(order)
+        return order
+
+    def _locked(self, tx: Tx, order_id: str) -> Order:
+        """The order read in `tx`, its row locked against a concurrent change (PostgreSQL:
+        FOR UPDATE; SQLite writes one at a time)."""
+        suffix = " FOR UPDATE" if tx.dialect == "postgresql" else ""
+        row = tx.one(f"{_SELECT} WHERE order_id = ?{suffix}", (order_id,))
+        if row is None:
+            raise OrderError(404, "not_found", f"no order {order_id}")
+        return _order(row)
+
     # --- execution -----------------------------------------------------------------------------
     def claim(self, *, now: float, limit: int, busy_meters: Iterable[str] = ()) -> list[Order]:
         """Up to `limit` orders to execute now, one per meter (the head of each meter's queue),
@@ -691,25 +834,41 @@ class OrderBook:
         def write(tx: Tx) -> Exchange:
             if changes:
                 self._set(tx, order, at, **changes)
-            row = tx.one(
-                "SELECT coalesce(max(n), 0) + 1 FROM topup_exchange WHERE order_id = ?",
-                (order.order_id,),
-            )
-            n = int(row[0]) if row else 1
-            tx.execute(
-                "INSERT INTO topup_exchange (order_id, n, at, attempt, what, ok, reason, detail,"
-                " request, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (order.order_id, n, at, order.attempts, what, int(ok), reason, detail,
-                 json.dumps(dict(request), ensure_ascii=False),
-                 json.dumps(dict(reply), ensure_ascii=False)),
-            )  # fmt: skip
-            return Exchange(order.order_id, n, at, order.attempts, what, ok, reason, detail,
-                            dict(request), dict(reply))  # fmt: skip
+            return self._append(tx, order, at=at, what=what, ok=ok, reason=reason,
+                                detail=detail, request=request, reply=reply)  # fmt: skip
 
         exchange = self.store.write(write)
         if changes:
             self._changed(order)
         return exchange
+
+    def _append(
+        self,
+        tx: Tx,
+        order: Order,
+        *,
+        at: float,
+        what: str,
+        ok: bool,
+        reason: str | None,
+        detail: str,
+        request: Mapping[str, Any],
+        reply: Mapping[str, Any],
+    ) -> Exchange:
+        row = tx.one(
+            "SELECT coalesce(max(n), 0) + 1 FROM topup_exchange WHERE order_id = ?",
+            (order.order_id,),
+        )
+        n = int(row[0]) if row else 1
+        tx.execute(
+            "INSERT INTO topup_exchange (order_id, n, at, attempt, what, ok, reason, detail,"
+            " request, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (order.order_id, n, at, order.attempts, what, int(ok), reason, detail,
+             json.dumps(dict(request), ensure_ascii=False),
+             json.dumps(dict(reply), ensure_ascii=False)),
+        )  # fmt: skip
+        return Exchange(order.order_id, n, at, order.attempts, what, ok, reason, detail,
+                        dict(request), dict(reply))  # fmt: skip
 
     def expired(self, *, now: float) -> list[Order]:
         """Active orders past their deadline that no instance holds (the caller ends them)."""

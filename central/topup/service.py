@@ -132,7 +132,9 @@ async def serve(cfg: CentralConfig, store: Store, *, stop: asyncio.Event | None 
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(t.tls_cert, t.tls_key)
         host, port = parse_listen(t.listen)
-        site = web.TCPSite(runner, host, port, ssl_context=context)
+        site = web.TCPSite(
+            runner, host, port, ssl_context=context, shutdown_timeout=t.stop_timeout_s / 3
+        )
         await site.start()
         bound = runner.addresses[0]
         scheme = "https" if context else "http"
@@ -154,8 +156,17 @@ async def serve(cfg: CentralConfig, store: Store, *, stop: asyncio.Event | None 
             await stop.wait()
         finally:
             stop.set()
+            # one budget for everything: the open requests (the site's shutdown_timeout), then
+            # the tasks; what is left is cancelled (an attempt cut short is read back later)
+            loop_time = asyncio.get_running_loop().time
+            end = loop_time() + t.stop_timeout_s
             await runner.cleanup()
+            _done, pending = await asyncio.wait(tasks, timeout=max(0.1, end - loop_time()))
+            for task in pending:
+                task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(task, 30)
+                    await task
+            if pending:
+                log.warning("stopped %d task(s) still busy after stop_timeout_s", len(pending))
     print("topup: stopped", file=sys.stderr)

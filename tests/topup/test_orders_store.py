@@ -175,3 +175,120 @@ def test_archive_file_is_checked() -> None:
     ):
         with pytest.raises(ValueError, match=words):
             load_archive([bad])
+
+
+def _needs_review(book: OrderBook, order_id: str, *, at: float, **changes: Any) -> None:
+    order = book.get(order_id)
+    assert order is not None
+    book.update(order, now=at, state=State.NEEDS_REVIEW, reason="outcome_unknown",
+                reason_class="communication", touched=True, **changes)  # fmt: skip
+
+
+def test_operator_retry_keeps_what_the_read_back_decides_on(store: Store) -> None:
+    book = book_of(store)
+    book.accept("topup", topup("r", purchase_count=7), now=T0, deadline=T0 + 60)
+    _needs_review(
+        book,
+        "r",
+        at=T0 + 60,
+        uncertain=True,
+        attempts=3,
+        esam_failures=2,
+        rechecks=1,
+        result={"comm_failures": 4, "readback": {"purchase_count": 6}},
+    )
+    assert book.due_notifications(now=T0 + 60)  # needs_review is terminal: billing is told
+    assert book.claim(now=T0 + 61, limit=5) == []  # terminal: never claimed
+    order = book.retry("r", operator="alice", note="meter back online", now=T0 + 100,
+                       deadline=T0 + 500)  # fmt: skip
+    assert order.state is State.QUEUED
+    got = book.get("r")
+    assert got is not None
+    # what the executor's read-back rule needs is kept; the per-order counts start again
+    assert (got.purchase_count, got.touched, got.uncertain, got.credited) == (7, True, True, False)
+    assert (got.esam_failures, got.rechecks, got.relay_tries, got.attempts) == (0, 0, 0, 3)
+    assert got.result == {"readback": {"purchase_count": 6}}
+    assert (got.deadline, got.next_at, got.finished_at) == (T0 + 500, T0 + 100, None)
+    assert got.reason is None
+    assert got.detail == "retried by alice: meter back online"
+    assert book.due_notifications(now=T0 + 100) == []  # not terminal any more
+    (trail,) = book.exchanges("r")
+    assert (trail.what, trail.request["operator"], trail.reply["was"]["state"]) == (
+        "operator:retry", "alice", "needs_review")  # fmt: skip
+    # back in its meter's queue, claimed like any order (the executor reads back first)
+    assert [o.order_id for o in book.claim(now=T0 + 100, limit=5)] == ["r"]
+    with pytest.raises(OrderError) as twice:  # queued now: a second retry is refused
+        book.retry("r", operator="bob", now=T0 + 101, deadline=T0 + 500)
+    assert (twice.value.status, twice.value.code) == (409, "not_retryable")
+    with pytest.raises(OrderError) as nobody:
+        book.retry("r", operator="", now=T0 + 101, deadline=T0 + 500)
+    assert nobody.value.status == 400
+    with pytest.raises(OrderError) as missing:
+        book.retry("zz", operator="alice", now=T0 + 101, deadline=T0 + 500)
+    assert missing.value.status == 404
+
+
+def test_operator_retry_of_failed_orders(store: Store) -> None:
+    book = book_of(store)
+    for oid, meter, cls in (("comm", "m1", "communication"), ("biz", "m2", "business")):
+        book.accept("topup", topup(oid, meter, purchase_count=3), now=T0, deadline=T0 + 60)
+        o = book.get(oid)
+        assert o is not None
+        book.update(o, now=T0 + 60, state=State.FAILED, reason="x", reason_class=cls)
+    with pytest.raises(OrderError) as business:  # a permanent refusal is not retried
+        book.retry("biz", operator="alice", now=T0 + 70, deadline=T0 + 200)
+    assert business.value.code == "not_retryable"
+    # billing resubmitted the purchase under another id (a failed order frees its count)
+    book.accept("topup", topup("again", "m1", purchase_count=3), now=T0 + 65, deadline=T0 + 600)
+    with pytest.raises(OrderError) as taken:
+        book.retry("comm", operator="alice", now=T0 + 70, deadline=T0 + 200)
+    assert (taken.value.status, taken.value.code) == (409, "purchase_count_taken")
+    book.cancel("again", now=T0 + 71)
+    # another order of the meter is being executed (held by an instance): not now
+    book.accept("topup", topup("later", "m1", purchase_count=4), now=T0 + 71, deadline=T0 + 600)
+    assert [o.order_id for o in book.claim(now=T0 + 71, limit=5)] == ["later"]
+    with pytest.raises(OrderError) as busy:
+        book.retry("comm", operator="alice", now=T0 + 72, deadline=T0 + 200)
+    assert (busy.value.status, busy.value.code) == (409, "meter_busy")
+    later = book.get("later")
+    assert later is not None
+    book.release(later, now=T0 + 72, next_at=T0 + 100)
+    assert book.retry("comm", operator="alice", now=T0 + 72, deadline=T0 + 200).state is (
+        State.QUEUED
+    )
+    # and the retried order, the lower count, is its meter's head again
+    assert [o.order_id for o in book.claim(now=T0 + 100, limit=5)] == ["comm"]
+    with pytest.raises(OrderError) as refused:  # and its count is held again
+        book.accept("topup", topup("third", "m1", purchase_count=3), now=T0 + 73,
+                    deadline=T0 + 600)  # fmt: skip
+    assert refused.value.code == "purchase_count_taken"
+
+
+def test_operator_close_needs_a_note_and_follows_the_credit(store: Store) -> None:
+    book = book_of(store)
+    book.accept("topup", topup("n", "m1"), now=T0, deadline=T0 + 60)
+    book.accept("topup", topup("c", "m2"), now=T0, deadline=T0 + 60)
+    book.accept("topup", topup("q", "m3"), now=T0, deadline=T0 + 60)
+    _needs_review(book, "n", at=T0 + 60, uncertain=True)
+    _needs_review(book, "c", at=T0 + 60, credited=True)  # restore_pending: on the meter
+    with pytest.raises(OrderError) as no_note:
+        book.close("n", operator="alice", note="  ", now=T0 + 70)
+    assert no_note.value.status == 400
+    with pytest.raises(OrderError) as active:
+        book.close("q", operator="alice", note="x", now=T0 + 70)
+    assert (active.value.status, active.value.code) == (409, "not_closable")
+    failed = book.close("n", operator="alice", note="meter replaced; refund", now=T0 + 70)
+    assert (failed.state, failed.reason, failed.reason_class) == (
+        State.FAILED, "closed_by_operator", "business")  # fmt: skip
+    assert failed.result["closed"]["uncertain"] is True
+    confirmed = book.close("c", operator="bob", note="relay closed on site", now=T0 + 71)
+    assert (confirmed.state, confirmed.reason_class) == (State.CONFIRMED, None)
+    got = book.get("n")
+    assert got is not None
+    assert got.finished_at == T0 + 70
+    assert got.detail.startswith("closed by")
+    assert [e.what for e in book.exchanges("n")] == ["operator:close"]
+    assert {o.order_id for o in book.due_notifications(now=T0 + 71)} == {"n", "c"}
+    with pytest.raises(OrderError) as again:
+        book.close("n", operator="alice", note="x", now=T0 + 72)
+    assert again.value.code == "not_closable"
