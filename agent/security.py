@@ -479,16 +479,15 @@ class SecurityCommand:
             )
             return out
         except MeterError as exc:
+            refusal = SecurityReason.OTHER
             if step.op is StepOp.WRITE:
                 refused = "unauthorized" in exc.flag_names
-                reason = SecurityReason.WRITE_REFUSED if refused else SecurityReason.WRITE_INVALID
+                refusal = SecurityReason.WRITE_REFUSED if refused else SecurityReason.WRITE_INVALID
             elif step.op is StepOp.RELAY:
-                reason = SecurityReason.RELAY_REFUSED
-            else:
-                reason = SecurityReason.OTHER
+                refusal = SecurityReason.RELAY_REFUSED
             out.update(
                 ok=False,
-                reason=reason.value,
+                reason=refusal.value,
                 err=f"{exc.code:02X}",
                 flags=list(exc.flag_names),
                 detail=str(exc),
