@@ -279,7 +279,7 @@ class Corrector:
         return answer
 
     # -- reading and checking ----------------------------------------------------------------------
-    async def _read_setup(self, order: int, c: str, m: str) -> None:
+    async def _read_setup(self, order: int, c: str, m: str) -> dict[str, Any]:
         reply = await self._send(order, c, m, "tariff", {})
         result = reply.get("result")
         if not reply.get("ok") or not isinstance(result, dict):
@@ -290,14 +290,29 @@ class Corrector:
         except ValueError as exc:
             raise _Final("failed", f"the set-up read cannot be used: {exc}") from None
         await asyncio.to_thread(self.tariffs.apply_converted, facts)
+        return dict(result["setup"])
 
-    def _check(self, c: str, m: str, plan: Plan, day: dt.date) -> tuple[Outcome, TariffSetup]:
+    def _check(
+        self, c: str, m: str, plan: Plan, day: dt.date, fresh: dict[str, Any]
+    ) -> tuple[Outcome, TariffSetup]:
+        """The check of `day` on the set-ups stored and `fresh`, the one just read (the store
+        keys set-ups by the second: a read in the same second as the one before is not kept
+        there, but it is the one that counts here)."""
         now = common.clock.current().time()
         day_end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), self.tz)
         until = max(int(day_end.timestamp()), int(now))
         oldest = day_end - dt.timedelta(days=self.settings.max_setup_age_days + 31)
         since = int(oldest.timestamp())
-        payloads = self.tariffs.setups_until(until, since, c).get((c, m), [])
+        try:
+            latest = TariffSetup.from_payload(fresh)
+        except (TariffPayloadError, KeyError, TypeError) as exc:
+            raise _Final("failed", f"the set-up read cannot be used: {exc}") from None
+        payloads = [
+            p
+            for p in self.tariffs.setups_until(until, since, c).get((c, m), [])
+            if dt.datetime.fromisoformat(str(p.get("read_at"))) < latest.read_at
+        ]
+        payloads.append(fresh)
         setups = []
         for p in payloads:
             try:
@@ -340,8 +355,8 @@ class Corrector:
         result = CorrectionResult(order, c, m, "failed", "")
         job: int | None = None
         try:
-            await self._read_setup(order, c, m)
-            before, setup = self._check(c, m, plan, day)
+            fresh = await self._read_setup(order, c, m)
+            before, setup = self._check(c, m, plan, day, fresh)
             result.outcome_before = before.outcome
             self._audit(order, "check", {"outcome": before.outcome, "detail": before.detail})
             why = self._not_remote(before, setup, model)
@@ -367,8 +382,8 @@ class Corrector:
                 raise _Final("nothing", "the set-up already holds the plan's items")
             job = self.tariffs.start_job(c, m, "correction", self.by, f"correction {order}")
             await self._write(order, c, m, number, items, result)
-            await self._read_setup(order, c, m)
-            after, _ = self._check(c, m, plan, day)
+            fresh = await self._read_setup(order, c, m)
+            after, _ = self._check(c, m, plan, day, fresh)
             result.outcome_after = after.outcome
             self._audit(order, "check", {"outcome": after.outcome, "detail": after.detail})
             result.state = "verified" if after.outcome == "OK" else "written"
