@@ -191,12 +191,13 @@ async def test_corrections_through_the_whole_path(stack: Stack) -> None:
             assert writes
             frames = [f for b in writes for f in b["frames"]]
             assert {f["dir"] for f in frames} == {"tx", "rx"}
-            assert [c for c in tariffs.corrections(mid)][0][4] == "verified"
+            assert tariffs.corrections(mid)[0][4] == "verified"
         if holiday.tariff is not None:
             assert any(di.startswith("040300") or di == "04000205" for di in r.items)
 
     # a machine whose MACs the meter does not accept: refused, nothing written, not retried
-    assert refused.tariff is not None and refused.esam is not None
+    assert refused.tariff is not None
+    assert refused.esam is not None
     before = refused.tariff.programmed
     failures = refused.esam.mac_failures
     async with CorruptParameterHsm(stack.hsm_url, timeout_s=10) as bad:
