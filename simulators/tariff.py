@@ -207,6 +207,8 @@ class MeterTariff:
     reprogrammed: TariffSetup | None = None
     since: dt.datetime | None = None
     """meter time from which the defect shows (None: from the start)"""
+    written: bool = False
+    """a secure write reached the set-up (a correction order): the truth follows the meter"""
     _mapped: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = field(
         default_factory=dict, repr=False
     )
@@ -316,6 +318,11 @@ class MeterTariff:
         read; NOT_READ and UNSUPPORTED_DI are the fleet's business)."""
         if self.defect is None:
             return "OK"
+        # corrected remotely (a price written as backup flips a few minutes later)
+        end = dt.datetime.combine(day, dt.time(23, 59))
+        correctable = self.defect not in ("wrong_register", "clock_drift")
+        if self.written and correctable and self.executes_plan(end):
+            return "OK"
         since = self.since.date() if self.since is not None else None
         if self.defect == "switch_missed":
             # before the planned switch today's tables are right, the planned change is not
@@ -371,6 +378,7 @@ class MeterTariff:
         if event in counters:
             counters[event] += 1
         self.programmed = replace(setup, event_counters=counters)
+        self.written = True
         if self.reprogram_at is not None and self.reprogram_at <= now:
             self.reprogram_at = self.reprogrammed = None
         if self.defect not in (None, "wrong_register", "clock_drift") and self.executes_plan(now):

@@ -435,13 +435,19 @@ class Corrector:
         self, order: int, c: str, m: str, number: str, pending: dict[int, bytes]
     ) -> None:
         auth = await self._hsm(order, "identity_auth", self.hsm.identity_auth(number), meter=number)
+        # the auth, and a read-back of what is still to write: after a reply that was lost,
+        # what the meter took is not written again
+        dis = [f"{di:08X}" for di in pending]
+        reads = [read_step(dis[i : i + 16]) for i in range(0, len(dis), 16)][:15]
         first = parse_security_reply(
-            await self._send(order, c, m, "security", security_args([auth_step(auth)]))
+            await self._send(order, c, m, "security", security_args([auth_step(auth), *reads]))
         )
-        if not first.ok or first.random2 is None:
+        auth_result = first.step("auth")
+        if auth_result is None or not auth_result.ok or first.random2 is None:
             self._settle(first, "identity authentication")
             raise _Retry("identity authentication: no random-2")
         random2 = first.random2
+        self._prune(first, pending)
         while pending:
             chunk = list(pending.items())[:WRITES_PER_COMMAND]
             steps = []
@@ -461,15 +467,22 @@ class Corrector:
             steps.append(read_step([f"{di:08X}" for di, _ in chunk]))
             reply = await self._send(order, c, m, "security", security_args(steps, session=random2))
             done = parse_security_reply(reply)
-            read = done.step("read")
-            for di, value in chunk:
-                item = (read.items if read is not None else {}).get(f"{di:08X}") or {}
-                if item.get("raw") == value.hex().upper():
-                    pending.pop(di)
+            self._prune(done, pending)
             if not done.ok:
                 self._settle(done, "write")
             if any(di in pending for di, _ in chunk):
                 raise _Retry("read-back does not show every item written")
+
+    @staticmethod
+    def _prune(result: SecurityResult, pending: dict[int, bytes]) -> None:
+        """Drop from `pending` the items whose read-back bytes are what is to be written."""
+        for step in result.steps:
+            if step.op != "read":
+                continue
+            for key, item in step.items.items():
+                di = int(key, 16)
+                if di in pending and (item or {}).get("raw") == pending[di].hex().upper():
+                    pending.pop(di)
 
     @staticmethod
     def _settle(result: SecurityResult, what: str) -> None:
