@@ -77,6 +77,8 @@ class Stack:
     book: PlanBook
     sender: CommandSender
     hsm_url: str
+    tmp: Path
+    broker_port: int
 
     def corrector(self, hsm: NetworkHsm) -> Corrector:
         return Corrector(
@@ -144,7 +146,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                     lambda: any(s.payload["state"] == "online" for s in seen.of("status")),
                     within=30,
                 )
-                yield Stack(fleet, store, book, sender, hsm_url)
+                yield Stack(fleet, store, book, sender, hsm_url, tmp_path, broker.port)
                 assert await agent.stop() == 0, agent.log()[-3000:]
     store.close()
 
@@ -227,3 +229,57 @@ async def test_corrections_through_the_whole_path(stack: Stack) -> None:
     text = workorder_csv([r.workorder])
     assert text.splitlines()[0] == "meter,concentrator,outcome,why_not_remote,to_write"
     assert "000000000901" in text.splitlines()[1]
+
+
+async def test_the_command_line(stack: Stack) -> None:
+    """`meterlink central tariff correct` with the archive in the ledger: one meter corrected,
+    one on the work-order CSV, the orders and their audit in the store."""
+    import asyncio
+    import datetime as dt
+    import os
+    import sys
+
+    from central.ledger import Ledger
+    from central.points import Converted, convert
+
+    fleet = stack.fleet
+    taken: set[str] = set()
+    fixable = _esam_meter(fleet, "wrong_boundary", taken)
+    old = fleet.meter("000000000901")
+    assert old.tariff is not None
+    if old.tariff.defect is None:
+        misprogram(old.tariff, "wrong_boundary", start=old.now(), reprogram_at=old.now())
+    out = Converted()
+    since = fleet.world.now() - dt.timedelta(days=1)
+    convert("archive", {"concentrator": CONCENTRATOR, "version": 1,
+                        "updated_at": since.replace(tzinfo=fleet.world.tz).isoformat(),
+                        "meters": fleet.archive()}, out)  # fmt: skip
+    Ledger(stack.store).apply(out, [])
+    config = stack.tmp / "central.toml"
+    config.write_text(
+        f'[store]\nurl = "sqlite://{stack.tmp}/store.sqlite3"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {stack.broker_port}\nclient_id = "cli-central"\n'
+        f'[topup]\nhsm_url = "{stack.hsm_url}"\n'
+    )
+    csv_path = stack.tmp / "wo.csv"
+    mid = fixable.identity.meter_id
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "meterlink", "central", "tariff", "correct", "--config", str(config),
+        "--meter", mid, "--meter", "000000000901", "--workorders", str(csv_path), "--by", "test",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "METERLINK_MQTT_COMMAND_KEY": KEY},
+    )  # fmt: skip
+    stdout, stderr = await proc.communicate()
+    text = stdout.decode()
+    assert proc.returncode == 0, (text, stderr.decode())
+    lines = text.splitlines()
+    assert f"{mid} ({CONCENTRATOR}): verified [PARAM_MISMATCH -> OK]" in lines[0], text
+    assert "000000000901" in lines[1]
+    assert ": workorder [" in lines[1]
+    assert lines[2] == f"1 work orders in {csv_path}"
+    rows = csv_path.read_text(encoding="utf-8-sig").splitlines()
+    assert rows[0] == "meter,concentrator,outcome,why_not_remote,to_write"
+    assert rows[1].startswith(f"000000000901,{CONCENTRATOR},")
+    assert fixable.tariff is not None
+    assert fixable.tariff.executes_plan(fixable.now())
+    print(text)
