@@ -194,6 +194,9 @@ async def test_corrections_through_the_whole_path(stack: Stack) -> None:
             frames = [f for b in writes for f in b["frames"]]
             assert {f["dir"] for f in frames} == {"tx", "rx"}
             assert tariffs.corrections(mid)[0][4] == "verified"
+            # the set-up read after the writes is the one stored (the next day's check sees it)
+            last = [b for _, _, k, b in trail if k == "reply:tariff"][-1]["result"]["setup"]
+            assert tariffs.setups_until(2**40, 0, CONCENTRATOR)[(CONCENTRATOR, mid)][-1] == last
         if holiday.tariff is not None:
             assert any(di.startswith("040300") or di == "04000205" for di in r.items)
 
