@@ -286,3 +286,13 @@ async def test_the_command_line(stack: Stack) -> None:
     assert fixable.tariff is not None
     assert fixable.tariff.executes_plan(fixable.now())
     print(text)
+    # the next check of the day (what the consumer's tariff job runs) says OK for it
+    from central.tariff.check import CheckSettings as Settings
+    from central.tariff.day import check_day
+
+    tariffs = TariffStore(stack.store)
+    day = fleet.world.now().date().isoformat()
+    result = check_day(Ledger(stack.store), tariffs, stack.book, day, Settings(), "Asia/Shanghai")
+    verdicts = {o.meter: o.outcome for o in result.outcomes}
+    assert verdicts[mid] == "OK", verdicts
+    assert verdicts["000000000901"] != "OK"
