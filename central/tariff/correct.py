@@ -376,13 +376,9 @@ class Corrector:
             result.outcome_before = before.outcome
             self._audit(order, "check", {"outcome": before.outcome, "detail": before.detail})
             why = self._not_remote(before, setup, model)
-            version = plan.in_force(day)
             if before.outcome == "OK":
                 raise _Final("nothing", "the check says OK")
             if why is not None:
-                what = "; ".join(f"{k}={v}" for k, v in to_write(version, day).items()) if (
-                    version is not None) else ""  # fmt: skip
-                result.workorder = [m, c, before.outcome, why, what]
                 raise _Final("workorder", why)
             if before.outcome not in CORRECTABLE:
                 raise _Final("nothing", f"{before.outcome}: nothing a write can fix")
@@ -406,6 +402,11 @@ class Corrector:
             result.reason = "" if after.outcome == "OK" else f"the check now says {after.outcome}"
         except _Final as exc:
             result.state, result.reason = exc.state, exc.reason
+            if exc.state == "workorder":
+                version = plan.in_force(day)
+                what = "; ".join(f"{k}={v}" for k, v in to_write(version, day).items()) if (
+                    version is not None) else ""  # fmt: skip
+                result.workorder = [m, c, result.outcome_before, exc.reason, what]
         except _Retry as exc:
             result.state, result.reason = "failed", str(exc)
         finally:

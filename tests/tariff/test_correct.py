@@ -178,6 +178,8 @@ async def test_what_goes_to_technicians(agent: Executor, setup: tuple[Corrector,
     r = await corrector.correct(C, mid, _plan(corrector, fleet, mid))
     assert r.state == "workorder", r
     assert "no ESAM" in r.reason
+    assert r.workorder is not None
+    assert r.workorder[:3] == [mid, C, "SWITCH_PENDING"]
     assert before.programmed is programmed
     assert "hsm:parameter_update" not in [
         k for _, _, k, _ in corrector.tariffs.correction_audit(r.id)
