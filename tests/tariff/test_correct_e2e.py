@@ -296,3 +296,61 @@ async def test_the_command_line(stack: Stack) -> None:
     verdicts = {o.meter: o.outcome for o in result.outcomes}
     assert verdicts[mid] == "OK", verdicts
     assert verdicts["000000000901"] != "OK"
+
+
+async def test_the_panel_action(stack: Stack) -> None:
+    """An operator's ``tariff.correct`` on the panel: the order runs, the action is audited."""
+    import datetime as dt
+
+    import aiohttp
+
+    from central.config import CentralConfig
+    from central.ledger import Ledger
+    from central.panel.app import running
+    from central.panel.auth import Users
+    from central.points import Converted, convert
+    from common.config import build
+    from meterlink.services import free_port
+    from protocols.commands import key_bytes
+    from tests.panel.test_access import Client
+
+    fleet = stack.fleet
+    meter = _esam_meter(fleet, "missing_holiday", set())
+    mid = meter.identity.meter_id
+    out = Converted()
+    since = fleet.world.now() - dt.timedelta(days=1)
+    convert("archive", {"concentrator": CONCENTRATOR, "version": 1,
+                        "updated_at": since.replace(tzinfo=fleet.world.tz).isoformat(),
+                        "meters": fleet.archive()}, out)  # fmt: skip
+    Ledger(stack.store).apply(out, [])
+    Users(stack.store).add("otto", "operator", "operator-password-1")
+    cfg = build(CentralConfig, {
+        "mqtt": {"host": "127.0.0.1", "port": stack.broker_port, "client_id": "panel-correct"},
+        "influx": {"url": f"http://127.0.0.1:{free_port()}", "timeout_s": 1.0},
+        "store": {"url": f"sqlite://{stack.tmp}/store.sqlite3"},
+        "panel": {"listen": f"127.0.0.1:{free_port()}", "command_timeout_s": 60.0},
+        "topup": {"hsm_url": stack.hsm_url},
+    }, env_prefix="METERLINK", environ={})  # fmt: skip
+    urls: list[str] = []
+    async with (
+        running(cfg, stack.store, key_bytes(KEY), urls.append),
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+    ):
+        client = Client(urls[0].rstrip("/"), http)
+        await client.log_in("otto", "operator-password-1")
+        token = await client.csrf()
+        async with http.post(
+            f"{client.base}/actions/tariff.correct",
+            data={"csrf": token, "concentrator": CONCENTRATOR, "meter": mid},
+            headers={"Accept": "application/json"},
+        ) as r:
+            reply = await r.json()
+    assert reply["ok"], reply
+    assert f"{mid}: verified [PARAM_MISMATCH -> OK]" in reply["summary"]
+    assert meter.tariff is not None
+    assert meter.tariff.executes_plan(meter.now())
+    audit = stack.store.rows(
+        "SELECT user_name, outcome FROM panel_audit WHERE action = ?", ("tariff.correct",)
+    )
+    assert audit == [("otto", "ok")]
+    assert TariffStore(stack.store).corrections(mid)[0][12] == "otto"
