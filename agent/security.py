@@ -47,6 +47,7 @@ from protocols.dlt645 import (
     SecurityRequest,
     StatusQueryReply,
     TopUpRequest,
+    WriteRequest,
     format_di,
     hex_spaced,
     parse_item,
@@ -65,6 +66,8 @@ from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.topup import (
     DATA_LENGTHS,
     SESSION_OPS,
+    WRITE_DATA_MAX,
+    WRITE_LEVELS,
     WRITE_OPS,
     SecurityReason,
     StepOp,
@@ -148,6 +151,8 @@ class _Step:
     password: bytes = _RELAY_PASSWORD
     decoded: dict[str, Any] = field(default_factory=dict)
     """what the request carries, decoded for the audit trail (amount, count, customer …)"""
+    di: int = 0
+    """write: the item written"""
 
 
 def _hex(value: Any, what: str, size: int | None = None) -> bytes:
@@ -229,6 +234,10 @@ class SecurityCommand:
 
     def _step(self, op: StepOp, raw: dict[str, Any], where: str, operator: bytes) -> _Step:
         size = DATA_LENGTHS.get(op)
+        if op is StepOp.WRITE:
+            return self._write_step(raw, where)
+        if "di" in raw:
+            raise SecurityRefused(f"{where}: only write takes a di")
         if size is None:
             if raw.get("data"):
                 raise SecurityRefused(f"{where}: {op.value} takes no data")
@@ -282,6 +291,25 @@ class SecurityCommand:
             password if password is not None else _RELAY_PASSWORD,
             decoded,
         )
+
+    @staticmethod
+    def _write_step(raw: dict[str, Any], where: str) -> _Step:
+        """14H at level 98/99: `di`, `password` (level + P0..P2) and the machine's `data`."""
+        for key in ("items", "session_minutes"):
+            if key in raw:
+                raise SecurityRefused(f"{where}: write takes no {key}")
+        di_raw = _hex(raw.get("di", ""), f"{where}.di", 4)
+        password = _hex(raw.get("password", ""), f"{where}.password", 4)
+        if password[0] not in WRITE_LEVELS:
+            raise SecurityRefused(
+                f"{where}.password: level 98 (ciphertext + MAC) or 99 (plaintext + MAC)"
+            )
+        data = _hex(raw.get("data", ""), f"{where}.data")
+        if not 5 <= len(data) <= WRITE_DATA_MAX:
+            raise SecurityRefused(f"{where}.data: 5..{WRITE_DATA_MAX} bytes (value + MAC)")
+        di = int.from_bytes(di_raw, "big")
+        decoded = {"di": f"{di:08X}", "level": f"{password[0]:02X}", "bytes": len(data)}
+        return _Step(StepOp.WRITE, data, password=password, decoded=decoded, di=di)
 
     # -- running ------------------------------------------------------------------------------
     async def run(
@@ -431,9 +459,11 @@ class SecurityCommand:
             self.sessions.drop(mid)
         if step.op is StepOp.AUTH_END:
             self.sessions.drop(mid)
-        message: SecurityRequest | SecureRemoteControlRequest
+        message: SecurityRequest | SecureRemoteControlRequest | WriteRequest
         if step.op is StepOp.RELAY:
             message = SecureRemoteControlRequest(step.data, step.password, operator)
+        elif step.op is StepOp.WRITE:
+            message = WriteRequest(step.di, step.password, step.data, operator)
         else:
             message = SecurityRequest(_DI[step.op], operator, step.data)
         try:
@@ -449,11 +479,15 @@ class SecurityCommand:
             )
             return out
         except MeterError as exc:
+            refusal = SecurityReason.OTHER
+            if step.op is StepOp.WRITE:
+                refused = "unauthorized" in exc.flag_names
+                refusal = SecurityReason.WRITE_REFUSED if refused else SecurityReason.WRITE_INVALID
+            elif step.op is StepOp.RELAY:
+                refusal = SecurityReason.RELAY_REFUSED
             out.update(
                 ok=False,
-                reason=SecurityReason.RELAY_REFUSED.value
-                if step.op is StepOp.RELAY
-                else SecurityReason.OTHER.value,
+                reason=refusal.value,
                 err=f"{exc.code:02X}",
                 flags=list(exc.flag_names),
                 detail=str(exc),
@@ -543,7 +577,7 @@ class SecurityCommand:
                 items[key] = {"item": name, "error": {"reason": reason.value, "detail": detail}}
                 first_failure = first_failure or (reason.value, f"{key}: {detail}")
                 continue
-            items[key] = {"item": name, "values": values}
+            items[key] = {"item": name, "values": values, "raw": result.value.hex().upper()}
         out["items"] = items
         if first_failure is not None:
             out.update(ok=False, reason=first_failure[0], detail=first_failure[1])

@@ -36,7 +36,7 @@ from protocols.payload_types import (
     ReadingsPayload,
     struct_schema,
 )
-from protocols.topup import DATA_LENGTHS, StepOp
+from protocols.topup import DATA_LENGTHS, WRITE_DATA_MAX, StepOp
 
 __all__ = [
     "CONCENTRATOR_ID",
@@ -247,9 +247,11 @@ SECURITY_STEP: Final[dict[str, Any]] = {
         "op": {"enum": [op.value for op in StepOp]},
         "data": {
             **_hex(),
-            "maxLength": 2 * max(DATA_LENGTHS.values()),
-            "description": "the request's data after DI and operator code, relayed verbatim",
+            "maxLength": 2 * max(*DATA_LENGTHS.values(), WRITE_DATA_MAX),
+            "description": "the request's data after DI and operator code (write: after DI,"
+            " password and operator code), relayed verbatim",
         },
+        "di": {**_hex(4), "description": "write: the data identifier written (DI3..DI0)"},
         "items": {
             "type": "array",
             "minItems": 1,

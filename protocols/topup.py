@@ -26,6 +26,8 @@ __all__ = [
     "PURCHASE_READBACK_ITEMS",
     "SERR_BITS",
     "SESSION_OPS",
+    "WRITE_DATA_MAX",
+    "WRITE_LEVELS",
     "WRITE_OPS",
     "RelayCommand",
     "SecurityReason",
@@ -69,6 +71,13 @@ class SecurityReason(StrEnum):
     RELAY_REFUSED = "relay_refused"
     """1CH abnormal reply (DC, ERR 04): ciphertext did not verify, command expired, no session,
     trip while keep-power (the meter does not say which)"""
+    # --- 14H secure write (tariff correction) ------------------------------------------------
+    WRITE_REFUSED = "write_refused"
+    """14H abnormal reply (D4, ERR 04 密码错/未授权) to a level-98/99 write: the MAC or the
+    ciphertext did not verify, no session, the wrong level for the item's class, a read-only
+    item (the meter does not say which)"""
+    WRITE_INVALID = "write_invalid"
+    """14H abnormal reply with another ERR (其它错误 …): the meter would not take the value"""
     # --- the agent refused the step: nothing was sent ------------------------------------------
     DEADLINE_PASSED = "deadline_passed"
     """the command's ``not_after`` had passed when the step's turn came"""
@@ -160,11 +169,14 @@ class StepOp(StrEnum):
     AUTH_END = "auth_end"  # 03H 07 00 02 FF 身份认证失效: no data; ends the session
     READ = "read"  # 11H plain reads of `items` (DIs or measurement names)
     RELAY = "relay"  # 1CH level 98: data = ciphertext (20) from the encryption machine
+    WRITE = "write"  # 14H level 98/99 of `di`: data = ciphertext / plaintext + MAC (machine's)
 
 
 #: steps whose bytes were computed for one identity authentication (its random-2): the agent
 #: sends them only inside that authentication's session (docs/mqtt.md "security")
-SESSION_OPS: Final = frozenset({StepOp.AUTH_VALIDITY, StepOp.OPEN, StepOp.TOPUP, StepOp.RELAY})
+SESSION_OPS: Final = frozenset(
+    {StepOp.AUTH_VALIDITY, StepOp.OPEN, StepOp.TOPUP, StepOp.RELAY, StepOp.WRITE}
+)
 #: steps that change the meter's state; after a failed step they are not sent (reads still are)
 WRITE_OPS: Final = frozenset(
     {
@@ -174,8 +186,13 @@ WRITE_OPS: Final = frozenset(
         StepOp.TOPUP,
         StepOp.RELAY,
         StepOp.AUTH_END,
+        StepOp.WRITE,
     }
 )
+#: longest ``data`` of a ``write`` step: what fits a 14H frame after DI, password and operator
+WRITE_DATA_MAX: Final = 255 - 12
+#: password levels a ``write`` step takes (99: plaintext + MAC, 98: ciphertext + MAC)
+WRITE_LEVELS: Final = (0x98, 0x99)
 #: exact length of ``data`` per step (steps not listed take no data)
 DATA_LENGTHS: Final[dict[StepOp, int]] = {
     StepOp.AUTH: 24,

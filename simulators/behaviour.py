@@ -53,7 +53,9 @@ from protocols.dlt645.security import (
     DI_TOP_UP,
     DI_WALLET_INIT,
 )
-from protocols.errors import RemoteProtocolError
+from protocols.dlt645.tariff import is_tariff_di
+from protocols.errors import RemoteProtocolError, ValueFormatError
+from protocols.tariff_write import LEVEL_CIPHER, LEVEL_PLAIN, first_class, meter_value, read_only
 from simulators.meter import Meter
 from simulators.prepaid import handle_security
 
@@ -240,6 +242,8 @@ def _password_ok(meter: Meter, password: bytes) -> bool:
 
 def _write(meter: Meter, message: WriteRequest, code: int, now: dt.datetime) -> Reply:
     edition = meter.identity.edition or Edition.V2007
+    if edition is Edition.V2007 and message.password[:1] in (b"\x98", b"\x99"):
+        return _secure_write(meter, message, code, now)
     di = _TIME_1997.get(message.di, message.di) if edition is Edition.V1997 else message.di
     item = lookup(message.di, edition)
     if item is None:
@@ -265,6 +269,34 @@ def _write(meter: Meter, message: WriteRequest, code: int, now: dt.datetime) -> 
         meter.tick()
         return _reply(meter, Done(code), detail="limit written")
     return _unauthorized(meter, code, "item is read-only")
+
+
+def _secure_write(meter: Meter, message: WriteRequest, code: int, now: dt.datetime) -> Reply:
+    """A level-99 (plaintext + MAC) or level-98 (ciphertext + MAC) write of a tariff item, in
+    the session of the latest identity authentication; the ESAM checks the MAC (a failure
+    counts), the firmware checks the item's class and layout. Any refusal leaves the set-up
+    as it was."""
+    level = message.password[0]
+    esam, tariff, di = meter.esam, meter.tariff, message.di
+    if esam is None:
+        return _unauthorized(meter, code, "no ESAM: secure writes are not taken")
+    if esam.suspended(now):
+        return _unauthorized(meter, code, "secure write refused: remote functions hung up")
+    if tariff is None or not is_tariff_di(di) or tariff.denies(di):
+        return _no_data(meter, code, "no such data")
+    if read_only(di):
+        return _unauthorized(meter, code, "the current price set is read-only")
+    if first_class(di) != (level == LEVEL_PLAIN):
+        return _unauthorized(meter, code, f"{di:08X} is not written at level {level:02X}")
+    plain = esam.parameter(now, di, message.value, cipher=level == LEVEL_CIPHER)
+    if plain is None:
+        return _unauthorized(meter, code, "secure write did not verify (session or MAC)")
+    try:
+        name = tariff.write_item(di, meter_value(di, plain), now)
+    except (ValueFormatError, ValueError) as exc:
+        return _error(meter, code, _other(meter), f"bad value: {exc}")
+    meter.tick()
+    return _reply(meter, Done(code), detail=f"{name} written")
 
 
 def _time_sync(

@@ -19,7 +19,10 @@ way a meter would reject them:
   what the meter returns;
 * a session lasts 5 minutes by default (07 00 01 FF changes it for the next sessions);
 * MAC = the first 4 bytes of SM4-CBC-MAC(key, label || fields), zero IV, 80 00.. padding;
-* a secure 1CH: ``SM4(K_s, N1..N8 || 80 00..)`` (16) + MAC over ESAM serial || that (4).
+* a secure 1CH: ``SM4(K_s, N1..N8 || 80 00..)`` (16) + MAC over ESAM serial || that (4);
+* a secure 14H write of DI (4 bytes, low first) with the machine's plaintext P: level 99
+  (一类) ``P || MAC(K_s, "PARAM" || DI || P)``; level 98 (二类) ``C || MAC(K_s, "PARAM" || DI
+  || C)`` with ``C = SM4-CBC(K_s, zero IV, P || 80 00..)``.
 
 A MAC made for another session, another meter, or other fields fails (SERR "ESAM failed"); every
 failure counts, and after `LOCK_AFTER` in one meter day the ESAM refuses secure operations
@@ -54,6 +57,7 @@ LABEL_CUSTOMER = b"CUSTNO"
 LABEL_VALIDITY = b"VALID"
 LABEL_WALLET = b"WALLET"
 LABEL_RELAY = b"RELAY"
+LABEL_PARAM = b"PARAM"
 
 
 def _sm4(key: bytes, block: bytes) -> bytes:
@@ -209,6 +213,25 @@ class Esam:
             return None
         return _sm4_decrypt(session.key, body)[:8]
 
+    def parameter(self, now: dt.datetime, di: int, data: bytes, *, cipher: bool) -> bytes | None:
+        """The machine's plaintext of a secure 14H write of `di` (`data` = plaintext or
+        ciphertext, then the 4-byte MAC), or None if it does not verify (no session, too short,
+        a MAC failure — which counts — or ciphertext that does not decrypt to padded data)."""
+        session = self.active(now)
+        if session is None or len(data) < 5 or (cipher and (len(data) - 4) % 16):
+            return None
+        body, mac = data[:-4], data[-4:]
+        if cbc_mac(session.key, LABEL_PARAM + di.to_bytes(4, "little") + body) != mac:
+            self.mac_failed(now)
+            return None
+        if not cipher:
+            return body
+        dec = Cipher(algorithms.SM4(session.key), modes.CBC(b"\x00" * 16)).decryptor()
+        plain = (dec.update(body) + dec.finalize()).rstrip(b"\x00")
+        if not plain.endswith(b"\x80"):
+            return None
+        return plain[:-1]
+
     # -- the MAC-failure lock (挂起) ----------------------------------------------------------
     def _roll(self, today: dt.date) -> None:
         if self.failure_day != today:  # the midnight reset (清零点清零数据)
@@ -306,6 +329,18 @@ class MacMaker:
 
     def validity_mac(self, minutes: int) -> bytes:
         return cbc_mac(self.key, LABEL_VALIDITY + _fields(minutes))
+
+    def parameter_update(self, di: int, plain: bytes, *, cipher: bool) -> bytes:
+        """What a secure 14H write of `di` carries after DI, password and operator code:
+        `plain` + MAC (level 99, ParameterUpdate) or its ciphertext + MAC (level 98,
+        ParameterElseUpdate)."""
+        if not plain:
+            raise ValueError("a parameter write carries at least one byte")
+        body = plain
+        if cipher:
+            enc = Cipher(algorithms.SM4(self.key), modes.CBC(b"\x00" * 16)).encryptor()
+            body = enc.update(_pad(plain)) + enc.finalize()
+        return body + cbc_mac(self.key, LABEL_PARAM + di.to_bytes(4, "little") + body)
 
     def relay_ciphertext(self, plain: bytes, esam_serial: bytes) -> bytes:
         """20 bytes for a secure 1CH: SM4(session key, N1..N8 padded) + MAC over the ESAM

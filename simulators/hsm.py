@@ -18,6 +18,11 @@ agent's ``security`` step relays it.
          -> {"ciphertext"}                     plain = N1..N8 (`protocols.topup.relay_plaintext`)
     POST /v1/auth-validity   {"meter", "random2", "minutes"}            ParameterUpdate 07 00 01 FF
          -> {"mac", "data"}                    data = minutes (BCD) + MAC
+    POST /v1/parameter-update {"meter", "random2", "di", "plain",      ParameterUpdate (一类,
+                              "cipher": false|true [, "apdu"]}         level 99) / ParameterElse-
+         -> {"data"}                           Update (二类, level 98): data = plaintext or
+                                               ciphertext + MAC, what the 14H write carries
+                                               after DI, password and operator code
     POST /v1/mac-check       {"meter", "random1", "data", "mac"}        MacCheck (read-back)
          -> {"valid": true|false}
     GET  /v1/health          -> {"ok": true, "meters": n}
@@ -172,6 +177,23 @@ class HsmService:
         data = AuthValidityRequest(_OPERATOR, minutes, mac).payload(Edition.V2007)[8:]
         return {"mac": _hex(mac), "data": _hex(data)}
 
+    def parameter_update(self, body: dict[str, Any]) -> dict[str, Any]:
+        meter = _meter(body)
+        random2 = _bytes(body, "random2", 4)
+        di = int.from_bytes(_bytes(body, "di", 4), "big")
+        plain = _bytes(body, "plain")
+        cipher = body.get("cipher")
+        if not isinstance(cipher, bool):
+            raise _Refused(165, "cipher: true (level 98) or false (level 99)")
+        if not 1 <= len(plain) <= 200:
+            raise _Refused(165, "plain: 1..200 bytes")
+        if body.get("apdu") is not None:
+            apdu = _bytes(body, "apdu", 5)
+            if not cipher and apdu[4] != len(plain) + 4:
+                raise _Refused(165, f"apdu: LC {apdu[4]} is not the data length + 4")
+        data = self.machine.session(meter, random2).parameter_update(di, plain, cipher=cipher)
+        return {"data": _hex(data)}
+
     def mac_check(self, body: dict[str, Any]) -> dict[str, Any]:
         meter = _meter(body)
         random1 = _bytes(body, "random1", 8)
@@ -189,6 +211,7 @@ class HsmService:
             "user-control": self.user_control,
             "auth-validity": self.auth_validity,
             "mac-check": self.mac_check,
+            "parameter-update": self.parameter_update,
         }
         for name, call in calls.items():
             app.router.add_post(f"/v1/{name}", self._handler(name, call))

@@ -24,9 +24,16 @@ from typing import Final
 from protocols.dlt645.tariff import (
     DI_CURRENT_PRICES,
     DI_EVENT_COUNTERS,
+    decode_period_table,
+    decode_prices,
+    decode_switch_time,
+    decode_zone_table,
+    padded,
     replies_from_setup,
     tariff_item_name,
 )
+from protocols.dlt645.tariff import decode_holiday as _decode_holiday
+from protocols.errors import ValueFormatError
 from protocols.tariff import (
     Period,
     TariffSetup,
@@ -35,6 +42,7 @@ from protocols.tariff import (
     meter_day_minutes,
     meter_tariff,
 )
+from protocols.tariff_write import DI_BACKUP_PRICES, DI_HOLIDAY_COUNT, read_only
 from simulators.tariff_plans import LadderPlan, Plan, PlanVersion, builtin_plans, plans_toml
 
 __all__ = [
@@ -199,6 +207,8 @@ class MeterTariff:
     reprogrammed: TariffSetup | None = None
     since: dt.datetime | None = None
     """meter time from which the defect shows (None: from the start)"""
+    written: bool = False
+    """a secure write reached the set-up (a correction order): the truth follows the meter"""
     _mapped: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = field(
         default_factory=dict, repr=False
     )
@@ -308,6 +318,11 @@ class MeterTariff:
         read; NOT_READ and UNSUPPORTED_DI are the fleet's business)."""
         if self.defect is None:
             return "OK"
+        # corrected remotely (a price written as backup flips a few minutes later)
+        end = dt.datetime.combine(day, dt.time(23, 59))
+        correctable = self.defect not in ("wrong_register", "clock_drift")
+        if self.written and correctable and self.executes_plan(end):
+            return "OK"
         since = self.since.date() if self.since is not None else None
         if self.defect == "switch_missed":
             # before the planned switch today's tables are right, the planned change is not
@@ -350,8 +365,116 @@ class MeterTariff:
             self.defect, self.detail, self.since = None, "", None
         return moved
 
+    def write_item(self, di: int, value: bytes, now: dt.datetime) -> str:
+        """A secure 14H write of tariff item `di` (value bytes as the meter stores them) that
+        the ESAM verified: the item is stored, its programming-event counter counts up (one
+        event per write), and when the set-up now executes the plan the set-up defect is gone
+        (the truth follows the meter). Raises `ValueFormatError` for a value the item's layout
+        does not take, ValueError for an item this model does not write. Returns the item's
+        name."""
+        base = _flip(self.stored(now), now)
+        setup, event = _with_item(base, di, value)
+        counters = dict(base.event_counters)
+        if event in counters:
+            counters[event] += 1
+        self.programmed = replace(setup, event_counters=counters)
+        self.written = True
+        if self.reprogram_at is not None and self.reprogram_at <= now:
+            self.reprogram_at = self.reprogrammed = None
+        if self.defect not in (None, "wrong_register", "clock_drift") and self.executes_plan(now):
+            self.defect, self.detail, self.since = None, "", None
+        return tariff_item_name(di) or f"{di:08X}"
+
+    def executes_plan(self, now: dt.datetime) -> bool:
+        """Whether the stored set-up holds what the plan says at `now` (active set = the
+        version in force, backup set + switch time = the next one, weekend rule, holidays,
+        prices): what a correction must achieve."""
+        have = padded(_flip(self.stored(now), now))
+        want = padded(program(self.plan, now.date()))
+        active = have.active_table_set - 1
+        sets = (have.sets[active], have.sets[1 - active])
+        if have.active_zone_set != have.active_table_set:
+            return False
+        return (
+            sets == want.sets
+            and have.switch_zones == want.switch_zones
+            and have.switch_tables == want.switch_tables
+            and have.weekend_workdays == want.weekend_workdays
+            and have.weekend_table == want.weekend_table
+            and have.holidays[: have.holiday_count or 0] == want.holidays
+            and have.prices_current == want.prices_current
+            and (want.prices_backup is None or have.prices_backup == want.prices_backup)
+        )
+
     def counters_at(self, now: dt.datetime) -> dict[str, int]:
         return dict(self.stored(now).event_counters)
+
+
+_EVENT_ZONES = "03300600"
+_EVENT_TABLES = "03300500"
+_EVENT_WEEKEND = "03300700"
+_EVENT_HOLIDAYS = "03300800"
+_EVENT_PRICES = "03300F00"
+
+
+def _with_item(setup: TariffSetup, di: int, value: bytes) -> tuple[TariffSetup, str]:
+    """`setup` with item `di` replaced by `value`, and the programming event it counts."""
+    if read_only(di):
+        raise ValueError(f"{di:08X} is read-only (the current price set)")
+    sets = list(setup.sets)
+    if di in (0x04010000, 0x04020000):
+        s = (di >> 16 & 0xF) - 1
+        sets[s] = TouSet(zones=decode_zone_table(value), tables=sets[s].tables)
+        return replace(setup, sets=(sets[0], sets[1])), _EVENT_ZONES
+    if di >> 8 in (0x040100, 0x040200) and 1 <= di & 0xFF <= 8:
+        s = (di >> 16 & 0xF) - 1
+        tables = {**sets[s].tables, di & 0xFF: decode_period_table(value)}
+        sets[s] = TouSet(zones=sets[s].zones, tables=tables)
+        return replace(setup, sets=(sets[0], sets[1])), _EVENT_TABLES
+    if di >> 8 == 0x040300 and 1 <= di & 0xFF <= 254:
+        index = di & 0xFF
+        holidays = list(setup.holidays)
+        if index > len(holidays) + 1:
+            raise ValueFormatError(f"holiday {index}: holidays 1..{len(holidays)} are stored")
+        holiday = _decode_holiday(value)
+        if index == len(holidays) + 1:
+            holidays.append(holiday)
+        else:
+            holidays[index - 1] = holiday
+        return replace(setup, holidays=tuple(holidays)), _EVENT_HOLIDAYS
+    counts = {0x04000201: "zone_count", 0x04000202: "table_count", 0x04000203: "period_count"}
+    if di in counts:
+        if len(value) != 1:
+            raise ValueFormatError(f"{di:08X}: one byte")
+        number = int(f"{value[0]:02X}")
+        event = _EVENT_ZONES if di == 0x04000201 else _EVENT_TABLES
+        return replace(setup, **{counts[di]: number}), event  # type: ignore[arg-type]
+    if di == DI_HOLIDAY_COUNT:
+        if len(value) != 2:
+            raise ValueFormatError("holiday count: two bytes")
+        number = int(value[::-1].hex())
+        return replace(setup, holiday_count=number), _EVENT_HOLIDAYS
+    switches = {
+        0x04000106: "switch_zones",
+        0x04000107: "switch_tables",
+        0x04000108: "switch_prices",
+    }
+    if di in switches:
+        event = {0x04000106: _EVENT_ZONES, 0x04000107: _EVENT_TABLES}.get(di, _EVENT_PRICES)
+        return replace(setup, **{switches[di]: decode_switch_time(value)}), event  # type: ignore[arg-type]
+    if di == 0x04000801:
+        if len(value) != 1:
+            raise ValueFormatError("weekend word: one byte")
+        return replace(setup, weekend_workdays=value[0]), _EVENT_WEEKEND
+    if di == 0x04000802:
+        if len(value) != 1:
+            raise ValueFormatError("weekend table: one byte")
+        return replace(setup, weekend_table=int(f"{value[0]:02X}")), _EVENT_WEEKEND
+    if di == DI_BACKUP_PRICES:
+        if setup.prices_current is None:
+            raise ValueError("not a local meter: no prices")
+        return replace(setup, prices_backup=decode_prices(value)), _EVENT_PRICES
+    raise ValueError(f"{di:08X} is not written by this meter model")
 
 
 EVENT_DIS: Final = tuple(f"{di:08X}" for di in DI_EVENT_COUNTERS)

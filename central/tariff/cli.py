@@ -40,6 +40,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     wo.add_argument("--day", help="data day YYYY-MM-DD (default: the latest checked)")
     wo.add_argument("--output", type=Path, help="write the CSV here (default: stdout)")
 
+    fix = sub.add_parser(
+        "correct",
+        help="a correction order: write the meter's tariff items back to its plan through the"
+        " encryption machine (verified by read-back and a re-check), or a work order when it"
+        " cannot be written remotely",
+    )
+    fix.add_argument("--config", type=Path, required=True)
+    fix.add_argument("--meter", required=True, action="append", help="meter id (repeatable)")
+    fix.add_argument("--day", help="the meters' local date YYYY-MM-DD (default: today)")
+    fix.add_argument(
+        "--workorders", type=Path, help="append work-order rows (CSV) for meters not writable"
+    )
+    fix.add_argument("--attempts", type=int, default=3, help="attempts per order (default 3)")
+    fix.add_argument("--by", default="cli", help="who orders it (kept with the order)")
+    fix.add_argument("--audit", action="store_true", help="print each order's audit trail")
+
     job = sub.add_parser(
         "job",
         help="record programming done on a meter outside meterlink (a work order carried out,"
@@ -76,6 +92,10 @@ def run(cfg: CentralConfig, args: argparse.Namespace) -> int:
             return _workorders(tariffs, args)
         if args.tariff_action == "job":
             return _job(tariffs, args)
+        if args.tariff_action == "correct":
+            import asyncio
+
+            return asyncio.run(_correct(cfg, store, tariffs, args))
     finally:
         store.close()
     return 2
@@ -185,3 +205,79 @@ def _job(tariffs: TariffStore, args: argparse.Namespace) -> int:
                              args.by, args.detail)  # fmt: skip
     print(f"job {job} recorded: {args.kind} on {args.meter} ({args.concentrator}) by {args.by}")
     return 0
+
+
+async def _correct(
+    cfg: CentralConfig, store: Store, tariffs: TariffStore, args: argparse.Namespace
+) -> int:
+    import json
+    import zoneinfo
+
+    import common.clock
+    from central.commands import CommandSender
+    from central.ledger import Ledger
+    from central.tariff.correct import Corrector, SenderChannel, workorder_csv
+    from central.tariff.day import archive_in_force
+    from central.topup.hsm import load_security_module
+    from protocols.commands import key_bytes
+
+    t = cfg.tariff
+    tz = zoneinfo.ZoneInfo(t.timezone)
+    if args.day is not None:
+        try:
+            day = dt.date.fromisoformat(args.day)
+        except ValueError:
+            print(f"meterlink central tariff correct: --day {args.day!r}", file=sys.stderr)
+            return 2
+    else:
+        day = dt.datetime.fromtimestamp(common.clock.current().time(), tz).date()
+    book = tariffs.plans()
+    if book is None:
+        print("meterlink central tariff: no plans yet", file=sys.stderr)
+        return 1
+    if cfg.mqtt.command_key is None:
+        print("meterlink central tariff correct: no command key: set"
+              " METERLINK_MQTT_COMMAND_KEY (the agents' key)", file=sys.stderr)  # fmt: skip
+        return 2
+    known = {a.meter: a for a in archive_in_force(Ledger(store), str(day))}
+    missing = [m for m in args.meter if m not in known or not known[m].plan]
+    if missing:
+        print(f"meterlink central tariff correct: not in the archive with a plan on {day}:"
+              f" {', '.join(missing)}", file=sys.stderr)  # fmt: skip
+        return 2
+    tu = cfg.topup  # the same encryption machine as the top-ups
+    hsm = load_security_module(tu.hsm, {"url": tu.hsm_url, "timeout_s": tu.hsm_timeout_s})
+    key = key_bytes(cfg.mqtt.command_key.reveal())
+    rows: list[list[str]] = []
+    failed = 0
+    async with hsm, CommandSender(cfg.mqtt, key, client_id=f"{cfg.mqtt.client_id}-tariff") as s:
+        corrector = Corrector(store, hsm, SenderChannel(s), t.settings(), t.timezone,
+                              attempts=args.attempts, by=args.by)  # fmt: skip
+        for meter in args.meter:
+            a = known[meter]
+            plan = book.get(a.plan)
+            if plan is None:
+                print(f"{meter}: plan {a.plan!r} is not in the plan file", file=sys.stderr)
+                failed += 1
+                continue
+            r = await corrector.correct(a.concentrator, meter, plan, model=a.model, day=day)
+            after = f" -> {r.outcome_after}" if r.outcome_after else ""
+            print(f"order {r.id} {meter} ({a.concentrator}): {r.state} [{r.outcome_before}{after}]"
+                  f" items {','.join(r.items) or '-'} attempts {r.attempts}"
+                  f"{': ' + r.reason if r.reason else ''}")  # fmt: skip
+            if args.audit:
+                for seq, at, kind, body in tariffs.correction_audit(r.id):
+                    print(f"  {seq:>3} {at:.3f} {kind} {json.dumps(body, ensure_ascii=False)}")
+            if r.workorder is not None:
+                rows.append(r.workorder)
+            failed += r.state in ("failed", "refused", "written")
+    if rows:
+        text = workorder_csv(rows)
+        if args.workorders is not None:
+            new = not args.workorders.exists()
+            with args.workorders.open("a", encoding="utf-8") as f:
+                f.write(("\ufeff" + text) if new else text.split("\n", 1)[1])
+            print(f"{len(rows)} work orders in {args.workorders}")
+        else:
+            sys.stdout.write(text)
+    return 1 if failed else 0

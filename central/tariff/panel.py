@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import zoneinfo
 from collections.abc import Mapping
 from html import escape
 from typing import Any
@@ -163,6 +164,68 @@ async def read_setup(ctx: ActionContext, args: Mapping[str, str]) -> ActionResul
     )
 
 
+class _PanelChannel:
+    """The correction's channel over the panel's command sender."""
+
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+    async def command(
+        self, concentrator: str, name: str, meter: str, args: Mapping[str, Any], wait_s: float
+    ) -> dict[str, Any]:
+        reply = await self.services.command(concentrator, name, meter, dict(args))
+        return dict(reply.payload)
+
+
+async def correct(ctx: ActionContext, args: Mapping[str, str]) -> ActionResult:
+    """A correction order for one meter (operator, audited): its tariff items written back to
+    its plan through the encryption machine of ``[topup]``, verified by read-back and a
+    re-check — or a work order when it cannot be written remotely (docs/tariff.md)."""
+    from central.ledger import Ledger
+    from central.tariff.correct import Corrector
+    from central.tariff.day import archive_in_force
+    from central.topup.hsm import load_security_module
+
+    svc = ctx.services
+    c, m = args.get("concentrator", ""), args.get("meter", "")
+    if not c or not m:
+        return ActionResult(False, "concentrator and meter are needed")
+    if svc.key is None:
+        return ActionResult(False, "no command key (METERLINK_MQTT_COMMAND_KEY)")
+    t = svc.cfg.tariff
+    day = dt.datetime.now(zoneinfo.ZoneInfo(t.timezone)).date()
+
+    def lookup() -> tuple[Any, Any] | str:
+        book = TariffStore(svc.store).plans()
+        if book is None:
+            return "no tariff plans yet (admin: PUT /api/tariff/plans)"
+        meters = archive_in_force(Ledger(svc.store), str(day))
+        found = next((a for a in meters if a.concentrator == c and a.meter == m), None)
+        if found is None or not found.plan:
+            return f"{m} is not in {c}'s archive with a tariff plan"
+        plan = book.get(found.plan)
+        if plan is None:
+            return f"plan {found.plan!r} is not in the plan file"
+        return found, plan
+
+    looked = await asyncio.to_thread(lookup)
+    if isinstance(looked, str):
+        return ActionResult(False, looked)
+    archived, plan = looked
+    tu = svc.cfg.topup
+    hsm = load_security_module(tu.hsm, {"url": tu.hsm_url, "timeout_s": tu.hsm_timeout_s})
+    async with hsm:
+        corrector = Corrector(svc.store, hsm, _PanelChannel(svc), t.settings(), t.timezone,
+                              wait_s=svc.cfg.panel.command_timeout_s, by=ctx.user)  # fmt: skip
+        r = await corrector.correct(c, m, plan, model=archived.model, day=day)
+    after = f" -> {r.outcome_after}" if r.outcome_after else ""
+    summary = (f"order {r.id} {m}: {r.state} [{r.outcome_before}{after}]"
+               f"{': ' + r.reason if r.reason else ''}")  # fmt: skip
+    ok = r.state in ("verified", "nothing", "workorder")
+    return ActionResult(ok, summary, {"order": r.id, "state": r.state, "items": r.items,
+                                      "workorder": r.workorder})  # fmt: skip
+
+
 def register(registry: Registry) -> None:
     registry.provide("tariff", TariffSection())
     registry.action(
@@ -179,6 +242,15 @@ def register(registry: Registry) -> None:
             "tariff.read",
             {"zh-CN": "立即读取电价参数", "en": "Read the set-up now"},
             read_setup,
+            section="tariff",
+            fields=("concentrator", "meter"),
+        )
+    )
+    registry.action(
+        Action(
+            "tariff.correct",
+            {"zh-CN": "远程纠正电价参数", "en": "Correct the set-up remotely"},
+            correct,
             section="tariff",
             fields=("concentrator", "meter"),
         )

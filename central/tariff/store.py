@@ -86,6 +86,36 @@ CREATE TABLE IF NOT EXISTS tariff_job (
 CREATE INDEX IF NOT EXISTS tariff_job_meter ON tariff_job (concentrator, meter);
 """
 
+_V2_SQLITE = """
+CREATE TABLE IF NOT EXISTS tariff_correction (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, concentrator TEXT NOT NULL, meter TEXT NOT NULL,
+    day TEXT NOT NULL, state TEXT NOT NULL, outcome_before TEXT NOT NULL,
+    outcome_after TEXT, reason TEXT NOT NULL, items TEXT NOT NULL, attempts INTEGER NOT NULL,
+    created_at INTEGER NOT NULL, ended_at INTEGER, by_whom TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tariff_correction_meter ON tariff_correction (concentrator, meter);
+CREATE TABLE IF NOT EXISTS tariff_correction_audit (
+    correction INTEGER NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (correction, seq)
+) WITHOUT ROWID;
+"""
+_V2_POSTGRESQL = """
+CREATE TABLE IF NOT EXISTS tariff_correction (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, concentrator TEXT COLLATE "C" NOT NULL,
+    meter TEXT COLLATE "C" NOT NULL, day TEXT COLLATE "C" NOT NULL, state TEXT NOT NULL,
+    outcome_before TEXT NOT NULL, outcome_after TEXT, reason TEXT NOT NULL, items TEXT NOT NULL,
+    attempts INTEGER NOT NULL, created_at BIGINT NOT NULL, ended_at BIGINT,
+    by_whom TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tariff_correction_meter ON tariff_correction (concentrator, meter);
+CREATE TABLE IF NOT EXISTS tariff_correction_audit (
+    correction BIGINT NOT NULL, seq INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL,
+    kind TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (correction, seq)
+);
+"""
+
 SCHEMA = Schema(
     "tariff",
     (
@@ -93,6 +123,11 @@ SCHEMA = Schema(
             1,
             "tariff check: plans, set-ups read, daily per-tariff energy, outcomes, jobs",
             {"sqlite": _V1_SQLITE, "postgresql": _V1_POSTGRESQL},
+        ),
+        Migration(
+            2,
+            "tariff correction orders and their audit trail (every exchange, raw frames)",
+            {"sqlite": _V2_SQLITE, "postgresql": _V2_POSTGRESQL},
         ),
     ),
 )
@@ -139,7 +174,92 @@ _OUTCOME = ("day", "concentrator", "meter", "outcome", "detail", "clock_suspect"
 _OUTCOME_TYPES = ("text", "text", "text", "text", "text", "smallint", "text")
 
 
-class TariffStore:
+class _CorrectionStore:
+    """Correction orders (`central.tariff.correct`) and their audit trail."""
+
+    store: Store
+
+    def start_correction(self, concentrator: str, meter: str, day: str, by: str) -> int:
+        def write(tx: Tx) -> int:
+            now = int(common.clock.current().time())
+            row = tx.one(
+                "INSERT INTO tariff_correction (concentrator, meter, day, state, outcome_before,"
+                " outcome_after, reason, items, attempts, created_at, ended_at, by_whom)"
+                " VALUES (?, ?, ?, 'running', '', NULL, '', '[]', 0, ?, NULL, ?) RETURNING id",
+                (concentrator, meter, day, now, by),
+            )
+            assert row is not None
+            return int(row[0])
+
+        return self.store.write(write)
+
+    def update_correction(
+        self, order: int, *, items: list[str] | None = None, attempts: int | None = None
+    ) -> None:
+        if items is not None:
+            self.store.execute(
+                "UPDATE tariff_correction SET items = ? WHERE id = ?", (json.dumps(items), order)
+            )
+        if attempts is not None:
+            self.store.execute(
+                "UPDATE tariff_correction SET attempts = ? WHERE id = ?", (attempts, order)
+            )
+
+    def audit_correction(self, order: int, kind: str, body: dict[str, Any]) -> None:
+        text = json.dumps(body, ensure_ascii=False, sort_keys=True, default=str)
+
+        def write(tx: Tx) -> None:
+            row = tx.one(
+                "SELECT coalesce(max(seq), 0) FROM tariff_correction_audit WHERE correction = ?",
+                (order,),
+            )
+            seq = int(row[0]) + 1 if row is not None else 1
+            tx.execute(
+                "INSERT INTO tariff_correction_audit (correction, seq, at, kind, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (order, seq, common.clock.current().time(), kind, text),
+            )
+
+        self.store.write(write)
+
+    def finish_correction(self, order: int, result: Any) -> None:
+        self.store.execute(
+            "UPDATE tariff_correction SET state = ?, outcome_before = ?, outcome_after = ?,"
+            " reason = ?, items = ?, attempts = ?, ended_at = ? WHERE id = ?",
+            (
+                result.state,
+                result.outcome_before,
+                result.outcome_after,
+                result.reason,
+                json.dumps(result.items),
+                result.attempts,
+                int(common.clock.current().time()),
+                order,
+            ),
+        )
+
+    def corrections(self, meter: str | None = None) -> list[tuple[Any, ...]]:
+        """(id, concentrator, meter, day, state, outcome_before, outcome_after, reason, items,
+        attempts, created_at, ended_at, by_whom), newest first."""
+        return self.store.rows(
+            "SELECT id, concentrator, meter, day, state, outcome_before, outcome_after, reason,"
+            " items, attempts, created_at, ended_at, by_whom FROM tariff_correction"
+            " WHERE meter = coalesce(?, meter) ORDER BY id DESC",
+            (meter,),
+        )
+
+    def correction_audit(self, order: int) -> list[tuple[int, float, str, dict[str, Any]]]:
+        return [
+            (int(seq), float(at), str(kind), json.loads(body))
+            for seq, at, kind, body in self.store.rows(
+                "SELECT seq, at, kind, body FROM tariff_correction_audit WHERE correction = ?"
+                " ORDER BY seq",
+                (order,),
+            )
+        ]
+
+
+class TariffStore(_CorrectionStore):
     """The tariff tables of a `Store` (migrated on open)."""
 
     def __init__(self, store: Store) -> None:

@@ -35,6 +35,7 @@ from typing import Any, Self
 
 import aiohttp
 
+from protocols.tariff_write import apdu_header
 from protocols.topup import HSM_ERRORS, SecurityReason, hsm_reason
 
 __all__ = [
@@ -150,6 +151,16 @@ class SecurityModule(abc.ABC):
         """The ``auth_validity`` step's data (minutes + MAC, ParameterUpdate with APDU
         04D6812B06) for 07 00 01 FF. Optional: a machine without it raises `HsmRefused`."""
         raise HsmRefused("this encryption machine does not set the session validity")
+
+    async def parameter_update(
+        self, meter: str, random2: bytes, di: int, plain: bytes, *, cipher: bool
+    ) -> bytes:
+        """Meter_Formal_ParameterUpdate (一类, level 99: `plain` + MAC) or
+        ParameterElseUpdate (二类, level 98, `cipher`: ciphertext + MAC) for a 14H write of
+        `di` in the session of `random2`: the bytes the write carries after DI, password and
+        operator code. `plain` is the machine's plaintext (`protocols.tariff_write.
+        machine_plaintext`). Optional: a machine without it raises `HsmRefused`."""
+        raise HsmRefused("this encryption machine does not make parameter writes")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release connections (default: nothing to release)."""
@@ -307,6 +318,25 @@ class NetworkHsm(SecurityModule):
             "auth-validity", {"meter": meter, "random2": random2.hex(), "minutes": minutes}
         )
         return self._bytes(answer, "data", 6)
+
+    async def parameter_update(
+        self, meter: str, random2: bytes, di: int, plain: bytes, *, cipher: bool
+    ) -> bytes:
+        body: dict[str, Any] = {
+            "meter": meter,
+            "random2": random2.hex(),
+            "di": f"{di:08X}",
+            "plain": plain.hex(),
+            "cipher": cipher,
+        }
+        apdu = apdu_header(di)
+        if apdu is not None and not cipher:
+            body["apdu"] = apdu.hex()
+        answer = await self._call("parameter-update", body)
+        data = self._bytes(answer, "data")
+        if len(data) < len(plain) + 4:
+            raise HsmRefused(f"the machine's parameter data is {len(data)} bytes, too short")
+        return data
 
 
 def load_security_module(spec: str, options: Mapping[str, Any] | None = None) -> SecurityModule:

@@ -47,6 +47,7 @@ __all__ = [
     "status_step",
     "step_reason",
     "topup_step",
+    "write_step",
 ]
 
 WALLET_READBACK = bytes.fromhex("0010000000000001")
@@ -95,6 +96,17 @@ def status_step() -> dict[str, Any]:
 def readback_step(identifier: bytes = WALLET_READBACK) -> dict[str, Any]:
     """07 80 01 FF 数据回抄 (needs the meter's session)."""
     return {"op": StepOp.READBACK.value, "data": identifier.hex().upper()}
+
+
+def write_step(di: int, data: bytes, *, level: int) -> dict[str, Any]:
+    """14H at password level `level` (0x99 plaintext + MAC, 0x98 ciphertext + MAC) of item
+    `di` with the machine's parameter_update bytes (tariff correction)."""
+    return {
+        "op": StepOp.WRITE.value,
+        "di": f"{di:08X}",
+        "password": f"{level:02X}000000",
+        "data": data.hex().upper(),
+    }
 
 
 def auth_end_step() -> dict[str, Any]:

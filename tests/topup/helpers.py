@@ -82,6 +82,15 @@ class LocalHsm(SecurityModule):
         )
         return bytes.fromhex(answer["data"])
 
+    async def parameter_update(
+        self, meter: str, random2: bytes, di: int, plain: bytes, *, cipher: bool
+    ) -> bytes:
+        answer = self.service.parameter_update(
+            {"meter": meter, "random2": random2.hex(), "di": f"{di:08X}", "plain": plain.hex(),
+             "cipher": cipher}
+        )  # fmt: skip
+        return bytes.fromhex(answer["data"])
+
 
 class Executor:
     """The agent's `CommandExecutor` on a simulated fleet; every reply is checked against the

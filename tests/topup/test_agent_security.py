@@ -5,6 +5,7 @@ the machine's bytes relayed verbatim, the validity rules, SERR to reasons, read-
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ from central.topup.steps import (
     security_args,
     status_step,
     topup_step,
+    write_step,
 )
 from protocols.payloads import FailureReason
+from protocols.tariff import Period, TouSet
+from protocols.tariff_write import machine_plaintext, writable_items
 from protocols.topup import SecurityReason, relay_plaintext
 from tests.topup.helpers import Executor, LocalHsm, security_agent
 
@@ -546,3 +550,61 @@ async def test_sessions_are_per_meter(agent: Executor) -> None:
     assert reply["ok"], reply
     assert agent.run.security.sessions.get(LOCAL) is not None
     assert agent.run.security.sessions.get(LOCAL2) is not None
+
+
+async def test_secure_tariff_write_with_read_back(agent: Executor) -> None:
+    """14H level 98 (二类, ciphertext + MAC) and 99 (一类, plaintext + MAC) with the machine's
+    ParameterUpdate bytes, session-bound like a top-up, read back raw in the same command; a
+    write whose MAC is not the session's is refused by the meter (write_refused)."""
+    fleet = agent.sa.fleet
+    hsm = LocalHsm(fleet)
+    meter = fleet.meter(LOCAL)
+    assert meter.tariff is not None
+    table = 0x04020002
+    periods = (Period(0, 0, 4), Period(8, 0, 2), Period(21, 30, 3))
+    first = meter.tariff.programmed.sets[0]
+    target = replace(meter.tariff.programmed, sets=(first, TouSet(tables={2: periods})))
+    value = writable_items(target)[table]
+    _, a = await _auth(agent, hsm, LOCAL)
+    data = await hsm.parameter_update(
+        LOCAL, a.random2, table, machine_plaintext(table, value), cipher=True
+    )
+    # a write step needs the session it was made for
+    reply = await agent("security", LOCAL, {"steps": [write_step(table, data, level=0x98)]})
+    assert reply["reason"] == "invalid"
+    reply = await agent(
+        "security",
+        LOCAL,
+        security_args(
+            [write_step(table, data, level=0x98), read_step([f"{table:08X}"])], session=a.random2
+        ),
+    )
+    result = parse_security_reply(reply)
+    assert result.ok, reply
+    write = result.step("write")
+    assert write is not None
+    assert write.request == {"di": f"{table:08X}", "level": "98", "bytes": len(data)}
+    assert [f["dir"] for f in write.frames] == ["tx", "rx"]
+    read = result.step("read")
+    assert read is not None
+    assert read.items[f"{table:08X}"]["raw"] == value.hex().upper()
+    # the same bytes with one MAC bit flipped: the ESAM refuses, nothing changes
+    before = meter.tariff.programmed
+    _, a = await _auth(agent, hsm, LOCAL)
+    data = await hsm.parameter_update(
+        LOCAL, a.random2, table, machine_plaintext(table, value[::-1]), cipher=True
+    )
+    bad = data[:-1] + bytes([data[-1] ^ 1])
+    reply = await agent(
+        "security",
+        LOCAL,
+        security_args(
+            [write_step(table, bad, level=0x98), read_step([f"{table:08X}"])], session=a.random2
+        ),
+    )
+    result = parse_security_reply(reply)
+    assert reply["reason"] == SecurityReason.WRITE_REFUSED.value
+    assert meter.tariff.programmed is before
+    read = result.step("read")
+    assert read is not None
+    assert read.items[f"{table:08X}"]["raw"] == value.hex().upper()

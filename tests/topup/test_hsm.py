@@ -20,6 +20,7 @@ from central.topup.hsm import (
     load_security_module,
 )
 from protocols.dlt645 import (
+    Done,
     IdentityAuthReply,
     IdentityAuthRequest,
     SecureRemoteControlRequest,
@@ -28,8 +29,11 @@ from protocols.dlt645 import (
     StatusQueryReply,
     StatusQueryRequest,
     TopUpRequest,
+    WriteRequest,
 )
 from protocols.dlt645.security import DI_TOP_UP
+from protocols.dlt645.tariff import encode_period_table, encode_prices
+from protocols.tariff_write import machine_plaintext, writable_items
 from protocols.topup import SecurityReason, relay_plaintext
 from simulators import Fleet
 from simulators.hsm import HsmService, serve_hsm
@@ -229,3 +233,38 @@ async def test_sim_hsm_process_with_an_outage(tmp_path: Path) -> None:
                     2,
                 )
         assert await process.process.stop() == 0
+
+
+async def test_parameter_update_makes_writes_the_meter_takes(
+    machine: tuple[Fleet, HsmService, NetworkHsm],
+) -> None:
+    fleet, _, hsm = machine
+    meter = fleet.meter(PREPAID)
+    assert meter.tariff is not None
+    direct = DirectMaster(fleet.bus("b1"))
+    auth = await hsm.identity_auth(PREPAID)
+    _, reply = await direct.one(PREPAID, SecurityRequest(0x070000FF, OP, auth.data))
+    assert isinstance(reply, IdentityAuthReply)
+    setup = meter.tariff.programmed
+    items = writable_items(setup)
+    # 二类 (level 98): a daily table, ciphertext + MAC
+    table = 0x04020001
+    periods = tuple(reversed(setup.sets[1].tables[1]))
+    value = encode_period_table(periods)
+    data = await hsm.parameter_update(
+        PREPAID, reply.random, table, machine_plaintext(table, value), cipher=True
+    )
+    _, done = await direct.one(PREPAID, WriteRequest(table, b"\x98\0\0\0", data, OP))
+    assert isinstance(done, Done), done
+    assert meter.tariff.programmed.sets[1].tables[1][: len(periods)] == periods
+    # 一类 (level 99): the backup prices, plaintext + MAC (the machine gets the APDU 04D6840414)
+    if setup.prices_backup is not None:
+        prices = encode_prices([p + 1 for p in setup.prices_backup])
+        data = await hsm.parameter_update(PREPAID, reply.random, 0x040502FF, prices, cipher=False)
+        assert data[: len(prices)] == prices
+        _, done = await direct.one(PREPAID, WriteRequest(0x040502FF, b"\x99\0\0\0", data, OP))
+        assert isinstance(done, Done), done
+        assert items[0x040502FF] != encode_prices(meter.tariff.programmed.prices_backup or ())
+    # a plaintext whose length disagrees with the APDU's LC is refused by the machine (165)
+    with pytest.raises(HsmRefused):
+        await hsm.parameter_update(PREPAID, reply.random, 0x040502FF, b"\1\2", cipher=False)
