@@ -37,6 +37,10 @@ class _Starter(Protocol):
     def check(self) -> None: ...
 
 
+#: how many local prepaid meters the demo tops up (a sample: see TopupDemo.submit)
+TOPUP_METERS = 24
+
+
 def topup_archive(fleet: Fleet, concentrator: str) -> list[dict[str, Any]]:
     """The order service's archive of the fleet's prepaid DL/T 645-2007 meters."""
     out = []
@@ -133,15 +137,20 @@ class TopupDemo:
         return self.url
 
     def submit(self, control: str, deadline_s: float) -> None:
-        """Top-ups for every local prepaid meter, relay orders for two; faults injected into a
-        few through the simulator's control channel."""
+        """Top-ups for up to TOPUP_METERS local prepaid meters (two dead ones among them when
+        the fleet has them), relay orders for two; faults injected into a few through the
+        simulator's control channel. A sample, not every meter: orders go before the plans on
+        the one bus, and a demo's orders have a deadline of seconds."""
         tz = zoneinfo.ZoneInfo(str(self.fleet.world.tz))
         deadline = (common.clock.current().now(tz) + dt.timedelta(seconds=deadline_s)).isoformat(
             timespec="seconds"
         )
         local = [m for m in self.fleet.meters() if m.wallet is not None
                  and m.identity.protocol == "dlt645-2007"]  # fmt: skip
-        healthy = [m for m in local if not m.faults.dead]
+        dead = [m for m in local if m.faults.dead][:2]
+        healthy = [m for m in local if not m.faults.dead][: TOPUP_METERS - len(dead)]
+        chosen = {id(m) for m in dead + healthy}
+        local = [m for m in local if id(m) in chosen]
         faults = {}
         if len(healthy) >= 6:
             faults = {healthy[0].identity.meter_id: "drop_reply",
