@@ -1,10 +1,14 @@
 """A week of field life in a box: the soak of tests/fixtures/soak.py for 7 run days.
 
-Every process of meterlink (simulator, two concentrator agents, two central instances) with a
-real Mosquitto and InfluxDB, on one accelerated clock (common/clock.py), faults at seeded random
-times (broker restarts and a long outage, InfluxDB down for hours, an agent SIGKILLed, its disk
-budget outgrown, a concentrator clock jumping, a meter replaced, a lossy link, a central
-instance SIGKILLed); then the invariants as a table. Ratios against the same run: readings
+Every process of meterlink (simulator, two concentrator agents, two central instances, the
+top-up order service and the simulated encryption machine) with a real Mosquitto and InfluxDB,
+on one accelerated clock (common/clock.py); billing's top-ups and relay orders through the HTTP
+API at seeded times (some submitted twice); faults at seeded random times (broker restarts and a
+long outage, InfluxDB down for hours, an agent SIGKILLed, its disk budget outgrown, a
+concentrator clock jumping, a meter replaced, a lossy link, a central instance SIGKILLed, the
+order service SIGKILLed); then the invariants as a table (the orders': terminal by their
+deadlines, no meter credited twice, confirmed top-ups = the simulator's credits, audit trails).
+Faster than 1440x no top-up gets through (the meter's 5-minute ESAM session, docs/reliability.md). Ratios against the same run: readings
 delivered per reading committed, and run time per real time (the clock's speed actually kept).
 
     .venv/bin/python bench/soak.py [--days 7] [--speed 1440] [--seed 13] [--work DIR]

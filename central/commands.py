@@ -97,18 +97,51 @@ class CommandSender:
         if not self.key:
             raise ValueError("empty command key")
         self.client_id = self.client_id or f"{self.mqtt.client_id}-cmd-{secrets.token_hex(4)}"
+        await self._connect()
+        self._reader = asyncio.create_task(self._keep_reading(), name="command-replies")
+        return self
+
+    async def _connect(self) -> None:
         # a session of its own that ends with the connection: replies are awaited while it lasts
         arguments = await client_arguments(self.mqtt, self.client_id, SessionExpiryInterval=0)
         arguments["clean_start"] = True
-        self._client = aiomqtt.Client(**arguments)
-        await self._client.__aenter__()
+        client = aiomqtt.Client(**arguments)
+        await client.__aenter__()
         try:
-            await self._client.subscribe(f"{REPLY_ROOT}/+/{self.client_id}", qos=1)
+            await client.subscribe(f"{REPLY_ROOT}/+/{self.client_id}", qos=1)
+            for concentrator in self._status_seen:
+                await client.subscribe(f"{TOPIC_ROOT}/{concentrator}/status", qos=1)
         except BaseException:
-            await self._client.__aexit__(None, None, None)
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
             raise
-        self._reader = asyncio.create_task(self._read(), name="command-replies")
-        return self
+        self._client = client
+
+    async def _keep_reading(self) -> None:
+        """Read replies; when the connection is lost (a broker restart), connect again with
+        backoff. Commands sent meanwhile fail at once (`aiomqtt.MqttError`: not connected),
+        commands in flight time out: their replies went to the lost session."""
+        while True:
+            try:
+                await self._read()
+                error = "the broker closed the connection"
+            except aiomqtt.MqttError as exc:
+                error = str(exc)
+            log.warning("MQTT connection lost (%s); connecting again", error)
+            if self._client is not None:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await self._client.__aexit__(None, None, None)
+            delay = self.mqtt.reconnect_min_s
+            while True:
+                await asyncio.sleep(delay)  # real time: the broker's, not the run's
+                try:
+                    await self._connect()
+                except aiomqtt.MqttError as exc:
+                    delay = min(delay * 2, self.mqtt.reconnect_max_s)
+                    log.debug("MQTT connect failed (%s); again in %.1f s", exc, delay)
+                    continue
+                log.info("MQTT connected again to %s:%d", self.mqtt.host, self.mqtt.port)
+                break
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
+import common.clock
 from central.commands import CommandSender, CommandTimeout
 from central.topup.config import TopupConfig
 from central.topup.hsm import HsmError, SecurityModule
@@ -190,7 +191,9 @@ class Executor:
     async def _sleep(self, stop: asyncio.Event) -> None:
         now = self.clock()
         wake = self.book.next_wake()
-        timeout = self.cfg.poll_s if wake is None else min(self.cfg.poll_s, max(0.0, wake - now))
+        timeout = self.cfg.poll_s  # real seconds; the next wake is on the run's clock
+        if wake is not None:
+            timeout = min(timeout, common.clock.current().real_seconds(max(0.0, wake - now)))
         self._wake.clear()
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
         try:
@@ -335,8 +338,12 @@ class Executor:
         → the order waits (`_Stop`), in VERIFYING if `uncertain`."""
         if not order.touched:  # a cancel and the first send are serialised in the store
             self.book.update(order, now=self.clock(), touched=True)
-        # no reply by the deadline: the order ends then (a late reply finds it terminal)
-        wait_s = max(0.2, min(self.cfg.command_timeout_s, order.deadline - self.clock()))
+        # no reply by the deadline: the order ends then (a late reply finds it terminal). The
+        # wait is real time: what is left to the deadline on the run's clock (common.clock: a
+        # run clock faster than real time leaves less), at most command_timeout_s
+        run = common.clock.current()
+        left = run.real_seconds(order.deadline - self.clock())
+        wait_s = max(run.real_seconds(0.2), min(self.cfg.command_timeout_s, left))
         try:
             payload = await self.channel.security(order.concentrator, order.meter, args, wait_s)
         except (CommandTimeout, TimeoutError) as exc:

@@ -1,0 +1,62 @@
+"""The command sender (the order service's, the panel's) outlives a broker restart: it connects
+again on its own, and the next command goes out (before the fix it failed for good with
+"The client is not currently connected", found by the soak's broker restarts)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from central.commands import CommandSender, CommandTimeout
+from central.config import MqttConfig
+from tests.fixtures.services import Mosquitto, free_port
+
+pytestmark = pytest.mark.slow
+
+KEY = bytes.fromhex("5f0e9c1d2b3a49586776a5b4c3d2e1f0" * 2)
+
+
+async def test_a_broker_restart_is_survived(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="central.commands")
+    broker = Mosquitto(tmp_path / "broker", free_port())
+    broker.start()
+    try:
+        mqtt = MqttConfig(host=broker.host, port=broker.port, reconnect_min_s=0.1,
+                          reconnect_max_s=0.5, client_id="test-reconnect")  # fmt: skip
+        async with CommandSender(mqtt, KEY) as sender:
+            broker.stop()
+            with pytest.raises((aiomqtt.MqttError, CommandTimeout)):
+                await sender.send("c-x", "ping", wait_s=0.2)
+            broker.start()
+            seen: list[dict[str, object]] = []
+            async with aiomqtt.Client(broker.host, broker.port) as agent:
+                await agent.subscribe("meterlink/v1/c-x/cmd", qos=1)
+
+                async def listen() -> None:
+                    async for message in agent.messages:
+                        seen.append(json.loads(bytes(message.payload)))
+                        return
+
+                listener = asyncio.create_task(listen())
+                async with asyncio.timeout(30):  # a hang guard: connected again long before
+                    while True:
+                        try:
+                            await sender.send("c-x", "ping", wait_s=0.2)
+                        except CommandTimeout:
+                            break  # published: nobody answers here
+                        except aiomqtt.MqttError:
+                            await asyncio.sleep(0.1)  # not connected again yet
+                await asyncio.wait_for(listener, 10)
+        assert seen[0]["command"] == "ping"
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith("MQTT connection lost") for m in messages), messages
+        assert any(m.startswith("MQTT connected again") for m in messages), messages
+    finally:
+        broker.stop()
