@@ -252,6 +252,10 @@ class TariffPlan:
     """public holidays 040300nn read per meter (the count 04000205 says how many are set)"""
     reprobe_days: int = 90
     """items a meter denied are asked again after this many days (a firmware upgrade)"""
+    attempts_per_day: int = 2
+    """reads of one meter tried per day (a failed read: dead, intermittent or noisy meter)"""
+    retry_spacing_minutes: float = 30.0
+    """the wait before a failed meter's read is tried again"""
 
     def __post_init__(self) -> None:
         start, deadline = parse_hhmm(self.start, "start"), parse_hhmm(self.deadline, "deadline")
@@ -270,6 +274,10 @@ class TariffPlan:
             raise ValueError("max_holidays must be 0..254")
         if self.reprobe_days < 1:
             raise ValueError("reprobe_days must be >= 1")
+        if not 1 <= self.attempts_per_day <= 48:
+            raise ValueError("attempts_per_day must be 1..48")
+        if not 0 < self.retry_spacing_minutes <= 1440:
+            raise ValueError("retry_spacing_minutes must be > 0 and <= 1440")
 
 
 @dataclass(frozen=True)

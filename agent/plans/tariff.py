@@ -19,7 +19,8 @@ One meter's read, in stages (each stage one `read_many`: a carrier module packs 
 An item the meter denies ("no such data" or another refusal) is recorded in the plan state and
 not asked for again until `reprobe_days` have passed; every payload lists what the meter denied.
 A read that fails on the line (no reply, checksum …) publishes nothing and is tried again later
-that day (at most `ATTEMPTS_PER_DAY` times), then on the next.
+that day (at most `[plans.tariff] attempts_per_day` times, `retry_spacing_minutes` apart),
+then on the next.
 """
 
 from __future__ import annotations
@@ -62,12 +63,10 @@ from protocols.dlt645.tariff import (
 from protocols.errors import ValueFormatError
 from protocols.tariff import MAX_DAILY_TABLES
 
-__all__ = ["ATTEMPTS_PER_DAY", "TariffPlanner", "TariffWatch", "local_mode"]
+__all__ = ["TariffPlanner", "TariffWatch", "local_mode"]
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS_PER_DAY = 2
-RETRY_SPACING = dt.timedelta(minutes=30)
 _LOCAL_EVENTS = ("03300F00", "03301000")  # 费率参数表 / 阶梯表编程: local-prepaid meters only
 _MARK = "tariff:"
 DI_DATE, DI_TIME = 0x04000101, 0x04000102
@@ -205,6 +204,7 @@ class TariffPlanner:
         self.ctx = ctx
         self.start = parse_hhmm(cfg.start, "start")
         self.deadline = parse_hhmm(cfg.deadline, "deadline")
+        self.retry_spacing = dt.timedelta(minutes=cfg.retry_spacing_minutes)
         self.store = _Store(ctx)
         self.published = 0
 
@@ -223,7 +223,7 @@ class TariffPlanner:
                 await clock.sleep_until(begin + dt.timedelta(days=1))
                 continue
             await self.run_once(day, end)
-            await clock.sleep_until(min(clock.now() + RETRY_SPACING, end))
+            await clock.sleep_until(min(clock.now() + self.retry_spacing, end))
 
     async def run_once(self, day: dt.date, end: dt.datetime | None = None) -> int:
         """Read every meter due on `day`; returns how many set-ups were published."""
@@ -247,10 +247,10 @@ class TariffPlanner:
     def reason(self, state: MeterTariffState, day: dt.date, now: dt.datetime) -> str | None:
         today = day.isoformat()
         if state.attempt_day == today:
-            if state.attempts >= ATTEMPTS_PER_DAY:
+            if state.attempts >= self.cfg.attempts_per_day:
                 return None
             last = dt.datetime.fromisoformat(state.last_attempt) if state.last_attempt else None
-            if last is not None and now - last < RETRY_SPACING:
+            if last is not None and now - last < self.retry_spacing:
                 return None
         if state.last_read is None:
             return "first"
