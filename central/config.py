@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from central.panel.config import PanelConfig
 from central.store.url import parse_url
 from central.topup.config import TopupConfig
-from common.config import ConfigError, Secret, build, load_toml
+from common.config import ConfigError, Secret, build, load_toml, parse_listen
 from common.mqtt import MqttSettings
 
 if TYPE_CHECKING:
@@ -143,9 +143,7 @@ class MetricsConfig:
     def __post_init__(self) -> None:
         if not self.listen:
             return
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"listen {self.listen!r}: expected host:port, e.g. 127.0.0.1:9465")
+        parse_listen(self.listen, "127.0.0.1:9465")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from central.sink import WRITE_BUCKETS
+from common.config import parse_listen
 
 if TYPE_CHECKING:
     from central.consumer import Consumer
@@ -153,7 +154,7 @@ class ConsumerMetrics:
 
 async def serve_metrics(metrics: ConsumerMetrics, listen: str, ready: asyncio.Event) -> None:
     """Serve GET /metrics on `listen` (host:port) until cancelled; `ready` is set once bound."""
-    host, _, port = listen.rpartition(":")
+    host, port = parse_listen(listen)
 
     async def handle(_request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
@@ -163,7 +164,7 @@ async def serve_metrics(metrics: ConsumerMetrics, listen: str, ready: asyncio.Ev
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, int(port))
+        site = web.TCPSite(runner, host, port)
         await site.start()
         log.info("metrics on http://%s/metrics", listen)
         ready.set()

@@ -46,6 +46,7 @@ __all__ = [
     "describe_secrets",
     "dump",
     "load_toml",
+    "parse_listen",
     "secret_sources",
 ]
 
@@ -100,6 +101,16 @@ class Secret:
 
     def __reduce__(self) -> Any:
         raise TypeError("a Secret is not pickled")
+
+
+def parse_listen(text: str, example: str = "127.0.0.1:8480") -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8480`` for IPv6) a server listens on; raises `ValueError` saying
+    what is wrong (`example` is the one the message shows)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen {text!r}: expected host:port, e.g. {example}")
+    return host, int(port)
 
 
 def load_toml(path: Path) -> dict[str, Any]:

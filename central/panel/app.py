@@ -854,7 +854,7 @@ async def running(
     cfg: CentralConfig, store: Store, key: bytes | None, ready: Callable[[str], None] | None = None
 ) -> AsyncIterator[Services]:
     """The panel serving on `[panel] listen` for the duration of the block."""
-    from central.panel.config import parse_listen
+    from common.config import parse_listen
 
     users = await asyncio.to_thread(Users, store)
     cache = data.CoverageCache(cfg, store)

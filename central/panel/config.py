@@ -8,16 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["PanelConfig", "parse_listen"]
+from common.config import parse_listen
 
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8480`` for IPv6); raises `ValueError` saying what is wrong."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8480")
-    return host, int(port)
+__all__ = ["PanelConfig"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +51,7 @@ class PanelConfig:
     extensions: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        parse_listen(self.listen)
+        parse_listen(self.listen, "127.0.0.1:8480")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: set both or neither")
         try:

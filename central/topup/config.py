@@ -8,18 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from common.config import Secret
+from common.config import Secret, parse_listen
 
-__all__ = ["TopupConfig", "parse_listen"]
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8490`` for IPv6); raises `ValueError` saying what is wrong."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8490")
-    return host, int(port)
+__all__ = ["TopupConfig"]
 
 
 @dataclass(frozen=True)
@@ -86,7 +77,7 @@ class TopupConfig:
     stop_timeout_s: float = 15.0
 
     def __post_init__(self) -> None:
-        parse_listen(self.listen)
+        parse_listen(self.listen, "127.0.0.1:8490")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: set both or neither")
         try:

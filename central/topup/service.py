@@ -31,12 +31,12 @@ from central.commands import CommandSender
 from central.config import CentralConfig
 from central.store import Store
 from central.topup.api import make_app
-from central.topup.config import parse_listen
 from central.topup.executor import Executor, MqttChannel
 from central.topup.hsm import load_security_module
 from central.topup.kpi import compute, day_lines
 from central.topup.orders import OrderBook, load_archive
 from central.topup.webhook import Webhook
+from common.config import parse_listen
 
 __all__ = ["read_archive", "serve"]
 
