@@ -44,3 +44,30 @@ def postgresql(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     with running_postgresql(tmp_path_factory.mktemp("postgresql")) as server:
         yield server
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order and group for `scripts/test`'s parallel workers (pytest-xdist, ``--dist loadgroup``).
+
+    - The longest tests start first (slow-marked ones, those with the longest hang guard first),
+      so no worker begins a 2-minute soak when the others are nearly done.
+    - Tests sharing a module- or class-scoped fixture (the panel's seeded stack, a PKI) stay on
+      one worker: the fixture is built once and the tests see it in their written order.
+    """
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        scopes = (
+            {d[-1].scope for d in defs.name2fixturedefs.values() if d}
+            if defs is not None
+            else set()
+        )
+        if scopes & {"module", "class", "package"}:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+    def expected_length(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow") is None:
+            return 0
+        guard = item.get_closest_marker("timeout")
+        return 1 + (int(guard.args[0]) if guard is not None and guard.args else 120)
+
+    items.sort(key=expected_length, reverse=True)  # stable: a module keeps its order

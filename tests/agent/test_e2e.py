@@ -159,7 +159,7 @@ async def _field(
     archive.write_text(json.dumps(fleet.archive()))
     async with serve_fleet(fleet, transport=transport) as serving:
         ep = serving.endpoint("b1")
-        opts = "parity=N&reply_timeout_ms=150&byte_gap_ms=100&frame_gap_ms=0&baud=19200"
+        opts = "parity=N&reply_timeout_ms=1000&byte_gap_ms=300&frame_gap_ms=0&baud=19200"
         if ep.kind == "tcp":
             assert ep.address is not None
             url = f"tcp://{ep.address[0]}:{ep.address[1]}?{opts}"

@@ -34,7 +34,8 @@ from tests.agent.linefake import pty_far_end
 
 METER = Address.parse("123456789012")
 ENERGY = 0x00010000
-FAST = "?parity=N&reply_timeout_ms=150&byte_gap_ms=100&frame_gap_ms=0"
+# windows wide enough for a loaded machine; the late replies below come well after them
+FAST = "?parity=N&reply_timeout_ms=500&byte_gap_ms=200&frame_gap_ms=0"
 
 
 def reply_to(
@@ -110,7 +111,7 @@ async def test_a_late_reply_does_not_poison_the_next_exchange() -> None:
     def late_then_prompt(req: Frame) -> list[tuple[float, bytes]]:
         calls.append(req)
         if len(calls) == 1:
-            return [(0.3, reply_to(req, bytes.fromhex("00000000")))]  # after our 150 ms window
+            return [(1.0, reply_to(req, bytes.fromhex("00000000")))]  # after our 500 ms window
         return [(0.0, reply_to(req))]
 
     with pty_far_end(late_then_prompt) as far:
@@ -222,7 +223,7 @@ async def test_tcp_serial_server_and_connection_loss() -> None:
     port = server.sockets[0].getsockname()[1]
     try:
         async with open_byte_transport(
-            f"tcp://127.0.0.1:{port}?reply_timeout_ms=300&frame_gap_ms=0"
+            f"tcp://127.0.0.1:{port}?reply_timeout_ms=1000&frame_gap_ms=0"
         ) as bus:
             client = Dlt645Client(bus)
             assert (await client.read(METER, ENERGY)).value == bytes.fromhex("26802211")

@@ -173,10 +173,12 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
         procs = _Procs(workdir, env)
         try:
             procs.start("central", "central", "run", "--config", str(config))
+            central_log = workdir / "central.log"
+            # subscribed (it logs "connected to" after SUBACK): history published now is taken
+            _wait(lambda: "connected to" in central_log.read_text(), 60, "the consumer", procs)
             _wait(store.exists, 30, "the consumer's store", procs)
             stack = Stack(workdir, config, f"http://127.0.0.1:{panel_port}", record, store,
                           influx.url, broker.port, env)  # fmt: skip
-            time.sleep(0.5)
             stack.publish(history_messages())
             _start_live(procs, workdir, broker.port, record)
             _wait(lambda: _settled(stack), 180, "c-live's round and c-hist's history", procs)

@@ -33,7 +33,8 @@ from central.topup.orders import TERMINAL, OrderBook, load_archive
 from tests.topup.helpers import Executor, LocalHsm, security_agent
 from tests.topup.service_stack import fleet_text, topup_archive
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+# one worker: the last test reads the statistics the property test gathered in this process
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.xdist_group("topup-property")]
 TZ = zoneinfo.ZoneInfo("Asia/Shanghai")
 METERS = ["000000000001", "000000000002", "000000000003"]
 CFG = TopupConfig(
