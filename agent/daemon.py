@@ -20,8 +20,9 @@ import contextlib
 import datetime as dt
 import logging
 import signal
+import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from agent.health import HealthTracker
 from agent.metrics import AgentMetrics, serve_metrics
 from agent.mqtt import MqttLink
 from agent.nonces import PersistentNonces
-from agent.outbox import Outbox
+from agent.outbox import Outbox, OutboxError
 from agent.plans.clock import ClockPlanner
 from agent.plans.context import Clock, PlanContext
 from agent.plans.daily import DailyPlanner
@@ -41,6 +42,7 @@ from agent.plans.interval import IntervalPlanner
 from agent.plans.tariff import TariffPlanner, TariffWatch
 from agent.poller import BusPoller, dlt645_poller
 from agent.state import PlanState
+from agent.storage import HINT, WATCH, StorageFull, free_space, storage_problem
 from common.config import ConfigError
 from protocols.commands import key_bytes
 
@@ -122,6 +124,7 @@ class Agent:
                 f"agent.state_dir = {str(state_dir)!r} cannot be used: {exc.strerror}"
                 " (create it, writable by the agent's user, or point state_dir elsewhere)"
             ) from None
+        WATCH.state_dir = state_dir
         self.archive = ArchiveStore(cfg)
         self.state = PlanState(state_dir / "state.sqlite")
         self.nonces = PersistentNonces(state_dir / "nonces.sqlite")
@@ -176,7 +179,12 @@ class Agent:
         while True:
             if self._pending_events and self.outbox is not None:
                 batch, self._pending_events = self._pending_events, []
-                await self.outbox.put_many("events", batch)
+                try:
+                    await self.outbox.put_many("events", batch)
+                except StorageFull:  # said by the watch; kept in memory until there is room
+                    self._pending_events[:0] = batch[-MAX_PENDING_EVENTS:]
+                    del self._pending_events[MAX_PENDING_EVENTS:]
+                    await asyncio.sleep(STORAGE_RETRY_S)
             await asyncio.sleep(0.2)
 
     def _evicted(self, kind: str, payloads: list[dict[str, Any]]) -> None:
@@ -254,7 +262,9 @@ class Agent:
     def _start_plans(self, group: asyncio.TaskGroup) -> None:
         self.planners = self._make_planners()
         for name, planner in self.planners.items():
-            self._plan_tasks[name] = group.create_task(planner.run(), name=f"plan:{name}")
+            self._plan_tasks[name] = group.create_task(
+                _through_full_disks(planner.run), name=f"plan:{name}"
+            )
 
     async def _stop_plans(self) -> None:
         tasks = list(self._plan_tasks.values())
@@ -363,7 +373,8 @@ class Agent:
         except TimeoutError:
             log.warning("plans did not stop in time")
         if self._pending_events and self.outbox is not None:
-            await self.outbox.put_many("events", self._pending_events)
+            with contextlib.suppress(StorageFull):  # no room: said by the watch; events only
+                await self.outbox.put_many("events", self._pending_events)
             self._pending_events = []
         if self.link is not None:
             await self.link.drain(budget * STAGES["publish"])
@@ -407,6 +418,24 @@ class Agent:
         src["dead_letters"] = lambda: outbox.dead_letter_rows
         src["link_stats"] = lambda: link.stats
         src["clock_steps"] = lambda: self.clock_steps
+        src["storage"] = lambda: WATCH
+
+
+STORAGE_RETRY_S = 5.0
+"""how long a plan or the events flush waits after a write found no room"""
+MAX_PENDING_EVENTS = 1000
+
+
+async def _through_full_disks(run: Callable[[], Awaitable[None]]) -> None:
+    """A plan's loop, started again after a write found no room (a round's report, say). The
+    plans keep their own progress (what is read is recorded), so starting over redoes nothing
+    that was stored; what was not stored is read again."""
+    while True:
+        try:
+            await run()
+            return
+        except StorageFull:  # said once by the watch, counted there
+            await asyncio.sleep(STORAGE_RETRY_S)
 
 
 def run_agent(config_path: Path) -> int:
@@ -420,8 +449,25 @@ def run_agent(config_path: Path) -> int:
     setup_logging(cfg.agent.log_level, cfg.agent.log_format)
     try:
         agent = Agent(cfg, config_path)
+        asyncio.run(agent.run())
     except ConfigError as exc:
         print(f"meterlink agent: configuration error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    asyncio.run(agent.run())
+    except (OSError, sqlite3.Error, OutboxError, StorageFull) as exc:
+        problem = storage_problem(exc)
+        if problem is None:
+            raise
+        # the state directory cannot hold the agent's files (full, read-only, failing): say so
+        # in one line; systemd's Restart= tries again, and nothing committed was touched
+        state_dir = cfg.agent.state_dir
+        print(
+            f"meterlink agent: state directory {state_dir}: {problem} ({free_space(state_dir)});"
+            f" {HINT}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EX_IOERR
     return 0
+
+
+EX_IOERR = 74  # sysexits: an input/output error

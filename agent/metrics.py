@@ -10,6 +10,8 @@ meterlink_mqtt_connected                  1 while connected to the broker
 meterlink_bus_queue{bus}                  jobs waiting for their bus
 meterlink_outbox_dead_letters             rows set aside (never publishable), still kept
 meterlink_clock_steps_total               steps of the concentrator's own clock (RTC reset, NTP)
+meterlink_storage_write_errors_total      writes the state directory's disk had no room for
+meterlink_storage_full                    1 from such a failed write until a write succeeds
 meterlink_mqtt_<counter>_total[{key}]     every MQTT link counter: published, refused, probes,
                                           dead_lettered, commands_received, commands_refused,
                                           responses_sent, responses_dropped, ...
@@ -112,6 +114,16 @@ class AgentMetrics:
                 "meterlink_clock_steps",
                 "Steps of the concentrator's clock",
                 value=src["clock_steps"](),
+            )
+        if "storage" in src:
+            watch = src["storage"]()
+            yield CounterMetricFamily(
+                "meterlink_storage_write_errors",
+                "Writes the state directory had no room for",
+                value=watch.write_errors,
+            )
+            yield GaugeMetricFamily(
+                "meterlink_storage_full", "1 while writes find no room", value=int(watch.full)
             )
         if "link_stats" in src:
             yield from _counters(src["link_stats"]())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from agent.storage import WATCH
 from protocols.commands import NONCE_TTL_S, CommandRejected
 
 __all__ = ["PersistentNonces"]
@@ -59,7 +60,13 @@ class PersistentNonces:
             if len(self) >= self.capacity:
                 raise CommandRejected("too many recent commands to track their nonces")
             db.execute("INSERT INTO nonce (nonce, seen_at) VALUES (?, ?)", (nonce, now))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            full = WATCH.failed("a command's nonce", exc)
+            if full is None:
+                raise
+            # fail closed: a nonce not on disk could be replayed after a restart
+            raise CommandRejected(f"cannot remember the nonce, so not run: {full}") from exc
+        WATCH.ok()

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple, Self, TypeVar
 
 import common.clock
+from agent.storage import WATCH
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -269,7 +270,7 @@ class Outbox:
         texts = [_encode(p) for p in payloads]
         if not texts:
             return []
-        ids = await self._run(functools.partial(self._put_sync, kind, texts))
+        ids = await self._write(functools.partial(self._put_sync, kind, texts), kind)
         self.put_count += len(ids)
         self._put_event.set()
         return ids
@@ -287,12 +288,14 @@ class Outbox:
     async def ack(self, ids: Sequence[int]) -> None:
         """Delete rows the broker has acknowledged. Unknown ids are ignored (already evicted)."""
         if ids:
-            await self._run(functools.partial(self._delete_sync, list(ids)))
+            await self._write(functools.partial(self._delete_sync, list(ids)), "acknowledgements")
 
     async def dead_letter(self, ids: Sequence[int], reason: str) -> None:
         """Move rows that can never be published out of the queue, keeping them for inspection."""
         if ids:
-            await self._run(functools.partial(self._dead_letter_sync, list(ids), reason))
+            await self._write(
+                functools.partial(self._dead_letter_sync, list(ids), reason), "dead letters"
+            )
 
     async def dead_letters(self, limit: int = 100) -> list[tuple[int, str, str, dict[str, Any]]]:
         """The newest dead letters as (id, kind, reason, payload)."""
@@ -318,6 +321,19 @@ class Outbox:
             raise OutboxError(f"outbox {self.path} is closed")
         self._loop = asyncio.get_running_loop()  # where the writer reports evictions
         return await self._loop.run_in_executor(self._executor, fn)
+
+    async def _write(self, fn: Callable[[], T], what: str) -> T:
+        """`_run` for a write: no room on the disk (full, read-only, failing) is `StorageFull`,
+        said once per episode by the agent's storage watch; a write that succeeds ends it."""
+        try:
+            result = await self._run(fn)
+        except (sqlite3.Error, OSError) as exc:
+            full = WATCH.failed(f"outbox {what}", exc)
+            if full is None:
+                raise
+            raise full from exc
+        WATCH.ok()
+        return result
 
     @property
     def _db(self) -> sqlite3.Connection:

@@ -9,6 +9,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.storage import WATCH
+
 __all__ = ["DayStatus", "PlanState"]
 
 _SCHEMA = [
@@ -59,6 +61,18 @@ class PlanState:
     def close(self) -> None:
         self._db.close()
 
+    def _write(self, sql: str, params: tuple[object, ...] = ()) -> None:
+        """One statement that changes the state. No room on the disk is said once by the
+        storage watch and the change is dropped: the state only lags (a meter read again, a
+        mark set again), nothing read is lost, and the plans go on."""
+        try:
+            self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            if WATCH.failed("plan state", exc) is None:
+                raise
+        else:
+            WATCH.ok()
+
     def day(self, day: dt.date) -> dict[str, DayStatus]:
         rows = self._db.execute(
             "SELECT meter, status, reason, detail, attempts, last_attempt, settled FROM daily"
@@ -101,7 +115,7 @@ class PlanState:
         attempted: bool = True,
         settled: bool = False,
     ) -> None:
-        self._db.execute(
+        self._write(
             """INSERT INTO daily (day, meter, status, reason, detail, attempts, last_attempt,
                                   settled)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -131,7 +145,7 @@ class PlanState:
 
     def set_energy(self, meter: str, data_time: dt.datetime, total: float) -> None:
         """Keep the newest (by data time) daily forward energy total of a meter."""
-        self._db.execute(
+        self._write(
             """INSERT INTO energy (meter, data_time, total) VALUES (?, ?, ?)
                ON CONFLICT (meter) DO UPDATE SET data_time=excluded.data_time, total=excluded.total
                WHERE excluded.data_time > energy.data_time""",
@@ -141,17 +155,17 @@ class PlanState:
     def forget_read(self, day: dt.date, meter: str) -> None:
         """A reading of this day left the outbox without being delivered (disk budget): make
         the day eligible for backfill again."""
-        self._db.execute(
+        self._write(
             "UPDATE daily SET status='failed', reason='not_attempted',"
             " detail='evicted from the outbox', settled=0 WHERE day=? AND meter=?",
             (day.isoformat(), meter),
         )
 
     def prune(self, keep_after: dt.date) -> None:
-        self._db.execute("DELETE FROM daily WHERE day < ?", (keep_after.isoformat(),))
+        self._write("DELETE FROM daily WHERE day < ?", (keep_after.isoformat(),))
 
     def set_clock(self, meter: str, offset_s: float, at: dt.datetime) -> None:
-        self._db.execute(
+        self._write(
             "INSERT OR REPLACE INTO clock (meter, offset_s, measured_at) VALUES (?, ?, ?)",
             (meter, offset_s, at.isoformat()),
         )
@@ -164,4 +178,4 @@ class PlanState:
         return None if row is None else str(row[0])
 
     def set_mark(self, name: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO marks (name, value) VALUES (?, ?)", (name, value))
+        self._write("INSERT OR REPLACE INTO marks (name, value) VALUES (?, ?)", (name, value))

@@ -82,6 +82,7 @@ class FailureReason(StrEnum):
     MODULE_TIMEOUT = "module_timeout"  # the carrier module did not answer within its timeout
     METER_OFFLINE = "meter_offline"  # skipped: marked offline and not due for a re-probe yet
     NOT_ATTEMPTED = "not_attempted"  # the plan's deadline came before this meter's turn
+    STORAGE_FULL = "storage_full"  # read, but the concentrator's disk had no room to keep it
 
 
 def topic(concentrator: str, kind: str) -> str:

@@ -25,8 +25,12 @@ from agent.mqtt.settings import (
     backoff_delay,
 )
 from agent.outbox import Outbox, OutboxRow
+from agent.storage import StorageFull
 
 log = logging.getLogger(__package__)  # "agent.mqtt", as before the split into modules
+
+ACK_RETRY_S = 2.0
+"""how long the publisher waits to forget acknowledged rows when the disk had no room"""
 
 
 @dataclass
@@ -113,7 +117,10 @@ class OutboxPublisher:
             progress = 0
             for kind in PUMPED_KINDS:
                 if loop.time() >= self._kinds[kind].retry_at:
-                    progress += await self._publish_kind(client, kind)
+                    try:
+                        progress += await self._publish_kind(client, kind)
+                    except StorageFull:  # a dead letter found no room: said by the watch
+                        await asyncio.sleep(ACK_RETRY_S)
             await self._after_pass(client)
             if progress == 0:
                 wait = self._settings.idle_poll_s
@@ -359,7 +366,14 @@ class OutboxPublisher:
 
     async def _acked(self, kind: str, rows: list[OutboxRow]) -> None:
         now = common.clock.current().time()
-        await self._outbox.ack([r.id for r in rows])
+        while True:
+            try:
+                await self._outbox.ack([r.id for r in rows])
+                break
+            except StorageFull:
+                # the broker has them but the disk has no room to forget them (said by the
+                # storage watch): wait rather than send them again
+                await asyncio.sleep(ACK_RETRY_S)
         ages = [max(0.0, now - r.created_at) for r in rows]
         self.publish_latency_s = max(ages)
         total = self.publish_latency_avg_s * self._latency_rows + sum(ages)

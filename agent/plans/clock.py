@@ -11,6 +11,7 @@ Offsets are kept, and readings from meters off by more than `max_offset_s` are f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from typing import Any
@@ -20,6 +21,7 @@ from agent.config import MeterConfig, parse_hhmm
 from agent.dlt645 import Dlt645Client, reason_of
 from agent.plans.context import PlanContext, edition_of, make_reading
 from agent.poller import PRIORITY_CLOCK, BusClosed
+from agent.storage import StorageFull
 from protocols.dlt645 import BROADCAST, Address, BroadcastTimeRequest, Edition, MeterError
 from protocols.measurements import Measurement
 
@@ -129,19 +131,20 @@ class ClockPlanner:
             Measurement("clock_offset_s", round(offset, 3), "s"),
             Measurement("meter_datetime", meter_time.isoformat(), None),
         ]
-        await ctx.sink.put(
-            "readings",
-            make_reading(
-                ctx,
-                meter=mid,
-                item="clock",
-                plan="clock",
-                data_time=now.replace(microsecond=0),
-                read_at=now,
-                values=values,
-                bus=meter.bus,
-            ),
-        )
+        with contextlib.suppress(StorageFull):  # not stored (said by the storage watch)
+            await ctx.sink.put(
+                "readings",
+                make_reading(
+                    ctx,
+                    meter=mid,
+                    item="clock",
+                    plan="clock",
+                    data_time=now.replace(microsecond=0),
+                    read_at=now,
+                    values=values,
+                    bus=meter.bus,
+                ),
+            )
         if abs(offset) > self.cfg.max_offset_s:
             ctx.events("clock_drift", mid, {"offset_s": round(offset, 3)})
         return mid, offset

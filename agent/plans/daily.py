@@ -30,6 +30,7 @@ from agent.health import CONTACT_FAILURES
 from agent.plans.context import PlanContext, edition_of, make_reading
 from agent.plans.tariff import TariffWatch
 from agent.poller import PRIORITY_BACKFILL, PRIORITY_DAILY, BusClosed
+from agent.storage import StorageFull
 from protocols.dlt645 import Address, ErrorFlags, MeterError
 from protocols.errors import ProtocolError, ValueFormatError
 from protocols.measurements import Measurement
@@ -268,7 +269,10 @@ class DailyPlanner:
         problem = self._implausible(mid, reading)
         if problem:
             return Outcome(mid, False, FailureReason.IMPLAUSIBLE_VALUE, problem)
-        await ctx.sink.put("readings", reading)
+        try:
+            await ctx.sink.put("readings", reading)
+        except StorageFull as exc:  # not stored, so not read: the next round asks again
+            return Outcome(mid, False, FailureReason.STORAGE_FULL, str(exc))
         total = reading["values"].get("energy_import_total_kwh", {}).get("value")
         if isinstance(total, int | float):
             ctx.state.set_energy(mid, dt.datetime.fromisoformat(reading["data_time"]), float(total))

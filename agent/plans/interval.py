@@ -16,8 +16,10 @@ from agent.config import MeterConfig
 from agent.dlt645 import Dlt645Client, ReadResult, reason_of
 from agent.plans.context import PlanContext, edition_of, make_reading
 from agent.poller import PRIORITY_INTERVAL, BusClosed
+from agent.storage import StorageFull
 from protocols.dlt645 import Address, Edition, format_di, parse_item
 from protocols.errors import LocalProtocolError
+from protocols.payloads import FailureReason
 
 __all__ = ["IntervalPlanner"]
 
@@ -113,5 +115,9 @@ class IntervalPlanner:
             return 0
         ctx.health.success(mid, ctx.clock.monotonic())
         ctx.on_outcome("interval", None)
-        await ctx.sink.put_many("readings", readings)
+        try:
+            await ctx.sink.put_many("readings", readings)
+        except StorageFull:  # not stored (said by the storage watch): the slot is missed
+            ctx.on_outcome("interval", FailureReason.STORAGE_FULL.value)
+            return 0
         return len(readings)

@@ -38,6 +38,7 @@ from agent.config import TariffPlan as TariffConfig
 from agent.dlt645 import Dlt645Client, ReadResult, reason_of
 from agent.plans.context import PlanContext
 from agent.poller import PRIORITY_TARIFF, BusClosed
+from agent.storage import StorageFull
 from protocols.dlt645 import Address, MeterError, lookup
 from protocols.dlt645.tariff import (
     DI_CLOCK,
@@ -61,6 +62,7 @@ from protocols.dlt645.tariff import (
     setup_from_replies,
 )
 from protocols.errors import ValueFormatError
+from protocols.payloads import FailureReason
 from protocols.tariff import MAX_DAILY_TABLES
 
 __all__ = ["TariffPlanner", "TariffWatch", "local_mode"]
@@ -287,6 +289,9 @@ class TariffPlanner:
         try:
             await self.read_now(meter, why)
         except BusClosed:
+            return 0
+        except StorageFull:  # read but not stored (said by the storage watch): due again
+            ctx.on_outcome("tariff", FailureReason.STORAGE_FULL.value)
             return 0
         except Exception as exc:  # reason_of re-raises what is not a meter's or line's failure
             reason, detail = reason_of(exc)

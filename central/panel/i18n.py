@@ -134,6 +134,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "module_timeout": ("载波模块超时", "carrier module timeout"),
     "meter_offline": ("电表离线", "meter offline"),
     "not_attempted": ("未抄读", "not attempted"),
+    "storage_full": ("集中器存储已满", "concentrator storage full"),
     "unexplained": ("原因不明", "unexplained"),
 }
 

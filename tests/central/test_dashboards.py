@@ -68,6 +68,7 @@ def day(n: int) -> int:
 QUIET = ["abnormal_reply", "address_mismatch", "bus_busy", "bus_error", "checksum"]
 QUIET += ["frame_error", "implausible_value", "meter_offline", "not_attempted", "timeout"]
 QUIET += ["module_busy", "module_deny", "module_timeout"]  # a carrier module's
+QUIET += ["storage_full"]  # a concentrator whose disk is full
 REASONS_0 = dict.fromkeys(QUIET, 0)
 
 EXPECTED: dict[str, Any] = {
