@@ -149,16 +149,34 @@ class _Stack:
         # a second Ctrl-C / SIGTERM must not cut the stopping short and leave servers behind
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        for _name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        # meterlink's own processes together (each finishes its work within its own stop
+        # budget, under STOP_WAIT_S), then the servers they were finishing it with
+        ours = [(n, p) for n, p in reversed(self.procs) if n not in SERVERS]
+        servers = [(n, p) for n, p in reversed(self.procs) if n in SERVERS]
+        for group in (ours, servers):
+            _stop_together(group, STOP_WAIT_S)
         for cleanup in reversed(self.cleanups):
             cleanup()
+
+
+SERVERS = {"mosquitto", "influxd"}
+STOP_WAIT_S = 30.0
+"""longest wait for a child after SIGTERM (the central's stop budget is 20 s); then SIGKILL"""
+
+
+def _stop_together(procs: list[tuple[str, subprocess.Popen[bytes]]], within: float) -> None:
+    for _name, proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + within
+    for name, proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"meterlink demo: {name} did not stop within {within:.0f} s; killed it",
+                  file=sys.stderr)  # fmt: skip
+            proc.kill()
+            proc.wait()
 
 
 def _mosquitto(stack: _Stack) -> tuple[str, int]:
