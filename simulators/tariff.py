@@ -165,9 +165,22 @@ def _flip(setup: TariffSetup, now: dt.datetime) -> TariffSetup:
     return replace(setup, **changes) if changes else setup  # type: ignore[arg-type]
 
 
-_DAY_MINUTES: dict[tuple[tuple[object, ...], dt.date], tuple[int, ...]] = {}
+_DAY_MINUTES: dict[tuple[int, dt.date], tuple[int, ...]] = {}
 """(what decides a meter's tariff, day) → its minutes: meters programmed alike share them"""
 _DAY_MINUTES_LIMIT = 200_000
+
+
+_TOU_IDS: dict[tuple[object, ...], int] = {}
+"""each distinct `_tou_key` as a small number: the day cache's key is hashed ~1000 times per
+meter while a fleet is built, a nested tuple of the whole time-of-use set-up each time"""
+
+
+def _tou_id(setup: TariffSetup) -> int:
+    key = _tou_key(setup)
+    found = _TOU_IDS.get(key)
+    if found is None:
+        found = _TOU_IDS[key] = len(_TOU_IDS)
+    return found
 
 
 def _tou_key(setup: TariffSetup) -> tuple[object, ...]:
@@ -212,7 +225,7 @@ class MeterTariff:
     _mapped: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = field(
         default_factory=dict, repr=False
     )
-    _key: tuple[TariffSetup, tuple[object, ...]] | None = field(default=None, repr=False)
+    _key: tuple[TariffSetup, int] | None = field(default=None, repr=False)
     _days: dict[dt.date, Sequence[int]] = field(default_factory=dict, repr=False)
 
     @property
@@ -285,7 +298,7 @@ class MeterTariff:
     def minutes(self, day: dt.date) -> Sequence[int]:
         setup = self.programmed
         if self._key is None or self._key[0] is not setup:
-            self._key = (setup, _tou_key(setup))
+            self._key = (setup, _tou_id(setup))
             self._days.clear()
         known = self._days.get(day)
         if known is not None:
