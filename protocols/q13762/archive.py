@@ -13,7 +13,7 @@ from protocols.errors import LocalProtocolError
 from protocols.q13762 import _wire
 from protocols.q13762.address import NodeAddress
 from protocols.q13762.frame import Direction
-from protocols.q13762.messages import Message, NoData, Protocol, register
+from protocols.q13762.messages import Fields, Message, NoData, Protocol, register
 
 __all__ = [
     "AddNodes",
@@ -61,7 +61,7 @@ class QueryNodeCount(NoData):
 
 @register
 @dataclass(frozen=True, slots=True)
-class NodeCount(Message):
+class NodeCount(Fields):
     """AFN10 F1 up: nodes in the archive and the most the module supports."""
 
     total: int
@@ -70,30 +70,15 @@ class NodeCount(Message):
     FN = 1
     DIRECTION = _UP
     PRM = False
-
-    def payload(self) -> bytes:
-        values = {"total": self.total, "max_supported": self.max_supported}
-        return _wire.build(_wire.NODE_COUNT, values)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.NODE_COUNT, data)
-        return cls(c.total, c.max_supported)
+    LAYOUT = _wire.NODE_COUNT
 
 
 @dataclass(frozen=True, slots=True)
-class _Page(Message):
+class _Page(Fields):
     start_seq: int = 1
     """node sequence number of the first node (the first node is 1)"""
     count: int = 25
-
-    def payload(self) -> bytes:
-        return _wire.build(_wire.NODE_PAGE, {"start_seq": self.start_seq, "count": self.count})
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.NODE_PAGE, data)
-        return cls(c.start_seq, c.count)
+    LAYOUT = _wire.NODE_PAGE
 
 
 @register
@@ -303,21 +288,14 @@ class AddNodes(Message):
 
 @register
 @dataclass(frozen=True, slots=True)
-class DeleteNodes(Message):
+class DeleteNodes(Fields):
     """AFN11 F2: delete slave nodes, n × address."""
 
     addresses: tuple[NodeAddress, ...]
     AFN = 0x11
     FN = 2
     DIRECTION = _DOWN
-
-    def payload(self) -> bytes:
-        return _wire.build(_wire.DELETE_NODES, {"addresses": [a.wire for a in self.addresses]})
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.DELETE_NODES, data)
-        return cls(tuple(NodeAddress.from_wire(a) for a in c.addresses))
+    LAYOUT = _wire.DELETE_NODES
 
     def json_extras(self) -> dict[str, Any]:
         return {"count": len(self.addresses)}
