@@ -13,7 +13,7 @@ from protocols.errors import LocalProtocolError
 from protocols.q13762 import _wire
 from protocols.q13762.address import NodeAddress
 from protocols.q13762.frame import Direction
-from protocols.q13762.messages import Fields, Message, NoData, Protocol, register
+from protocols.q13762.messages import Counted, Fields, Message, NoData, Protocol, register
 
 __all__ = [
     "AddNodes",
@@ -151,7 +151,7 @@ def _info_word(node: NodeInfo) -> int:
 
 @register
 @dataclass(frozen=True, slots=True)
-class NodeList(Message):
+class NodeList(Counted):
     """AFN10 F2 up: total nodes in the archive and this page's nodes."""
 
     total: int
@@ -170,9 +170,6 @@ class NodeList(Message):
         c = _wire.parse(_wire.NODE_LIST, data)
         nodes = tuple(NodeInfo.from_word(NodeAddress.from_wire(n.addr), n.info) for n in c.nodes)
         return cls(c.total, nodes)
-
-    def json_extras(self) -> dict[str, Any]:
-        return {"count": len(self.nodes)}
 
 
 @register
@@ -263,7 +260,7 @@ class NodeEntry:
 
 @register
 @dataclass(frozen=True, slots=True)
-class AddNodes(Message):
+class AddNodes(Counted):
     """AFN11 F1: add slave nodes, n × (address + protocol) — the 2013 layout without node
     sequence numbers, as every capture has it. Batch what the frame length allows (real
     concentrators add 3–5 per frame)."""
@@ -282,13 +279,10 @@ class AddNodes(Message):
         c = _wire.parse(_wire.ADD_NODES, data)
         return cls(tuple(NodeEntry(NodeAddress.from_wire(n.addr), n.protocol) for n in c.nodes))
 
-    def json_extras(self) -> dict[str, Any]:
-        return {"count": len(self.nodes)}
-
 
 @register
 @dataclass(frozen=True, slots=True)
-class DeleteNodes(Fields):
+class DeleteNodes(Counted, Fields):
     """AFN11 F2: delete slave nodes, n × address."""
 
     addresses: tuple[NodeAddress, ...]
@@ -296,9 +290,7 @@ class DeleteNodes(Fields):
     FN = 2
     DIRECTION = _DOWN
     LAYOUT = _wire.DELETE_NODES
-
-    def json_extras(self) -> dict[str, Any]:
-        return {"count": len(self.addresses)}
+    ENTRIES = "addresses"
 
 
 @register

@@ -28,6 +28,7 @@ __all__ = [
     "MESSAGES",
     "Carried",
     "CarriesFrame",
+    "Counted",
     "Fields",
     "Message",
     "NoData",
@@ -151,6 +152,15 @@ class CarriesFrame(Fields):
 
     def json_extras(self) -> dict[str, Any]:
         return {"length": len(getattr(self, "frame", b""))}
+
+
+class Counted(Message):
+    """A data unit that lists entries in its field `ENTRIES`; `describe` shows their count."""
+
+    ENTRIES: ClassVar[str] = "nodes"
+
+    def json_extras(self) -> dict[str, Any]:
+        return {"count": len(getattr(self, self.ENTRIES))}
 
 
 M = TypeVar("M", bound=type[Message])

@@ -21,7 +21,15 @@ from protocols.q13762 import _wire
 from protocols.q13762.address import NodeAddress
 from protocols.q13762.archive import NodeEntry, clock_bytes, clock_of
 from protocols.q13762.frame import Direction
-from protocols.q13762.messages import CarriesFrame, Fields, Message, NoData, Protocol, register
+from protocols.q13762.messages import (
+    CarriesFrame,
+    Counted,
+    Fields,
+    Message,
+    NoData,
+    Protocol,
+    register,
+)
 
 __all__ = [
     "ClockAnswer",
@@ -86,7 +94,7 @@ class ReportedNode:
 
 @register
 @dataclass(frozen=True, slots=True)
-class ReportNodes(Message):
+class ReportNodes(Counted):
     """AFN06 F1: the module reports slave nodes, n × (address, protocol, node seq). Layout
     from a 2019-edition parser; no real frame was found (UNCONFIRMED)."""
 
@@ -110,9 +118,6 @@ class ReportNodes(Message):
                 ReportedNode(NodeAddress.from_wire(n.addr), n.protocol, n.node_seq) for n in c.nodes
             )
         )
-
-    def json_extras(self) -> dict[str, Any]:
-        return {"count": len(self.nodes)}
 
 
 @register
@@ -156,7 +161,7 @@ class DeviceNode:
 
 @register
 @dataclass(frozen=True, slots=True)
-class ReportNodeDevices(Message):
+class ReportNodeDevices(Counted):
     """AFN06 F4: slave nodes with device type (search results): n × (address, protocol, node
     seq, device type, m, m × (address, protocol)). Read from a 2019-edition parser's
     description; no real frame found (UNCONFIRMED)."""
@@ -194,9 +199,6 @@ class ReportNodeDevices(Message):
                 for n in c.nodes
             )
         )
-
-    def json_extras(self) -> dict[str, Any]:
-        return {"count": len(self.nodes)}
 
 
 @register
