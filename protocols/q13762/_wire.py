@@ -12,6 +12,8 @@ from typing import Any
 
 import construct as cs
 
+from protocols.q13762.address import NodeAddress
+
 START = 0x68
 END = 0x16
 WAKEUP = 0xFE
@@ -38,6 +40,12 @@ ADDR = cs.Bytes(ADDRESS_LEN)
 #: a protocol frame behind a one-byte / two-byte length
 FRAME8 = cs.Prefixed(U8, cs.GreedyBytes)
 FRAME16 = cs.Prefixed(U16, cs.GreedyBytes)
+#: a node address, parsed as a `NodeAddress`
+NODE = cs.ExprAdapter(ADDR, lambda obj, ctx: NodeAddress.from_wire(obj), lambda obj, ctx: obj.wire)
+#: count(1) + that many node addresses, parsed as a tuple of `NodeAddress`
+NODES = cs.ExprAdapter(
+    cs.PrefixedArray(U8, NODE), lambda obj, ctx: tuple(obj), lambda obj, ctx: obj
+)
 
 
 def exact(*fields: Any) -> Any:
@@ -88,9 +96,10 @@ VENDOR = cs.Struct(
     "version" / cs.Bytes(2),
 )
 VENDOR_EXACT = exact("v" / VENDOR)
-ADDRESS_ONLY = exact("addr" / ADDR)
+MAIN_NODE = exact("main_node_addr" / NODE)
 BROADCAST_DELAY = exact("delay_s" / U16, "protocol" / U8, "frame" / FRAME8)
 FLAG = exact("flag" / U8)
+MONITOR_TIMEOUT = exact("seconds" / U8)
 #: AFN05 F3: control word, length, frame
 BROADCAST = exact("control" / U8, "frame" / FRAME8)
 
@@ -161,7 +170,7 @@ ROUTER_STATUS = exact(
 
 # --- AFN11 archive ----------------------------------------------------------------------------
 ADD_NODES = exact("nodes" / cs.PrefixedArray(U8, cs.Struct("addr" / ADDR, "protocol" / U8)))
-DELETE_NODES = exact("addresses" / cs.PrefixedArray(U8, ADDR))
+DELETE_NODES = exact("addresses" / NODES)
 START_SEARCH = exact(
     "start" / cs.Bytes(6), "duration_min" / U16, "retries" / U8, "random_slots" / U8
 )
@@ -170,19 +179,19 @@ START_SEARCH = exact(
 MONITOR_DOWN = exact(
     "protocol" / U8,
     "delay_flag" / U8,
-    "affiliated" / cs.PrefixedArray(U8, ADDR),
+    "affiliated" / NODES,
     "frame" / FRAME8,
 )
 MONITOR_UP = exact("duration_s" / U16, "protocol" / U8, "frame" / FRAME8)
-ROUTER_ASK = exact("phase" / U8, "node_addr" / ADDR, "node_seq" / U16)
+ROUTER_ASK = exact("phase" / U8, "node_addr" / NODE, "node_seq" / U16)
 ROUTER_ANSWER = exact(
     "read_flag" / U8,
     "delay_flag" / U8,
     "frame" / FRAME8,
-    "affiliated" / cs.PrefixedArray(U8, ADDR),
+    "affiliated" / NODES,
 )
 CLOCK = exact("time" / cs.Bytes(6))
-CORRECTION_ASK = exact("node_addr" / ADDR, "delay_s" / U16, "frame" / FRAME8)
+CORRECTION_ASK = exact("node_addr" / NODE, "delay_s" / U16, "frame" / FRAME8)
 CORRECTION_ANSWER = exact("frame" / FRAME8)
 CONCURRENT_DOWN = exact("protocol" / U8, "reserved" / U8, "frame" / FRAME16)
 CONCURRENT_UP = exact("protocol" / U8, "frame" / FRAME16)

@@ -13,7 +13,7 @@ from protocols.errors import LocalProtocolError
 from protocols.q13762 import _wire
 from protocols.q13762.address import NodeAddress
 from protocols.q13762.frame import Direction
-from protocols.q13762.messages import Message, NoData, Protocol, register
+from protocols.q13762.messages import Counted, Fields, Message, NoData, Protocol, register
 
 __all__ = [
     "AddNodes",
@@ -61,7 +61,7 @@ class QueryNodeCount(NoData):
 
 @register
 @dataclass(frozen=True, slots=True)
-class NodeCount(Message):
+class NodeCount(Fields):
     """AFN10 F1 up: nodes in the archive and the most the module supports."""
 
     total: int
@@ -70,30 +70,15 @@ class NodeCount(Message):
     FN = 1
     DIRECTION = _UP
     PRM = False
-
-    def payload(self) -> bytes:
-        values = {"total": self.total, "max_supported": self.max_supported}
-        return _wire.build(_wire.NODE_COUNT, values)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.NODE_COUNT, data)
-        return cls(c.total, c.max_supported)
+    LAYOUT = _wire.NODE_COUNT
 
 
 @dataclass(frozen=True, slots=True)
-class _Page(Message):
+class _Page(Fields):
     start_seq: int = 1
     """node sequence number of the first node (the first node is 1)"""
     count: int = 25
-
-    def payload(self) -> bytes:
-        return _wire.build(_wire.NODE_PAGE, {"start_seq": self.start_seq, "count": self.count})
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.NODE_PAGE, data)
-        return cls(c.start_seq, c.count)
+    LAYOUT = _wire.NODE_PAGE
 
 
 @register
@@ -166,7 +151,7 @@ def _info_word(node: NodeInfo) -> int:
 
 @register
 @dataclass(frozen=True, slots=True)
-class NodeList(Message):
+class NodeList(Counted):
     """AFN10 F2 up: total nodes in the archive and this page's nodes."""
 
     total: int
@@ -185,9 +170,6 @@ class NodeList(Message):
         c = _wire.parse(_wire.NODE_LIST, data)
         nodes = tuple(NodeInfo.from_word(NodeAddress.from_wire(n.addr), n.info) for n in c.nodes)
         return cls(c.total, nodes)
-
-    def json_extras(self) -> dict[str, Any]:
-        return {"count": len(self.nodes)}
 
 
 @register
@@ -278,7 +260,7 @@ class NodeEntry:
 
 @register
 @dataclass(frozen=True, slots=True)
-class AddNodes(Message):
+class AddNodes(Counted):
     """AFN11 F1: add slave nodes, n × (address + protocol) — the 2013 layout without node
     sequence numbers, as every capture has it. Batch what the frame length allows (real
     concentrators add 3–5 per frame)."""
@@ -297,30 +279,18 @@ class AddNodes(Message):
         c = _wire.parse(_wire.ADD_NODES, data)
         return cls(tuple(NodeEntry(NodeAddress.from_wire(n.addr), n.protocol) for n in c.nodes))
 
-    def json_extras(self) -> dict[str, Any]:
-        return {"count": len(self.nodes)}
-
 
 @register
 @dataclass(frozen=True, slots=True)
-class DeleteNodes(Message):
+class DeleteNodes(Counted, Fields):
     """AFN11 F2: delete slave nodes, n × address."""
 
     addresses: tuple[NodeAddress, ...]
     AFN = 0x11
     FN = 2
     DIRECTION = _DOWN
-
-    def payload(self) -> bytes:
-        return _wire.build(_wire.DELETE_NODES, {"addresses": [a.wire for a in self.addresses]})
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.DELETE_NODES, data)
-        return cls(tuple(NodeAddress.from_wire(a) for a in c.addresses))
-
-    def json_extras(self) -> dict[str, Any]:
-        return {"count": len(self.addresses)}
+    LAYOUT = _wire.DELETE_NODES
+    ENTRIES = "addresses"
 
 
 @register

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar, cast
 
 from protocols.dlt645.address import Address
 from protocols.dlt645.functions import Edition
@@ -27,6 +27,9 @@ from protocols.q13762.frame import CommMode, Control, Direction, DownInfo, Frame
 __all__ = [
     "MESSAGES",
     "Carried",
+    "CarriesFrame",
+    "Counted",
+    "Fields",
     "Message",
     "NoData",
     "Protocol",
@@ -116,6 +119,48 @@ class NoData(Message):
     def parse(cls, data: bytes) -> Self:
         _wire.parse(_wire.EMPTY, data)
         return cls()
+
+
+class Fields(Message):
+    """A data unit whose fields are its layout's, by name: `LAYOUT` (in `_wire`, which turns
+    addresses into `NodeAddress` and address lists into tuples) builds and parses it."""
+
+    LAYOUT: ClassVar[Any]
+
+    def payload(self) -> bytes:
+        return _wire.build(self.LAYOUT, {name: getattr(self, name) for name in _names(type(self))})
+
+    @classmethod
+    def parse(cls, data: bytes) -> Self:
+        c = _wire.parse(cls.LAYOUT, data)
+        return cls(**{name: c[name] for name in _names(cls)})
+
+
+def _names(cls: type[Message]) -> tuple[str, ...]:
+    """The init fields of a message dataclass, in order."""
+    return tuple(f.name for f in dataclasses.fields(cast(Any, cls)) if f.init)
+
+
+class CarriesFrame(Fields):
+    """A data unit whose `frame` field is a protocol frame, with the protocol type in the field
+    `PROTOCOL_FIELD` beside it (`Carried.protocol` None when the layout has no such field)."""
+
+    PROTOCOL_FIELD: ClassVar[str] = "protocol"
+
+    def carried(self) -> Carried:
+        return Carried(getattr(self, self.PROTOCOL_FIELD, None), getattr(self, "frame", b""))
+
+    def json_extras(self) -> dict[str, Any]:
+        return {"length": len(getattr(self, "frame", b""))}
+
+
+class Counted(Message):
+    """A data unit that lists entries in its field `ENTRIES`; `describe` shows their count."""
+
+    ENTRIES: ClassVar[str] = "nodes"
+
+    def json_extras(self) -> dict[str, Any]:
+        return {"count": len(getattr(self, self.ENTRIES))}
 
 
 M = TypeVar("M", bound=type[Message])

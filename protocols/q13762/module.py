@@ -13,7 +13,7 @@ from protocols.q13762 import _wire
 from protocols.q13762.address import NodeAddress
 from protocols.q13762.deny import deny_info
 from protocols.q13762.frame import CommMode, Direction
-from protocols.q13762.messages import Carried, Message, NoData, register
+from protocols.q13762.messages import CarriesFrame, Fields, Message, NoData, register
 
 __all__ = [
     "BroadcastDelay",
@@ -77,7 +77,7 @@ class Confirm(Message):
 
 @register
 @dataclass(frozen=True, slots=True)
-class Deny(Message):
+class Deny(Fields):
     """AFN00 F2: the module (or concentrator) refuses; `code` as sent, any value kept."""
 
     code: int
@@ -85,13 +85,7 @@ class Deny(Message):
     FN = 2
     DIRECTION = None
     PRM = False
-
-    def payload(self) -> bytes:
-        return _wire.build(_wire.DENY, {"code": self.code})
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        return cls(_wire.parse(_wire.DENY, data).code)
+    LAYOUT = _wire.DENY
 
     @property
     def meaning(self) -> str:
@@ -266,7 +260,7 @@ class QueryMainNode(NoData):
 
 @register
 @dataclass(frozen=True, slots=True)
-class MainNode(Message):
+class MainNode(Fields):
     """AFN03 F4 up: the main-node address."""
 
     main_node_addr: NodeAddress
@@ -274,18 +268,12 @@ class MainNode(Message):
     FN = 4
     DIRECTION = _UP
     PRM = False
-
-    def payload(self) -> bytes:
-        return self.main_node_addr.wire
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        return cls(NodeAddress.from_wire(_wire.parse(_wire.ADDRESS_ONLY, data).addr))
+    LAYOUT = _wire.MAIN_NODE
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class QueryBroadcastDelay(Message):
+class QueryBroadcastDelay(CarriesFrame):
     """AFN03 F9 down: how long would broadcasting this frame take (protocol + frame)."""
 
     protocol: int
@@ -293,25 +281,12 @@ class QueryBroadcastDelay(Message):
     AFN = 0x03
     FN = 9
     DIRECTION = _DOWN
-
-    def payload(self) -> bytes:
-        return _wire.build(_wire.FORWARD, {"protocol": self.protocol, "frame": self.frame})
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.FORWARD, data)
-        return cls(c.protocol, bytes(c.frame))
-
-    def carried(self) -> Carried:
-        return Carried(self.protocol, self.frame)
-
-    def json_extras(self) -> dict[str, Any]:
-        return {"length": len(self.frame)}
+    LAYOUT = _wire.FORWARD
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class BroadcastDelay(Message):
+class BroadcastDelay(CarriesFrame):
     """AFN03 F9 up: delay (s) + protocol + frame."""
 
     delay_s: int
@@ -321,21 +296,7 @@ class BroadcastDelay(Message):
     FN = 9
     DIRECTION = _UP
     PRM = False
-
-    def payload(self) -> bytes:
-        values = {"delay_s": self.delay_s, "protocol": self.protocol, "frame": self.frame}
-        return _wire.build(_wire.BROADCAST_DELAY, values)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.BROADCAST_DELAY, data)
-        return cls(c.delay_s, c.protocol, bytes(c.frame))
-
-    def carried(self) -> Carried:
-        return Carried(self.protocol, self.frame)
-
-    def json_extras(self) -> dict[str, Any]:
-        return {"length": len(self.frame)}
+    LAYOUT = _wire.BROADCAST_DELAY
 
 
 @register
@@ -522,20 +483,14 @@ _F10_COMM: dict[int, CommMode] = {
 # --- AFN05 control (down; answered by 00F1 / 00F2) -----------------------------------------
 @register
 @dataclass(frozen=True, slots=True)
-class SetMainNode(Message):
+class SetMainNode(Fields):
     """AFN05 F1: set the main-node address (read it with 03F4 first; skip when equal)."""
 
     main_node_addr: NodeAddress
     AFN = 0x05
     FN = 1
     DIRECTION = _DOWN
-
-    def payload(self) -> bytes:
-        return self.main_node_addr.wire
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        return cls(NodeAddress.from_wire(_wire.parse(_wire.ADDRESS_ONLY, data).addr))
+    LAYOUT = _wire.MAIN_NODE
 
 
 @register
@@ -561,7 +516,7 @@ class SetEventReporting(Message):
 
 @register
 @dataclass(frozen=True, slots=True)
-class StartBroadcast(Message):
+class StartBroadcast(CarriesFrame):
     """AFN05 F3: broadcast a frame (e.g. a 645 time sync). `control`: 00 transparent,
     01 645-1997, 02 645-2007, 03 phase identification."""
 
@@ -570,35 +525,17 @@ class StartBroadcast(Message):
     AFN = 0x05
     FN = 3
     DIRECTION = _DOWN
-
-    def payload(self) -> bytes:
-        return _wire.build(_wire.BROADCAST, {"control": self.control, "frame": self.frame})
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.BROADCAST, data)
-        return cls(c.control, bytes(c.frame))
-
-    def carried(self) -> Carried:
-        return Carried(self.control, self.frame)
-
-    def json_extras(self) -> dict[str, Any]:
-        return {"length": len(self.frame)}
+    LAYOUT = _wire.BROADCAST
+    PROTOCOL_FIELD = "control"
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class SetMonitorTimeout(Message):
+class SetMonitorTimeout(Fields):
     """AFN05 F4: the slave-node monitor max timeout, seconds."""
 
     seconds: int
     AFN = 0x05
     FN = 4
     DIRECTION = _DOWN
-
-    def payload(self) -> bytes:
-        return _wire.build(_wire.FLAG, {"flag": self.seconds})
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        return cls(_wire.parse(_wire.FLAG, data).flag)
+    LAYOUT = _wire.MONITOR_TIMEOUT

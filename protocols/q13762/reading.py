@@ -21,7 +21,15 @@ from protocols.q13762 import _wire
 from protocols.q13762.address import NodeAddress
 from protocols.q13762.archive import NodeEntry, clock_bytes, clock_of
 from protocols.q13762.frame import Direction
-from protocols.q13762.messages import Carried, Message, NoData, Protocol, register
+from protocols.q13762.messages import (
+    CarriesFrame,
+    Counted,
+    Fields,
+    Message,
+    NoData,
+    Protocol,
+    register,
+)
 
 __all__ = [
     "ClockAnswer",
@@ -61,20 +69,10 @@ def pack_645(frames: Sequence[dlt645.Frame], *, wakeup: int = 0) -> tuple[Protoc
     return protocol, b"".join(dlt645.encode_frame(f, wakeup=wakeup) for f in frames)
 
 
-class _CarriesFrame(Message):
-    """Data units whose `frame` field is a protocol frame with a `protocol` field beside it."""
-
-    def carried(self) -> Carried:
-        return Carried(getattr(self, "protocol", None), getattr(self, "frame", b""))
-
-    def json_extras(self) -> dict[str, Any]:
-        return {"length": len(getattr(self, "frame", b""))}
-
-
 # --- AFN02 F1 forward (both directions) ----------------------------------------------------
 @register
 @dataclass(frozen=True, slots=True)
-class Forward(_CarriesFrame):
+class Forward(CarriesFrame):
     """AFN02 F1: forward a protocol frame (transparent point read), both ways:
     protocol(1) length(1) frame. Sent with an address field (A3 = meter)."""
 
@@ -83,14 +81,7 @@ class Forward(_CarriesFrame):
     AFN = 0x02
     FN = 1
     DIRECTION = None
-
-    def payload(self) -> bytes:
-        return _wire.build(_wire.FORWARD, {"protocol": self.protocol, "frame": self.frame})
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.FORWARD, data)
-        return cls(c.protocol, bytes(c.frame))
+    LAYOUT = _wire.FORWARD
 
 
 # --- AFN06 module reports (up, PRM 1; confirm each with 00F1 carrying its SEQ) -------------
@@ -103,7 +94,7 @@ class ReportedNode:
 
 @register
 @dataclass(frozen=True, slots=True)
-class ReportNodes(Message):
+class ReportNodes(Counted):
     """AFN06 F1: the module reports slave nodes, n × (address, protocol, node seq). Layout
     from a 2019-edition parser; no real frame was found (UNCONFIRMED)."""
 
@@ -128,13 +119,10 @@ class ReportNodes(Message):
             )
         )
 
-    def json_extras(self) -> dict[str, Any]:
-        return {"count": len(self.nodes)}
-
 
 @register
 @dataclass(frozen=True, slots=True)
-class ReportReadData(_CarriesFrame):
+class ReportReadData(CarriesFrame):
     """AFN06 F2: read data of router-led reading: node seq, protocol, uplink duration (s),
     frame (a real CCO sends the meter's reply with its FE preamble)."""
 
@@ -145,38 +133,19 @@ class ReportReadData(_CarriesFrame):
     AFN = 0x06
     FN = 2
     DIRECTION = _UP
-
-    def payload(self) -> bytes:
-        values = {
-            "node_seq": self.node_seq,
-            "protocol": self.protocol,
-            "duration_s": self.duration_s,
-            "frame": self.frame,
-        }
-        return _wire.build(_wire.REPORT_READ, values)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.REPORT_READ, data)
-        return cls(c.node_seq, c.protocol, bytes(c.frame), c.duration_s)
+    LAYOUT = _wire.REPORT_READ
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class ReportRouteChange(Message):
+class ReportRouteChange(Fields):
     """AFN06 F3: route work changed: 1 reading task done, 2 search task done, 3 台区 done."""
 
     status: int
     AFN = 0x06
     FN = 3
     DIRECTION = _UP
-
-    def payload(self) -> bytes:
-        return _wire.build(_wire.REPORT_ROUTE, {"status": self.status})
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        return cls(_wire.parse(_wire.REPORT_ROUTE, data).status)
+    LAYOUT = _wire.REPORT_ROUTE
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +161,7 @@ class DeviceNode:
 
 @register
 @dataclass(frozen=True, slots=True)
-class ReportNodeDevices(Message):
+class ReportNodeDevices(Counted):
     """AFN06 F4: slave nodes with device type (search results): n × (address, protocol, node
     seq, device type, m, m × (address, protocol)). Read from a 2019-edition parser's
     description; no real frame found (UNCONFIRMED)."""
@@ -231,13 +200,10 @@ class ReportNodeDevices(Message):
             )
         )
 
-    def json_extras(self) -> dict[str, Any]:
-        return {"count": len(self.nodes)}
-
 
 @register
 @dataclass(frozen=True, slots=True)
-class ReportEvent(_CarriesFrame):
+class ReportEvent(CarriesFrame):
     """AFN06 F5: a slave-node event: device type (01 meter), protocol (04 = power-down /
     restore), frame (e.g. the meter's 645 active-report status word reply)."""
 
@@ -247,21 +213,13 @@ class ReportEvent(_CarriesFrame):
     AFN = 0x06
     FN = 5
     DIRECTION = _UP
-
-    def payload(self) -> bytes:
-        values = {"device_type": self.device_type, "protocol": self.protocol, "frame": self.frame}
-        return _wire.build(_wire.REPORT_EVENT, values)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.REPORT_EVENT, data)
-        return cls(c.device_type, c.protocol, bytes(c.frame))
+    LAYOUT = _wire.REPORT_EVENT
 
 
 # --- AFN13 F1 monitor a slave node (point read; address field required) --------------------
 @register
 @dataclass(frozen=True, slots=True)
-class MonitorRequest(_CarriesFrame):
+class MonitorRequest(CarriesFrame):
     """AFN13 F1 down: protocol, delay-related flag, affiliated nodes, length(1), frame. The
     frame may start with FE bytes (counted in the length). One at a time on narrowband."""
 
@@ -272,26 +230,12 @@ class MonitorRequest(_CarriesFrame):
     AFN = 0x13
     FN = 1
     DIRECTION = _DOWN
+    LAYOUT = _wire.MONITOR_DOWN
 
     @classmethod
     def of_645(cls, frame: dlt645.Frame, *, wakeup: int = 0, delay_flag: int = 0) -> Self:
         protocol, raw = pack_645([frame], wakeup=wakeup)
         return cls(protocol, raw, delay_flag)
-
-    def payload(self) -> bytes:
-        values = {
-            "protocol": self.protocol,
-            "delay_flag": self.delay_flag,
-            "affiliated": [a.wire for a in self.affiliated],
-            "frame": self.frame,
-        }
-        return _wire.build(_wire.MONITOR_DOWN, values)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.MONITOR_DOWN, data)
-        affiliated = tuple(NodeAddress.from_wire(a) for a in c.affiliated)
-        return cls(c.protocol, bytes(c.frame), c.delay_flag, affiliated)
 
     def json_extras(self) -> dict[str, Any]:
         return {"length": len(self.frame), "n_affiliated": len(self.affiliated)}
@@ -299,7 +243,7 @@ class MonitorRequest(_CarriesFrame):
 
 @register
 @dataclass(frozen=True, slots=True)
-class MonitorReply(_CarriesFrame):
+class MonitorReply(CarriesFrame):
     """AFN13 F1 up: uplink duration (s), protocol, length(1), the meter's reply. Length 0 =
     the meter did not answer (the AFN F1 F1 rule, UNCONFIRMED for 13F1; a failed read may also
     come back as 00F2 with code 11, 12 or 7)."""
@@ -311,19 +255,11 @@ class MonitorReply(_CarriesFrame):
     FN = 1
     DIRECTION = _UP
     PRM = False
+    LAYOUT = _wire.MONITOR_UP
 
     @property
     def answered(self) -> bool:
         return bool(self.frame)
-
-    def payload(self) -> bytes:
-        values = {"duration_s": self.duration_s, "protocol": self.protocol, "frame": self.frame}
-        return _wire.build(_wire.MONITOR_UP, values)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.MONITOR_UP, data)
-        return cls(c.protocol, bytes(c.frame), c.duration_s)
 
 
 # --- AFN14 router-led reading (the module asks, the concentrator answers) ------------------
@@ -337,7 +273,7 @@ class ReadFlag(IntEnum):
 
 @register
 @dataclass(frozen=True, slots=True)
-class RouterReadRequest(Message):
+class RouterReadRequest(Fields):
     """AFN14 F1 up (C = C3): the router asks what to send to a node: phase, address, node seq.
     Answer with `RouterReadAnswer` carrying its SEQ, else the module asks again (~10 s)."""
 
@@ -347,20 +283,12 @@ class RouterReadRequest(Message):
     AFN = 0x14
     FN = 1
     DIRECTION = _UP
-
-    def payload(self) -> bytes:
-        values = {"phase": self.phase, "node_addr": self.node_addr.wire, "node_seq": self.node_seq}
-        return _wire.build(_wire.ROUTER_ASK, values)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.ROUTER_ASK, data)
-        return cls(c.phase, NodeAddress.from_wire(c.node_addr), c.node_seq)
+    LAYOUT = _wire.ROUTER_ASK
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class RouterReadAnswer(_CarriesFrame):
+class RouterReadAnswer(CarriesFrame):
     """AFN14 F1 down: read flag, delay-related flag, length(1), frame, affiliated nodes. The
     frame carries no protocol field (it is the protocol of the node in the archive)."""
 
@@ -372,21 +300,7 @@ class RouterReadAnswer(_CarriesFrame):
     FN = 1
     DIRECTION = _DOWN
     PRM = False
-
-    def payload(self) -> bytes:
-        values = {
-            "read_flag": self.read_flag,
-            "delay_flag": self.delay_flag,
-            "frame": self.frame,
-            "affiliated": [a.wire for a in self.affiliated],
-        }
-        return _wire.build(_wire.ROUTER_ANSWER, values)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.ROUTER_ANSWER, data)
-        affiliated = tuple(NodeAddress.from_wire(a) for a in c.affiliated)
-        return cls(c.read_flag, bytes(c.frame), c.delay_flag, affiliated)
+    LAYOUT = _wire.ROUTER_ANSWER
 
     def json_extras(self) -> dict[str, Any]:
         return {"length": len(self.frame), "n_affiliated": len(self.affiliated)}
@@ -424,7 +338,7 @@ class ClockAnswer(Message):
 
 @register
 @dataclass(frozen=True, slots=True)
-class CorrectionRequest(_CarriesFrame):
+class CorrectionRequest(CarriesFrame):
     """AFN14 F3 up: the router asks for delay-corrected data: node, delay (s), frame."""
 
     node_addr: NodeAddress
@@ -433,20 +347,12 @@ class CorrectionRequest(_CarriesFrame):
     AFN = 0x14
     FN = 3
     DIRECTION = _UP
-
-    def payload(self) -> bytes:
-        values = {"node_addr": self.node_addr.wire, "delay_s": self.delay_s, "frame": self.frame}
-        return _wire.build(_wire.CORRECTION_ASK, values)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.CORRECTION_ASK, data)
-        return cls(NodeAddress.from_wire(c.node_addr), c.delay_s, bytes(c.frame))
+    LAYOUT = _wire.CORRECTION_ASK
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class CorrectionAnswer(_CarriesFrame):
+class CorrectionAnswer(CarriesFrame):
     """AFN14 F3 down: length(1) + the corrected frame."""
 
     frame: bytes
@@ -454,19 +360,13 @@ class CorrectionAnswer(_CarriesFrame):
     FN = 3
     DIRECTION = _DOWN
     PRM = False
-
-    def payload(self) -> bytes:
-        return _wire.build(_wire.CORRECTION_ANSWER, {"frame": self.frame})
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        return cls(bytes(_wire.parse(_wire.CORRECTION_ANSWER, data).frame))
+    LAYOUT = _wire.CORRECTION_ANSWER
 
 
 # --- AFN F1 F1 HPLC concurrent reading -----------------------------------------------------
 @register
 @dataclass(frozen=True, slots=True)
-class ConcurrentRead(_CarriesFrame):
+class ConcurrentRead(CarriesFrame):
     """AFN F1 F1 down (address field: A1 main node, A3 meter): protocol(1), byte 2, length(2),
     the 645 frame(s) — several frames for the SAME meter may be concatenated (too many → deny
     110). Byte 2 is `reserved` (concentrator firmware writes 0 "保留"; a closed library names it
@@ -480,29 +380,21 @@ class ConcurrentRead(_CarriesFrame):
     AFN = 0xF1
     FN = 1
     DIRECTION = _DOWN
+    LAYOUT = _wire.CONCURRENT_DOWN
 
     @classmethod
     def of_645(cls, frames: Sequence[dlt645.Frame], *, wakeup: int = 0) -> Self:
         protocol, raw = pack_645(frames, wakeup=wakeup)
         return cls(protocol, raw)
 
-    def payload(self) -> bytes:
-        values = {"protocol": self.protocol, "reserved": self.reserved, "frame": self.frame}
-        return _wire.build(_wire.CONCURRENT_DOWN, values)
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.CONCURRENT_DOWN, data)
-        return cls(c.protocol, bytes(c.frame), c.reserved)
-
     def json_extras(self) -> dict[str, Any]:
         # the reference's name for byte 2, which says what is unsure about it
-        return {**_CarriesFrame.json_extras(self), "reserved_or_n_affiliated": self.reserved}
+        return {**CarriesFrame.json_extras(self), "reserved_or_n_affiliated": self.reserved}
 
 
 @register
 @dataclass(frozen=True, slots=True)
-class ConcurrentReply(_CarriesFrame):
+class ConcurrentReply(CarriesFrame):
     """AFN F1 F1 up (A1 = the meter): protocol(1), length(2), the reply — no reserved byte.
     Length 0 = the read failed."""
 
@@ -512,15 +404,8 @@ class ConcurrentReply(_CarriesFrame):
     FN = 1
     DIRECTION = _UP
     PRM = False
+    LAYOUT = _wire.CONCURRENT_UP
 
     @property
     def answered(self) -> bool:
         return bool(self.frame)
-
-    def payload(self) -> bytes:
-        return _wire.build(_wire.CONCURRENT_UP, {"protocol": self.protocol, "frame": self.frame})
-
-    @classmethod
-    def parse(cls, data: bytes) -> Self:
-        c = _wire.parse(_wire.CONCURRENT_UP, data)
-        return cls(c.protocol, bytes(c.frame))
