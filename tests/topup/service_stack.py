@@ -19,7 +19,7 @@ import aiohttp
 from simulators import Fleet, parse_fleet, serve_fleet
 from simulators.hsm import HsmService, serve_hsm
 from tests.agent.helpers_mqtt import Collector, eventually
-from tests.fixtures.processes import MeterlinkProcess, meterlink
+from tests.fixtures.processes import MeterlinkProcess, meterlink, start_topup, topup_url
 from tests.fixtures.services import Mosquitto, running_mosquitto
 
 KEY = "8c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f" * 2
@@ -99,30 +99,10 @@ class ServiceStack:
 
     async def start_service(self) -> None:
         self.restarts += 1
-        process = MeterlinkProcess(
-            ["central", "topup", "serve", "--config", str(self.central_config)],
-            self.tmp / f"topup-{self.restarts}.log",
-            {"METERLINK_MQTT_COMMAND_KEY": KEY, "METERLINK_TOPUP_TOKENS": TOKEN, **self.env},
-        )
-        await process.start(stdout=asyncio.subprocess.PIPE)
-        assert process.proc is not None
-        assert process.proc.stdout is not None
-        self.service = process
-
-        async def ready() -> None:
-            assert process.proc is not None
-            assert process.proc.stdout is not None
-            while True:
-                raw = await process.proc.stdout.readline()
-                if not raw:
-                    raise RuntimeError(f"the service stopped:\n{process.log()}")
-                line = raw.decode().strip()
-                if line.startswith("topup "):
-                    self.url = line.split()[1].rstrip("/")
-                if line == "ready":
-                    return
-
-        await asyncio.wait_for(ready(), 60)
+        env = {"METERLINK_MQTT_COMMAND_KEY": KEY, "METERLINK_TOPUP_TOKENS": TOKEN, **self.env}
+        log = self.tmp / f"topup-{self.restarts}.log"
+        self.service = process = await start_topup(self.central_config, log, env)
+        self.url = await topup_url(process)
 
     async def stop_service(self) -> int:
         assert self.service is not None
