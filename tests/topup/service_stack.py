@@ -51,10 +51,23 @@ def topup_archive(fleet: Fleet, concentrator: str = CONCENTRATOR) -> list[dict[s
     return out
 
 
-def fleet_text(local: int = 3, remote: int = 1, first: str = "000000000001") -> str:
-    remote_first = f"{int(first) + 100:012d}"
+def fleet_text(
+    local: int = 3,
+    remote: int = 1,
+    first: str = "000000000001",
+    *,
+    remote_first: str | None = None,
+    seed: int = 21,
+    balance_yuan: int = 80,
+    head: str = "",
+) -> str:
+    """One bus of DL/T 645-2007 prepaid meters on exact clocks: `local` with a wallet from
+    `first`, `remote` remote-prepaid from `remote_first` (default: `first` + 100); `head`: more
+    top-level lines (e.g. `start`, `frozen`)."""
+    remote_first = remote_first or f"{int(first) + 100:012d}"
     return f"""
-seed = 21
+seed = {seed}
+{head}
 [[district]]
 name = "d"
   [[district.bus]]
@@ -63,7 +76,7 @@ name = "d"
     count = {local}
     first_address = "{first}"
     models = {{ DDZY666 = 1 }}
-    balance_yuan = 80
+    balance_yuan = {balance_yuan}
     offset_s = 0
     drift_ppm = 0
     [[district.bus.meters]]
