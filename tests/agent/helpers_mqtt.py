@@ -91,9 +91,24 @@ ARCHIVE = {
 }
 
 
+def archive_and_plans(archive: Path, backfill_days: int = 0) -> str:
+    """An agent config's archive and plans: the daily plan all day with short retry spacing, the
+    clock plan off."""
+    return f"""[archive]
+file = "{archive}"
+[plans.daily]
+start = "00:00"
+deadline = "23:59"
+retry_spacing_minutes = 0.02
+backfill_days = {backfill_days}
+[plans.clock]
+enabled = false
+"""
+
+
 def daily_agent_config(tmp: Path, port: int, urls: dict[str, str], archive: Path) -> Path:
-    """`tmp/agent.toml`: the agent on a broker at 127.0.0.1:PORT, its buses by name, its archive,
-    the daily plan all day with short retry spacing and no backfill, the clock plan off."""
+    """`tmp/agent.toml`: the agent on a broker at 127.0.0.1:PORT, its buses by name, its archive
+    and plans (`archive_and_plans`, no backfill)."""
     buses = "".join(f'[[buses]]\nname = "{name}"\nurl = "{url}"\n' for name, url in urls.items())
     path = tmp / "agent.toml"
     path.write_text(
@@ -110,16 +125,7 @@ reconnect_max_s = 1.0
 [metrics]
 listen = ""
 {buses}
-[archive]
-file = "{archive}"
-[plans.daily]
-start = "00:00"
-deadline = "23:59"
-retry_spacing_minutes = 0.02
-backfill_days = 0
-[plans.clock]
-enabled = false
-""",
+{archive_and_plans(archive)}""",
         encoding="utf-8",
     )
     return path
