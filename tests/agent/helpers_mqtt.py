@@ -91,6 +91,46 @@ ARCHIVE = {
 }
 
 
+def archive_and_plans(archive: Path, backfill_days: int = 0) -> str:
+    """An agent config's archive and plans: the daily plan all day with short retry spacing, the
+    clock plan off."""
+    return f"""[archive]
+file = "{archive}"
+[plans.daily]
+start = "00:00"
+deadline = "23:59"
+retry_spacing_minutes = 0.02
+backfill_days = {backfill_days}
+[plans.clock]
+enabled = false
+"""
+
+
+def daily_agent_config(tmp: Path, port: int, urls: dict[str, str], archive: Path) -> Path:
+    """`tmp/agent.toml`: the agent on a broker at 127.0.0.1:PORT, its buses by name, its archive
+    and plans (`archive_and_plans`, no backfill)."""
+    buses = "".join(f'[[buses]]\nname = "{name}"\nurl = "{url}"\n' for name, url in urls.items())
+    path = tmp / "agent.toml"
+    path.write_text(
+        f"""
+[agent]
+concentrator = "{CONCENTRATOR}"
+state_dir = "{tmp / "state"}"
+log_format = "json"
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+reconnect_min_s = 0.2
+reconnect_max_s = 1.0
+[metrics]
+listen = ""
+{buses}
+{archive_and_plans(archive)}""",
+        encoding="utf-8",
+    )
+    return path
+
+
 def props(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 

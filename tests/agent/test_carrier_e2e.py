@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.agent.helpers_mqtt import CONCENTRATOR
+from tests.agent.helpers_mqtt import daily_agent_config
 from tests.fixtures.processes import SimProcess, meterlink
 from tests.fixtures.services import running_influxdb, running_mosquitto
 from tests.test_readme_path import REPO, _cli, set_keys
@@ -53,39 +53,6 @@ name = "plc-east"
     models = { DDZY666 = 1 }
     corrupt = 1.0
 """
-
-
-def _agent_config(work: Path, port: int, url: str, archive: Path) -> Path:
-    path = work / "agent.toml"
-    path.write_text(
-        f"""
-[agent]
-concentrator = "{CONCENTRATOR}"
-state_dir = "{work / "state"}"
-log_format = "json"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-reconnect_min_s = 0.2
-reconnect_max_s = 1.0
-[metrics]
-listen = ""
-[[buses]]
-name = "plc-1"
-url = "{url}"
-[archive]
-file = "{archive}"
-[plans.daily]
-start = "00:00"
-deadline = "23:59"
-retry_spacing_minutes = 0.02
-backfill_days = 0
-[plans.clock]
-enabled = false
-""",
-        encoding="utf-8",
-    )
-    return path
 
 
 def _central_config(work: Path, broker_port: int, influx_url: str) -> Path:
@@ -138,7 +105,9 @@ async def test_carrier_bus_end_to_end_coverage_equals_the_simulators_record(
         ) as sim:
             where = sim.endpoints["plc-1"].where
             url = f"carrier+tcp://{where}?parity=N&in_flight=16&busy_wait_s=30"
-            agent_toml = _agent_config(work, broker.port, url, work / "archive.json")
+            agent_toml = daily_agent_config(
+                work, broker.port, {"plc-1": url}, work / "archive.json"
+            )
             central_toml = _central_config(work, broker.port, influx.url)
             async with (
                 meterlink(["central", "run", "--config", str(central_toml)],

@@ -23,7 +23,14 @@ import pytest
 import common.clock
 from protocols.commands import new_command
 from simulators import Fleet, parse_fleet, serve_fleet
-from tests.agent.helpers_mqtt import CONCENTRATOR, KEY, Collector, Requester, eventually
+from tests.agent.helpers_mqtt import (
+    CONCENTRATOR,
+    KEY,
+    Collector,
+    Requester,
+    archive_and_plans,
+    eventually,
+)
 from tests.fixtures.clock import clear_of_midnight, on_clock
 from tests.fixtures.services import Mosquitto, free_port, running_mosquitto
 
@@ -133,16 +140,7 @@ listen = "{f"127.0.0.1:{metrics}" if metrics else ""}"
 [[buses]]
 name = "b1"
 url = "{bus_url}"
-[archive]
-file = "{archive}"
-[plans.daily]
-start = "00:00"
-deadline = "23:59"
-retry_spacing_minutes = 0.02
-backfill_days = 2
-[plans.clock]
-enabled = false
-""",
+{archive_and_plans(archive, backfill_days=2)}""",
         encoding="utf-8",
     )
     return path

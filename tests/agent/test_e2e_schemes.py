@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from simulators import load_fleet
-from tests.agent.helpers_mqtt import CONCENTRATOR, Collector, eventually
+from tests.agent.helpers_mqtt import Collector, daily_agent_config, eventually
 from tests.fixtures.processes import SimProcess, meterlink
 from tests.fixtures.services import running_mosquitto
 
@@ -62,38 +62,6 @@ ON_TCP = {"dtu": "", "mb-tcp": ""}
 FAST_645 = "parity=N&reply_timeout_ms=300&byte_gap_ms=100&frame_gap_ms=0&baud=9600"
 
 
-def _agent_config(tmp: Path, port: int, urls: dict[str, str], archive: Path) -> Path:
-    buses = "".join(f'[[buses]]\nname = "{name}"\nurl = "{url}"\n' for name, url in urls.items())
-    path = tmp / "agent.toml"
-    path.write_text(
-        f"""
-[agent]
-concentrator = "{CONCENTRATOR}"
-state_dir = "{tmp / "state"}"
-log_format = "json"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-reconnect_min_s = 0.2
-reconnect_max_s = 1.0
-[metrics]
-listen = ""
-{buses}
-[archive]
-file = "{archive}"
-[plans.daily]
-start = "00:00"
-deadline = "23:59"
-retry_spacing_minutes = 0.02
-backfill_days = 0
-[plans.clock]
-enabled = false
-""",
-        encoding="utf-8",
-    )
-    return path
-
-
 @pytest.mark.parametrize("machine_tz", ["UTC", "America/New_York"])
 async def test_one_bus_of_every_scheme(tmp_path: Path, machine_tz: str) -> None:
     fleet_file = tmp_path / "fleet.toml"
@@ -117,7 +85,7 @@ async def test_one_bus_of_every_scheme(tmp_path: Path, machine_tz: str) -> None:
             assert {u.split(":")[0] for u in urls.values()} == {
                 "serial", "tcp", "modbus+tcp", "modbus+rtu",
             }  # fmt: skip
-            config = _agent_config(tmp_path, broker.port, urls, archive)
+            config = daily_agent_config(tmp_path, broker.port, urls, archive)
             async with meterlink(
                 ["agent", "run", "--config", str(config)], tmp_path / "agent.log", env=env
             ) as agent:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from protocols.commands import new_command
-from tests.agent.helpers_mqtt import CONCENTRATOR, KEY, eventually
+from tests.agent.helpers_mqtt import CONCENTRATOR, KEY, archive_and_plans, eventually
 from tests.agent.test_e2e import (
     _STARTED,
     AgentProcess,
@@ -71,16 +71,7 @@ listen = ""
 [[buses]]
 name = "b1"
 url = "{bus_url}"
-[archive]
-file = "{archive}"
-[plans.daily]
-start = "00:00"
-deadline = "23:59"
-retry_spacing_minutes = 0.02
-backfill_days = 1
-[plans.clock]
-enabled = false
-""",
+{archive_and_plans(archive, backfill_days=1)}""",
         encoding="utf-8",
     )
     return path

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import ssl
 from collections.abc import AsyncIterator
@@ -12,10 +11,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from central.config import CentralConfig
 from central.panel.app import running
@@ -23,6 +18,7 @@ from central.panel.auth import AuthError, Users
 from central.store import Store, open_store
 from common.config import build
 from meterlink.services import free_port
+from tests.fixtures.pki import self_signed
 
 PASSWORDS = {"vera": "viewer-password-1", "otto": "operator-password-1"}
 
@@ -211,27 +207,8 @@ async def test_an_operators_action_is_audited(
     assert row == ("otto", "operator", "read_now", "c-x/000000000001", "failed")
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    crt, pem = tmp / "panel.crt", tmp / "panel.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))  # fmt: skip
-    return crt, pem
-
-
 async def test_tls_serves_https_with_secure_cookies(tmp_path: Path, store: Store) -> None:
-    crt, key = _self_signed(tmp_path)
+    crt, key = self_signed(tmp_path, "panel")
     cfg = _config(tmp_path, tls_cert=str(crt), tls_key=str(key))
     urls: list[str] = []
     trust = ssl.create_default_context(cafile=str(crt))

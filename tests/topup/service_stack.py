@@ -19,7 +19,7 @@ import aiohttp
 from simulators import Fleet, parse_fleet, serve_fleet
 from simulators.hsm import HsmService, serve_hsm
 from tests.agent.helpers_mqtt import Collector, eventually
-from tests.fixtures.processes import MeterlinkProcess, meterlink
+from tests.fixtures.processes import MeterlinkProcess, meterlink, start_topup, topup_url
 from tests.fixtures.services import Mosquitto, running_mosquitto
 
 KEY = "8c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f" * 2
@@ -51,10 +51,23 @@ def topup_archive(fleet: Fleet, concentrator: str = CONCENTRATOR) -> list[dict[s
     return out
 
 
-def fleet_text(local: int = 3, remote: int = 1, first: str = "000000000001") -> str:
-    remote_first = f"{int(first) + 100:012d}"
+def fleet_text(
+    local: int = 3,
+    remote: int = 1,
+    first: str = "000000000001",
+    *,
+    remote_first: str | None = None,
+    seed: int = 21,
+    balance_yuan: int = 80,
+    head: str = "",
+) -> str:
+    """One bus of DL/T 645-2007 prepaid meters on exact clocks: `local` with a wallet from
+    `first`, `remote` remote-prepaid from `remote_first` (default: `first` + 100); `head`: more
+    top-level lines (e.g. `start`, `frozen`)."""
+    remote_first = remote_first or f"{int(first) + 100:012d}"
     return f"""
-seed = 21
+seed = {seed}
+{head}
 [[district]]
 name = "d"
   [[district.bus]]
@@ -63,7 +76,7 @@ name = "d"
     count = {local}
     first_address = "{first}"
     models = {{ DDZY666 = 1 }}
-    balance_yuan = 80
+    balance_yuan = {balance_yuan}
     offset_s = 0
     drift_ppm = 0
     [[district.bus.meters]]
@@ -99,30 +112,10 @@ class ServiceStack:
 
     async def start_service(self) -> None:
         self.restarts += 1
-        process = MeterlinkProcess(
-            ["central", "topup", "serve", "--config", str(self.central_config)],
-            self.tmp / f"topup-{self.restarts}.log",
-            {"METERLINK_MQTT_COMMAND_KEY": KEY, "METERLINK_TOPUP_TOKENS": TOKEN, **self.env},
-        )
-        await process.start(stdout=asyncio.subprocess.PIPE)
-        assert process.proc is not None
-        assert process.proc.stdout is not None
-        self.service = process
-
-        async def ready() -> None:
-            assert process.proc is not None
-            assert process.proc.stdout is not None
-            while True:
-                raw = await process.proc.stdout.readline()
-                if not raw:
-                    raise RuntimeError(f"the service stopped:\n{process.log()}")
-                line = raw.decode().strip()
-                if line.startswith("topup "):
-                    self.url = line.split()[1].rstrip("/")
-                if line == "ready":
-                    return
-
-        await asyncio.wait_for(ready(), 60)
+        env = {"METERLINK_MQTT_COMMAND_KEY": KEY, "METERLINK_TOPUP_TOKENS": TOKEN, **self.env}
+        log = self.tmp / f"topup-{self.restarts}.log"
+        self.service = process = await start_topup(self.central_config, log, env)
+        self.url = await topup_url(process)
 
     async def stop_service(self) -> int:
         assert self.service is not None

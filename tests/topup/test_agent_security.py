@@ -32,37 +32,26 @@ from protocols.tariff import Period, TouSet
 from protocols.tariff_write import machine_plaintext, writable_items
 from protocols.topup import SecurityReason, relay_plaintext
 from tests.topup.helpers import Executor, LocalHsm, security_agent
+from tests.topup.service_stack import fleet_text
 
 START = dt.datetime(2026, 3, 10, 10, 0, 0)
 LOCAL = "000000000001"
 LOCAL2 = "000000000002"
 REMOTE = "000000000011"
 OLD = "000000000021"
-FLEET = f"""
-seed = 3
-start = "{START.isoformat()}"
-frozen = true
-[[district]]
-name = "d"
-  [[district.bus]]
-  name = "b1"
-    [[district.bus.meters]]
-    count = 2
-    first_address = "{LOCAL}"
-    models = {{ DDZY666 = 1 }}
-    balance_yuan = 100
-    offset_s = 0
-    drift_ppm = 0
-    [[district.bus.meters]]
-    first_address = "{REMOTE}"
-    models = {{ DDZY666 = 1 }}
-    remote = 1.0
-    offset_s = 0
-    drift_ppm = 0
-    [[district.bus.meters]]
+FLEET = fleet_text(
+    local=2,
+    first=LOCAL,
+    remote_first=REMOTE,
+    seed=3,
+    balance_yuan=100,
+    head=f'start = "{START.isoformat()}"\nfrozen = true',
+) + (  # and a DL/T 645-1997 meter
+    f"""    [[district.bus.meters]]
     first_address = "{OLD}"
     models = {{ DDS1997 = 1 }}
 """
+)
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from simulators.hsm import serve_hsm
 from tests.agent.helpers_mqtt import Collector, eventually
 from tests.fixtures.processes import MeterlinkProcess, meterlink
 from tests.fixtures.services import Mosquitto, running_mosquitto
+from tests.topup.service_stack import fleet_text
 
 pytestmark = pytest.mark.slow
 
@@ -44,26 +45,7 @@ KEY = "8c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f" * 2
 CONCENTRATOR = "c-topup"
 LOCAL = "000000000001"
 REMOTE = "000000000011"
-FLEET = f"""
-seed = 21
-[[district]]
-name = "d"
-  [[district.bus]]
-  name = "b1"
-    [[district.bus.meters]]
-    count = 2
-    first_address = "{LOCAL}"
-    models = {{ DDZY666 = 1 }}
-    balance_yuan = 80
-    offset_s = 0
-    drift_ppm = 0
-    [[district.bus.meters]]
-    first_address = "{REMOTE}"
-    models = {{ DDZY666 = 1 }}
-    remote = 1.0
-    offset_s = 0
-    drift_ppm = 0
-"""
+FLEET = fleet_text(local=2, first=LOCAL, remote_first=REMOTE)
 RELAY_ITEMS = ["04000503", "1D000001", "1E000001"]
 
 

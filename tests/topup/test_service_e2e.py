@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.pki import self_signed
 from tests.topup.service_stack import check_audit, service_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -198,39 +199,13 @@ async def test_webhook_signed_and_retried_and_the_reconciliation_pull(tmp_path: 
         await runner.cleanup()
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    crt, pem = tmp / "topup.crt", tmp / "topup.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))  # fmt: skip
-    return crt, pem
-
-
 async def test_tls(tmp_path: Path) -> None:
     """With tls_cert / tls_key the API speaks HTTPS only; the token is still required."""
     import ssl
 
     import aiohttp
 
-    crt, key = _self_signed(tmp_path)
+    crt, key = self_signed(tmp_path, "topup")
     async with service_stack(tmp_path, topup={"tls_cert": str(crt), "tls_key": str(key)}) as s:
         assert s.url.startswith("https://")
         trust = ssl.create_default_context(cafile=str(crt))
