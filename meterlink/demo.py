@@ -394,6 +394,10 @@ def run(args: argparse.Namespace) -> int:
     }
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop_on)
+    # Ctrl-C is the documented stop, also when a shell started the demo in the background
+    # (a non-interactive shell starts background jobs with SIGINT ignored, and Python then
+    # keeps ignoring it): the demo would run on, holding its ports, whatever SIGINT it got
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run(args, tz)
     except StackFailed as exc:

@@ -65,11 +65,19 @@ def _held(port: int) -> bool:
     ids=["SIGINT", "SIGTERM", "SIGHUP", "SIGKILL"],
 )
 def test_a_stopped_demo_leaves_nothing_running(tmp_path: Path, sig: int, code: int) -> None:
+    arm = die_with_parent()
+
+    def as_a_background_job() -> None:
+        # a script's `meterlink demo … &` starts with SIGINT ignored (no job control): the
+        # demo must stop on SIGINT all the same
+        arm()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     demo = subprocess.Popen(
         [sys.executable, "-m", "meterlink", "demo", "--fleet", str(FLEET),
          "--workdir", str(tmp_path), "--wait", "60", "--settle", "1", "--keep-running"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=die_with_parent(),
+        preexec_fn=as_a_background_job,
     )  # fmt: skip
     assert demo.stdout is not None
     seen = []
