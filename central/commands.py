@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 
 import common.clock
 from central.config import MqttConfig
-from common.mqtt import client_arguments
+from common.mqtt import client_arguments, raise_if_cancelled
 from protocols.commands import new_command
 from protocols.payloads import TOPIC_ROOT, PayloadInvalid, validate
 
@@ -126,6 +126,7 @@ class CommandSender:
                 await self._read()
                 error = "the broker closed the connection"
             except aiomqtt.MqttError as exc:
+                raise_if_cancelled(exc)
                 error = str(exc)
             log.warning("MQTT connection lost (%s); connecting again", error)
             if self._client is not None:
@@ -137,6 +138,7 @@ class CommandSender:
                 try:
                     await self._connect()
                 except aiomqtt.MqttError as exc:
+                    raise_if_cancelled(exc)
                     delay = min(delay * 2, self.mqtt.reconnect_max_s)
                     log.debug("MQTT connect failed (%s); again in %.1f s", exc, delay)
                     continue

@@ -56,7 +56,7 @@ from central.tariff.store import TariffStore
 from central.writers import WriteUnavailable, make_writer
 from common.config import ConfigError
 from common.logs import setup_logging
-from common.mqtt import client_arguments
+from common.mqtt import client_arguments, raise_if_cancelled
 from protocols.payloads import (
     KINDS,
     TOPIC_ROOT,
@@ -294,6 +294,7 @@ class Consumer:
                     async for message in client.messages:
                         await self._take(client, generation, message)
             except (aiomqtt.MqttError, OSError) as exc:  # OSError: TLS files, refused TLS
+                raise_if_cancelled(exc)
                 self.connected.clear()
                 self._client = None
                 log.warning("MQTT: %s; reconnecting in %.1fs", exc, delay)

@@ -32,6 +32,17 @@ MOVED: Mapping[str, str] = {
 }
 
 
+def raise_if_cancelled(error: BaseException) -> None:
+    """Re-raise the cancellation an MQTT error may be hiding. On Python 3.11, aiomqtt waits for
+    CONNACK (and SUBACK, PUBACK) with `asyncio.wait_for`, which turns a cancellation arriving as
+    the wait times out into a timeout: `MqttError("Operation timed out")`. A reconnect loop that
+    catches `MqttError` would then go on for ever after it was told to stop (seen: a test's
+    teardown hung). Call it first thing in such an `except` block."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from error
+
+
 @dataclass(frozen=True)
 class MqttSettings:
     """How to reach and log in to the broker. Secrets come from the environment only

@@ -27,7 +27,7 @@ from agent.mqtt.publisher import OutboxPublisher
 from agent.mqtt.retained import RetainedMessages
 from agent.mqtt.settings import MAX_QUEUED_COMMANDS, PUMPED_KINDS, LinkSettings, backoff_delay
 from agent.outbox import Outbox
-from common.mqtt import client_arguments
+from common.mqtt import client_arguments, raise_if_cancelled
 from protocols.commands import NonceMemory
 from protocols.payloads import topic
 
@@ -156,6 +156,7 @@ class MqttLink:
                         await self._connect_once()
                         reason = "closed"
                     except (aiomqtt.MqttError, OSError) as exc:
+                        raise_if_cancelled(exc)
                         reason = str(exc) or type(exc).__name__
                     if self._connection.stop.is_set():
                         break
@@ -313,20 +314,26 @@ class MqttLink:
     async def _serve(self, client: _Client) -> bool:
         """Run the command listener and the publisher until one fails (the connection is gone:
         re-raised) or `drain` stops the link (returns True)."""
-        lost: BaseException | None = None
-        stopping = False
+        # Not a TaskGroup: on Python 3.11 a TaskGroup whose child fails cancels its parent (this
+        # task) and never takes that back (`cancelling()` stays 1), and `run` must be able to
+        # tell a real stop from that (see `raise_if_cancelled`)
+        tasks = [
+            asyncio.create_task(self._commands.listen(client), name="mqtt-commands"),
+            asyncio.create_task(self._publisher.pump(client), name="mqtt-publisher"),
+            asyncio.create_task(self._until_stopped(), name="mqtt-stop"),
+        ]
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._commands.listen(client), name="mqtt-commands")
-                tg.create_task(self._publisher.pump(client), name="mqtt-publisher")
-                tg.create_task(self._until_stopped(), name="mqtt-stop")
-        except* _Stopping:
-            stopping = True
-        except* (aiomqtt.MqttError, OSError) as group:
-            lost = group.exceptions[0]
-        if lost is not None:
-            raise lost
-        return stopping
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [e for t in done if not t.cancelled() and (e := t.exception()) is not None]
+        if any(isinstance(e, _Stopping) for e in errors):
+            return True
+        for error in errors:
+            raise error  # the connection is gone (MqttError, OSError), or a bug: let it out
+        return False
 
     async def _until_stopped(self) -> None:
         await self._connection.stop.wait()

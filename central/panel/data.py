@@ -38,7 +38,7 @@ from central.coverage import DayCoverage, compute_day
 from central.ledger import Ledger, day_offset
 from central.store import Store, open_store
 from common.config import Secret
-from common.mqtt import client_arguments
+from common.mqtt import client_arguments, raise_if_cancelled
 from protocols.payloads import TOPIC_ROOT
 
 __all__ = [
@@ -425,6 +425,7 @@ class StatusWatcher:
                     if reader in done and reader.exception() is not None:
                         raise reader.exception()  # type: ignore[misc]
             except aiomqtt.MqttError as exc:
+                raise_if_cancelled(exc)
                 if self.connected or not self.error:
                     log.warning("panel: MQTT %s:%d: %s", self.mqtt.host, self.mqtt.port, exc)
                 self.connected, self.error = False, str(exc)

@@ -21,6 +21,7 @@ from paho.mqtt.properties import Properties
 
 from agent.mqtt import LinkSettings, MqttLink
 from agent.outbox import Outbox
+from common.mqtt import raise_if_cancelled
 from protocols.payloads import PayloadInvalid, kind_of_topic, validate
 from tests.fixtures.services import Mosquitto, free_port
 
@@ -206,7 +207,8 @@ class Collector:
                     self.subscribed += 1
                     async for message in client.messages:
                         self._take(message)
-            except aiomqtt.MqttError:
+            except aiomqtt.MqttError as exc:
+                raise_if_cancelled(exc)
                 await asyncio.sleep(0.05)
 
     def _take(self, message: aiomqtt.Message) -> None:

@@ -896,6 +896,34 @@ def test_nonce_cache_forgets_after_its_ttl_and_fails_closed_when_full() -> None:
     assert len(cache) == 2
 
 
+async def test_a_stop_hidden_in_a_connect_timeout_still_stops_the_link(tmp_path: Path) -> None:
+    """Python 3.11's `asyncio.wait_for` (aiomqtt's wait for CONNACK) can turn a cancellation
+    that arrives as the wait times out into `MqttError("Operation timed out")`; the link's
+    reconnect loop must still stop (it went on reconnecting for ever: a hung teardown)."""
+    attempts = 0
+
+    async def connect_times_out_as_it_is_cancelled() -> None:
+        nonlocal attempts
+        attempts += 1
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # the stop arrives ...
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:  # ... and comes out as wait_for's timeout
+            raise aiomqtt.MqttError("Operation timed out") from None
+
+    broker = Mosquitto(tmp_path, 1)  # never started: no connection is attempted
+    async with await Outbox.open(tmp_path / "o.db") as outbox:
+        link = make_link(broker, outbox, reconnect_min_s=0.01, reconnect_max_s=0.01)
+        link._connect_once = connect_times_out_as_it_is_cancelled  # type: ignore[method-assign]
+        task = asyncio.create_task(link.run())
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(10):  # a hang guard: without the fix it never ends
+                await task
+    assert attempts == 1
+
+
 def test_backoff_grows_to_its_cap_with_jitter() -> None:
     rng = random.Random(7)
     delays = [backoff_delay(a, 1.0, 60.0, rng) for a in range(12)]
