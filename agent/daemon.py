@@ -164,6 +164,9 @@ class Agent:
         assert self.outbox is not None
         return await self.outbox.put_many(kind, payloads)
 
+    def was_evicted(self, kind: str, row_id: int) -> bool:
+        return self.outbox is not None and self.outbox.was_evicted(kind, row_id)
+
     def _event(self, name: str, meter: str | None, detail: dict[str, Any]) -> None:
         event: dict[str, Any] = {
             "at": self.clock.now().isoformat(timespec="seconds"),

@@ -208,6 +208,8 @@ class Outbox:
         """random id of this outbox file; part of batch ids"""
         self._bytes_used = 0
         self._depth: dict[str, int] = dict.fromkeys(STORED_KINDS, 0)
+        self._evicted_upto: dict[str, int] = {}
+        """per kind, the highest row id an eviction deleted up to (see `was_evicted`)"""
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="outbox-writer"
@@ -257,6 +259,12 @@ class Outbox:
     def bytes_used(self) -> int:
         """Stored payload bytes plus `ROW_OVERHEAD` per row, over the outbox rows."""
         return self._bytes_used
+
+    def was_evicted(self, kind: str, row_id: int) -> bool:
+        """Whether row `row_id` of `kind` may have been evicted by the disk budget (every row
+        of its kind up to an eviction's cutoff is gone; a row delivered before that counts too:
+        asking again costs a read, not a reading)."""
+        return row_id <= self._evicted_upto.get(kind, 0)
 
     async def put(self, kind: str, payload: dict[str, Any]) -> int:
         """Commit one row; returns its id once it is durable."""
@@ -550,6 +558,8 @@ class Outbox:
                     "DELETE FROM outbox WHERE kind IN (SELECT value FROM json_each(?)) AND id <= ?",
                     (kinds_json, cutoff),
                 )
+                for kind in kinds:
+                    self._evicted_upto[kind] = max(self._evicted_upto.get(kind, 0), cutoff)
                 for kind, n in stage.items():
                     counts[kind] = counts.get(kind, 0) + n
                     self._depth[kind] -= n

@@ -68,6 +68,8 @@ class Outcome:
     attempted: bool = True
     settled: bool = False
     """the rejection can never pass (the error tree's `retryable` is false): no retry today"""
+    row_id: int | None = None
+    """the reading's outbox row"""
 
 
 def _freeze_time(measurements: list[Measurement]) -> dt.datetime:
@@ -241,6 +243,13 @@ class DailyPlanner:
         outbox on success; the outcome is recorded in the plan state before returning."""
         outcome = await self._run_job(meter, job, priority)
         self._record(day, [outcome])
+        was_evicted = getattr(self.ctx.sink, "was_evicted", None)
+        row = outcome.row_id
+        if row is not None and was_evicted is not None and was_evicted("readings", row):
+            # the disk budget took the reading before it was delivered, and the agent's "read it
+            # again" may have run before the record above (it comes from the outbox's writer
+            # thread): say it again after the record, or the record wins and it is never read
+            self.ctx.state.forget_read(day, meter.meter_id)
         return outcome
 
     async def _run_job(
@@ -270,13 +279,13 @@ class DailyPlanner:
         if problem:
             return Outcome(mid, False, FailureReason.IMPLAUSIBLE_VALUE, problem)
         try:
-            await ctx.sink.put("readings", reading)
+            row_id = await ctx.sink.put("readings", reading)
         except StorageFull as exc:  # not stored, so not read: the next round asks again
             return Outcome(mid, False, FailureReason.STORAGE_FULL, str(exc))
         total = reading["values"].get("energy_import_total_kwh", {}).get("value")
         if isinstance(total, int | float):
             ctx.state.set_energy(mid, dt.datetime.fromisoformat(reading["data_time"]), float(total))
-        return Outcome(mid, True)
+        return Outcome(mid, True, row_id=row_id)
 
     def _implausible(self, meter: str, reading: dict[str, Any]) -> str:
         """A forward energy total that runs backwards against the meter's own history."""

@@ -111,6 +111,26 @@ async def test_dead_meters_go_offline_after_count_and_time_then_cost_nothing(
         assert bus.transport.exchanges == before + len(dead)
 
 
+async def test_a_reading_evicted_before_its_record_is_read_again(tmp_path: Path) -> None:
+    """The disk budget can evict a reading the moment after it was committed, and the agent's
+    "read it again" (from the outbox's writer thread) can run before the plan records it as
+    read: the record must not win (a soak lost one committed reading so)."""
+    async with sim_agent(FLEET.format(dead=0.0, offset=0), tmp_path) as sa:
+        gone = {2, 5}  # the outbox rows of the 3rd and 6th readings were evicted meanwhile
+        sa.sink.was_evicted = lambda kind, row_id: kind == "readings" and row_id in gone  # type: ignore[attr-defined]
+        planner = DailyPlanner(_daily(backfill_days=0), sa.ctx)
+        report = await planner.run_round(DAY, final=False)
+        rows = sa.sink.of("readings")
+        assert len(rows) == 20  # read and committed, all of them ...
+        again = {rows[i]["meter"] for i in gone}
+        assert report["read"] == 18  # ... 2 of them gone before delivery: not counted read
+        status = sa.ctx.state.day(DAY)
+        assert {m for m, st in status.items() if st.status != "read"} == again
+        sa.fleet.world.advance(31 * 60)  # the retry spacing
+        await planner.run_round(DAY, final=False)
+        assert {r["meter"] for r in sa.sink.of("readings")[20:]} == again  # asked again
+
+
 async def test_backfill_reads_missed_days_from_frozen_history(tmp_path: Path) -> None:
     async with sim_agent(FLEET.format(dead=0.0, offset=0), tmp_path) as sa:
         planner = DailyPlanner(_daily(backfill_days=3), sa.ctx)
