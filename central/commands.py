@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 
 import common.clock
 from central.config import MqttConfig
-from common.mqtt import client_arguments, raise_if_cancelled
+from common.mqtt import Client, client_arguments, raise_if_cancelled
 from protocols.commands import new_command
 from protocols.payloads import TOPIC_ROOT, PayloadInvalid, validate
 
@@ -84,7 +84,7 @@ class CommandSender:
     key: bytes
     client_id: str = ""
     """default: `<the consumer's client id>-cmd-<random>`; a clean session of its own"""
-    _client: aiomqtt.Client | None = None
+    _client: Client | None = None
     _reader: asyncio.Task[None] | None = None
     _waiting: dict[bytes, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     _status: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -105,7 +105,7 @@ class CommandSender:
         # a session of its own that ends with the connection: replies are awaited while it lasts
         arguments = await client_arguments(self.mqtt, self.client_id, SessionExpiryInterval=0)
         arguments["clean_start"] = True
-        client = aiomqtt.Client(**arguments)
+        client = Client(**arguments)
         await client.__aenter__()
         try:
             await client.subscribe(f"{REPLY_ROOT}/+/{self.client_id}", qos=1)
@@ -192,7 +192,8 @@ class CommandSender:
                 properties=props,
             )
             try:
-                reply = await asyncio.wait_for(future, wait_s)
+                async with asyncio.timeout(wait_s):
+                    reply = await future
             except TimeoutError:
                 raise CommandTimeout(f"no reply from {concentrator} within {wait_s:g} s") from None
         finally:
@@ -206,7 +207,8 @@ class CommandSender:
         seen = self._status_seen.setdefault(concentrator, asyncio.Event())
         await self._client.subscribe(f"{TOPIC_ROOT}/{concentrator}/status", qos=1)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(seen.wait(), within)
+            async with asyncio.timeout(within):
+                await seen.wait()
         return self._status.get(concentrator)
 
     async def _read(self) -> None:

@@ -56,7 +56,7 @@ from central.tariff.store import TariffStore
 from central.writers import WriteUnavailable, make_writer
 from common.config import ConfigError
 from common.logs import setup_logging
-from common.mqtt import client_arguments, raise_if_cancelled
+from common.mqtt import Client, client_arguments, raise_if_cancelled
 from protocols.payloads import (
     KINDS,
     TOPIC_ROOT,
@@ -105,7 +105,7 @@ class ConsumerStats:
 class _Batch:
     converted: Converted = field(default_factory=Converted)
     #: (client, connection generation, mid, qos) in arrival order
-    acks: list[tuple[aiomqtt.Client, int, int, int]] = field(default_factory=list)
+    acks: list[tuple[Client, int, int, int]] = field(default_factory=list)
     rejects: list[tuple[str, str, bytes]] = field(default_factory=list)
     #: when its first message arrived (monotonic), and the newest readings message's sent_at
     started: float = 0.0
@@ -146,7 +146,7 @@ class Consumer:
         self._room = asyncio.Event()
         self._room.set()
         self._generation = 0
-        self._client: aiomqtt.Client | None = None
+        self._client: Client | None = None
         self._stopping = False
         self._reload = asyncio.Event()
 
@@ -264,11 +264,11 @@ class Consumer:
         self.store.close()
 
     # --- MQTT ----------------------------------------------------------------------------------
-    async def _client_for(self) -> aiomqtt.Client:
+    async def _client_for(self) -> Client:
         # the same connection as the agent's (common.mqtt): v5, persistent session, TLS
         m = self.cfg.mqtt
         arguments = await client_arguments(m, m.client_id, ReceiveMaximum=m.receive_maximum)
-        client = aiomqtt.Client(**arguments)
+        client = Client(**arguments)
         # aiomqtt has no switch for it; paho's own: PUBACK only when we say the data is safe
         client._client.manual_ack_set(True)
         return client
@@ -301,9 +301,7 @@ class Consumer:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, m.reconnect_max_s)
 
-    async def _take(
-        self, client: aiomqtt.Client, generation: int, message: aiomqtt.Message
-    ) -> None:
+    async def _take(self, client: Client, generation: int, message: aiomqtt.Message) -> None:
         await self._room.wait()
         self.stats.messages += 1
         batch = self._batch
@@ -376,7 +374,8 @@ class Consumer:
     async def _flush_forever(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self.cfg.consumer.flush_interval_s)
+                async with asyncio.timeout(self.cfg.consumer.flush_interval_s):
+                    await self._full.wait()
             await self._submit()
             # a batch that failed in an unforeseen way stops the consumer, as it did in-line
             while self._in_flight and self._in_flight[0].done():

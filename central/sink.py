@@ -167,7 +167,8 @@ class Sink:
                 self._wake.clear()
                 # the timeout covers a put that finished between oldest() and clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
                 continue
             batch_id, lines = batch
             try:

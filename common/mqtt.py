@@ -1,6 +1,7 @@
 """The MQTT connection settings the agent and the central side share, and the one way both turn
-them into an `aiomqtt.Client`: MQTT v5, a persistent session, and TLS with a CA, an optional
-client certificate and key (the production broker, deploy/mosquitto/, wants one).
+them into a `Client` (aiomqtt's, made safe to cancel on Python 3.11): MQTT v5, a persistent
+session, and TLS with a CA, an optional client certificate and key (the production broker,
+deploy/mosquitto/, wants one).
 
 The agent's `[mqtt]` section adds the outbox publisher's limits (`agent.mqtt.LinkSettings`) and
 the command key; the central's adds its shared-subscription group and Receive Maximum. The keys
@@ -10,11 +11,12 @@ below have the same names and meaning on both sides.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -22,7 +24,9 @@ from paho.mqtt.properties import Properties
 
 from common.config import Secret
 
-__all__ = ["MqttSettings", "check_tls", "client_arguments", "tls_context"]
+__all__ = ["Client", "MqttSettings", "check_tls", "client_arguments", "tls_context"]
+
+T = TypeVar("T")
 
 MOVED: Mapping[str, str] = {
     "keepalive": "renamed to keepalive_s",
@@ -32,12 +36,29 @@ MOVED: Mapping[str, str] = {
 }
 
 
+class Client(aiomqtt.Client):
+    """aiomqtt's client, waiting for CONNACK, SUBACK, PUBACK and the disconnection with
+    `asyncio.timeout` instead of `asyncio.wait_for`. Python 3.11's `wait_for` loses a cancellation
+    that arrives in the same loop iteration as the awaited answer: it returns the answer and the
+    task goes on, its cancel count still at 1 (fixed in 3.12, whose `wait_for` is built on
+    `timeout`). Seen: the agent's publisher, told to stop as its PUBACK arrived, kept waiting for
+    rows for ever and the link never stopped (a test teardown hung 120 s). Use this class, never
+    `aiomqtt.Client` directly."""
+
+    async def _wait_for(self, fut: Awaitable[T], timeout: float | None) -> T:  # noqa: ASYNC109 - aiomqtt's signature
+        if timeout is None:
+            timeout = self.timeout
+        try:
+            async with asyncio.timeout(None if timeout == math.inf else timeout):
+                return await fut
+        except TimeoutError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+
+
 def raise_if_cancelled(error: BaseException) -> None:
-    """Re-raise the cancellation an MQTT error may be hiding. On Python 3.11, aiomqtt waits for
-    CONNACK (and SUBACK, PUBACK) with `asyncio.wait_for`, which turns a cancellation arriving as
-    the wait times out into a timeout: `MqttError("Operation timed out")`. A reconnect loop that
-    catches `MqttError` would then go on for ever after it was told to stop (seen: a test's
-    teardown hung). Call it first thing in such an `except` block."""
+    """Re-raise the cancellation an MQTT error may be hiding: a cancelled task whose last wait
+    ended in an error anyway (the connection dropped as it was told to stop) must stop, not
+    reconnect. Call it first thing in a reconnect loop's `except` block."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from error
@@ -135,7 +156,7 @@ def check_tls(s: MqttSettings, section: str) -> tuple[bool, str]:
 async def client_arguments(
     s: MqttSettings, identifier: str, **connect_properties: int
 ) -> dict[str, Any]:
-    """Keyword arguments for `aiomqtt.Client` (or a subclass): MQTT v5, Clean Start off with a
+    """Keyword arguments for `Client` (or a subclass): MQTT v5, Clean Start off with a
     Session Expiry Interval, keepalive, timeout, credentials and TLS context. Extra CONNECT
     properties by name (``ReceiveMaximum=1000``). The TLS files are read (in a thread) on every
     call, so renewed certificates are taken at the next reconnect."""

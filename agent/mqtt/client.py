@@ -19,6 +19,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 import common.clock
 from agent.mqtt.settings import NO_SUBSCRIBERS
+from common.mqtt import Client
 
 
 def _now_iso() -> str:
@@ -41,8 +42,8 @@ class PublishRefused(aiomqtt.MqttError):
         self.reason = reason
 
 
-class _Client(aiomqtt.Client):
-    """aiomqtt's client, plus the v5 reason code of the PUBACK for the publish in flight."""
+class _Client(Client):
+    """`common.mqtt.Client`, plus the v5 reason code of the PUBACK for the publish in flight."""
 
     def __init__(self, hostname: str, port: int, **kwargs: Any) -> None:
         super().__init__(hostname, port, **kwargs)

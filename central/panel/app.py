@@ -836,7 +836,8 @@ async def _refresher(svc: Services) -> None:
         except Exception:  # the store is down: try again next time, say it once per period
             log.exception("panel: refreshing coverage failed")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(svc.stop.wait(), period)
+            async with asyncio.timeout(period):
+                await svc.stop.wait()
 
 
 def tls_context(cfg: CentralConfig) -> ssl.SSLContext | None:

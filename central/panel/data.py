@@ -38,7 +38,7 @@ from central.coverage import DayCoverage, compute_day
 from central.ledger import Ledger, day_offset
 from central.store import Store, open_store
 from common.config import Secret
-from common.mqtt import client_arguments, raise_if_cancelled
+from common.mqtt import Client, client_arguments, raise_if_cancelled
 from protocols.payloads import TOPIC_ROOT
 
 __all__ = [
@@ -408,7 +408,7 @@ class StatusWatcher:
             try:
                 args = await client_arguments(self.mqtt, self.client_id, SessionExpiryInterval=0)
                 args["clean_start"] = True
-                async with aiomqtt.Client(**args) as client:
+                async with Client(**args) as client:
                     await client.subscribe(f"{TOPIC_ROOT}/+/status", qos=1)
                     self.connected, self.error = True, ""
                     delay = self.mqtt.reconnect_min_s
@@ -430,11 +430,12 @@ class StatusWatcher:
                     log.warning("panel: MQTT %s:%d: %s", self.mqtt.host, self.mqtt.port, exc)
                 self.connected, self.error = False, str(exc)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), random.uniform(delay / 2, delay))
+                    async with asyncio.timeout(random.uniform(delay / 2, delay)):
+                        await stop.wait()
                 delay = min(self.mqtt.reconnect_max_s, delay * 2)
         self.connected = False
 
-    async def _read(self, client: aiomqtt.Client) -> None:
+    async def _read(self, client: Client) -> None:
         async for message in client.messages:
             parts = message.topic.value.split("/")
             try:

@@ -76,7 +76,8 @@ async def _influx_loop(
             except (WriteError, OSError) as exc:
                 log.warning("topup KPI to InfluxDB: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), cfg.topup.influx_interval_s)
+                async with asyncio.timeout(cfg.topup.influx_interval_s):
+                    await stop.wait()
     finally:
         with contextlib.suppress(Exception):
             await writer.close()

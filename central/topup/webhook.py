@@ -85,7 +85,8 @@ class Webhook:
                 nxt = self.book.next_notification()
                 wait = 5.0 if nxt is None else min(5.0, max(0.05, nxt - self.clock()))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_either(self._wake, stop), wait)
+                    async with asyncio.timeout(wait):
+                        await _either(self._wake, stop)
 
     async def deliver_due(self, http: aiohttp.ClientSession) -> int:
         done = 0

@@ -21,7 +21,7 @@ from paho.mqtt.properties import Properties
 
 from agent.mqtt import LinkSettings, MqttLink
 from agent.outbox import Outbox
-from common.mqtt import raise_if_cancelled
+from common.mqtt import Client, raise_if_cancelled
 from protocols.payloads import PayloadInvalid, kind_of_topic, validate
 from tests.fixtures.services import Mosquitto, free_port
 
@@ -193,7 +193,7 @@ class Collector:
             if self.persistent:
                 connect.SessionExpiryInterval = 600
             try:
-                async with aiomqtt.Client(
+                async with Client(
                     self.broker.host,
                     self.broker.port,
                     identifier=self.client_id,
@@ -238,14 +238,14 @@ class Reply:
 class Requester:
     """The centre: publishes commands with a response topic and correlation data."""
 
-    def __init__(self, client: aiomqtt.Client) -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
         self.replies: list[Reply] = []
 
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(cls, broker: Mosquitto) -> AsyncIterator[Requester]:
-        async with aiomqtt.Client(
+        async with Client(
             broker.host, broker.port, identifier="centre", protocol=aiomqtt.ProtocolVersion.V5
         ) as client:
             me = cls(client)

@@ -16,16 +16,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.outbox import Outbox
+from common.mqtt import Client
 from tests.agent.helpers_mqtt import CONCENTRATOR, eventually, make_link, reading, running
 from tests.fixtures.services import Mosquitto, free_port
 
 TOPIC = f"$share/centre/meterlink/v1/{CONCENTRATOR}/readings"
 
 
-def _centre(broker: Mosquitto, *, first: bool) -> aiomqtt.Client:
+def _centre(broker: Mosquitto, *, first: bool) -> Client:
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
-    return aiomqtt.Client(
+    return Client(
         broker.host, broker.port, identifier="centre-1", protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=first, properties=props,
     )  # fmt: skip

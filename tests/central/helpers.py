@@ -16,6 +16,7 @@ import aiomqtt
 from central.config import CentralConfig
 from central.consumer import Consumer
 from common.config import build
+from common.mqtt import Client
 from protocols.payloads import topic, validate
 
 CST = dt.timezone(dt.timedelta(hours=8))
@@ -124,7 +125,7 @@ async def publish(
 ) -> int:
     """Publish (concentrator, kind, payload) at QoS 1 and wait for every PUBACK."""
     n = 0
-    async with aiomqtt.Client(
+    async with Client(
         "127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5, max_inflight_messages=200
     ) as client:
         pending = []

@@ -14,6 +14,7 @@ import pytest
 
 from central.commands import CommandSender, CommandTimeout
 from central.config import MqttConfig
+from common.mqtt import Client
 from tests.fixtures.services import Mosquitto, free_port
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,7 @@ async def test_a_broker_restart_is_survived(
                 await sender.send("c-x", "ping", wait_s=0.2)
             broker.start()
             seen: list[dict[str, object]] = []
-            async with aiomqtt.Client(broker.host, broker.port) as agent:
+            async with Client(broker.host, broker.port) as agent:
                 await agent.subscribe("meterlink/v1/c-x/cmd", qos=1)
 
                 async def listen() -> None:
