@@ -60,6 +60,14 @@ name = "b1"
 """
 
 
+REPLY_S = 5.0
+"""how long a master waits for a reply it expects: an exchange returns as soon as the reply is
+complete, so only a silent meter costs this long (250 ms was once too short on a loaded machine)"""
+SILENCE_S = 0.25
+"""how long a test that expects silence listens (a reply after it would go unnoticed, never
+fail a correct simulator)"""
+
+
 def make_fleet(text: str = FLEET) -> Fleet:
     return parse_fleet(text)
 
@@ -84,7 +92,7 @@ class Master:
     async def close(self) -> None:
         raise NotImplementedError
 
-    async def raw_exchange(self, data: bytes, *, quiet: float = 0.25) -> list[StreamEvent]:
+    async def raw_exchange(self, data: bytes, *, quiet: float = REPLY_S) -> list[StreamEvent]:
         """Send bytes; return the events of the reply (empty = silence for `quiet` s)."""
         self.decoder.reset()
         await self._write(data)
@@ -100,10 +108,15 @@ class Master:
                 return events
 
     async def ask(
-        self, address: str | Address, message: Message, edition: Edition = Edition.V2007
+        self,
+        address: str | Address,
+        message: Message,
+        edition: Edition = Edition.V2007,
+        *,
+        quiet: float = REPLY_S,
     ) -> list[StreamEvent]:
         addr = address if isinstance(address, Address) else Address.parse(address)
-        return await self.raw_exchange(to_frame(addr, message, edition).to_bytes())
+        return await self.raw_exchange(to_frame(addr, message, edition).to_bytes(), quiet=quiet)
 
     async def one(
         self, address: str | Address, message: Message, edition: Edition = Edition.V2007
@@ -163,7 +176,7 @@ class DirectMaster(Master):
         super().__init__()
         self.bus = bus
 
-    async def raw_exchange(self, data: bytes, *, quiet: float = 0.25) -> list[StreamEvent]:
+    async def raw_exchange(self, data: bytes, *, quiet: float = REPLY_S) -> list[StreamEvent]:
         self.decoder.reset()
         events: list[StreamEvent] = []
         for frame in self.decoder.feed(data):

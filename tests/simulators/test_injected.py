@@ -23,7 +23,7 @@ from protocols.dlt645 import (
 from protocols.topup import relay_plaintext
 from simulators import Fleet, FleetError
 from simulators.esam import MacMaker
-from tests.simulators.conftest import FLEET, PREPAID, START, Master, make_fleet
+from tests.simulators.conftest import FLEET, PREPAID, SILENCE_S, START, Master, make_fleet
 
 OP = b"\x01\x00\x00\x00"
 
@@ -186,7 +186,7 @@ async def test_injected_faults_over_a_real_line(line: Master, fleet: Fleet) -> N
     session, _ = await _session(line, fleet)
     n = _count(fleet)
     fleet.inject(PREPAID, "drop_reply", on="topup")
-    assert await line.ask(PREPAID, _top_up(fleet, session, 700, n + 1)) == []
+    assert await line.ask(PREPAID, _top_up(fleet, session, 700, n + 1), quiet=SILENCE_S) == []
     assert _count(fleet) == n + 1
     _, reply = await line.one(PREPAID, ReadRequest(0x03330201))
     assert isinstance(reply, ReadReply)
