@@ -244,13 +244,15 @@ async def test_the_kpi_reaches_influxdb(tmp_path: Path) -> None:
 
             def rate() -> list[list[object]]:
                 series = influx.query(
-                    "SELECT last(rate), last(orders), last(confirmed) FROM topup"
+                    "SELECT last(rate), last(orders), last(confirmed), last(failed) FROM topup"
                     " WHERE scope = 'fleet'"
                 )
                 return [v[1:] for x in series for v in x["values"]]
 
-            # polled: InfluxDB has no event to wait on
-            await eventually(lambda: rate() == [[50.0, 2.0, 1.0]], within=30)
+            # polled: InfluxDB has no event to wait on. `failed` too: the rate is 50 % as soon
+            # as K-1 is confirmed, also in a write made while K-2 was still running (its
+            # failing-meter line comes with the write that counts it failed)
+            await eventually(lambda: rate() == [[50.0, 2.0, 1.0, 1.0]], within=30)
             meters = influx.query("SELECT last(reasons) FROM topup_meter GROUP BY meter")
             assert [(m["tags"]["meter"], m["values"][0][1]) for m in meters] == [
                 (LOCAL_2, "customer_mismatch 1")
