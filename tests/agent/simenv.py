@@ -85,7 +85,7 @@ async def sim_agent(
     state_dir: Any,
     *,
     transport: str = "tcp",
-    url_options: str = "reply_timeout_ms=1000&byte_gap_ms=300&frame_gap_ms=0",
+    url_options: str = "reply_timeout_ms=3000&byte_gap_ms=300&frame_gap_ms=0",
     health: HealthConfig | None = None,
     timing: bool = False,
     time_scale: float | None = None,
