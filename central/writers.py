@@ -7,7 +7,6 @@ refuses these lines; retrying the same bytes cannot help).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Protocol, cast
 
@@ -17,6 +16,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from central.config import InfluxConfig
+from common.mqtt import raise_if_cancelled
 
 __all__ = [
     "V1Writer",
@@ -64,15 +64,6 @@ class Writer(Protocol):
     async def start(self) -> None: ...
     async def write(self, lines: list[str]) -> None: ...
     async def close(self) -> None: ...
-
-
-def _cancelled_as_such() -> None:
-    """A task cancelled during a request can see it end in a TimeoutError or a connection
-    error (aiohttp's own timeout takes the cancellation for its own): that is a cancellation,
-    not a database that is down, and must not be retried as one."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _sort_status(status: int, body: str) -> None:
@@ -127,7 +118,8 @@ class V1Writer:
         except WriteError:
             raise  # sorted already (WriteUnavailable is an OSError: keep its kind and status)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            _cancelled_as_such()
+            # aiohttp's own timeout can take a cancellation for its own: a stop, not a down database
+            raise_if_cancelled(exc)
             raise WriteUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def write(self, lines: list[str]) -> None:
@@ -138,7 +130,7 @@ class V1Writer:
         except WriteError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            _cancelled_as_such()
+            raise_if_cancelled(exc)
             raise WriteUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:
@@ -188,7 +180,7 @@ class V2Writer:
             _sort_status(int(exc.status or 500), str(exc.body or exc.reason or ""))
             raise WriteUnavailable(f"influxdb-client: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            _cancelled_as_such()
+            raise_if_cancelled(exc)
             raise WriteUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:

@@ -56,9 +56,10 @@ class Client(aiomqtt.Client):
 
 
 def raise_if_cancelled(error: BaseException) -> None:
-    """Re-raise the cancellation an MQTT error may be hiding: a cancelled task whose last wait
-    ended in an error anyway (the connection dropped as it was told to stop) must stop, not
-    reconnect. Call it first thing in a reconnect loop's `except` block."""
+    """Re-raise the cancellation an error may be hiding: a cancelled task whose last wait ended
+    in an error anyway (an MQTT connection dropped, or aiohttp's own timeout took the cancel for
+    its own) must stop, not reconnect or count a database as down. Call it first thing in such
+    an `except` block."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from error
