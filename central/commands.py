@@ -36,7 +36,8 @@ from paho.mqtt.properties import Properties
 
 import common.clock
 from central.config import MqttConfig
-from common.mqtt import Client, client_arguments, raise_if_cancelled
+from common.aio import raise_if_cancelled
+from common.mqtt import Client, client_arguments
 from protocols.commands import new_command
 from protocols.payloads import TOPIC_ROOT, PayloadInvalid, validate
 

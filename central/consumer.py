@@ -54,9 +54,10 @@ from central.spool import Spool
 from central.store import StoreUnavailable, open_store
 from central.tariff.store import TariffStore
 from central.writers import WriteUnavailable, make_writer
+from common.aio import raise_if_cancelled
 from common.config import ConfigError
 from common.logs import setup_logging
-from common.mqtt import Client, client_arguments, raise_if_cancelled
+from common.mqtt import Client, client_arguments
 from protocols.payloads import (
     KINDS,
     TOPIC_ROOT,

@@ -16,7 +16,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from central.config import InfluxConfig
-from common.mqtt import raise_if_cancelled
+from common.aio import raise_if_cancelled
 
 __all__ = [
     "V1Writer",

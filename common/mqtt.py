@@ -55,16 +55,6 @@ class Client(aiomqtt.Client):
             raise aiomqtt.MqttError("Operation timed out") from None
 
 
-def raise_if_cancelled(error: BaseException) -> None:
-    """Re-raise the cancellation an error may be hiding: a cancelled task whose last wait ended
-    in an error anyway (an MQTT connection dropped, or aiohttp's own timeout took the cancel for
-    its own) must stop, not reconnect or count a database as down. Call it first thing in such
-    an `except` block."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from error
-
-
 @dataclass(frozen=True)
 class MqttSettings:
     """How to reach and log in to the broker. Secrets come from the environment only

@@ -27,7 +27,8 @@ from agent.mqtt.publisher import OutboxPublisher
 from agent.mqtt.retained import RetainedMessages
 from agent.mqtt.settings import MAX_QUEUED_COMMANDS, PUMPED_KINDS, LinkSettings, backoff_delay
 from agent.outbox import Outbox
-from common.mqtt import client_arguments, raise_if_cancelled
+from common.aio import raise_if_cancelled
+from common.mqtt import client_arguments
 from protocols.commands import NonceMemory
 from protocols.payloads import topic
 

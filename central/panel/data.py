@@ -37,8 +37,9 @@ from central.config import CentralConfig, CoverageConfig, InfluxConfig, MqttConf
 from central.coverage import DayCoverage, compute_day
 from central.ledger import Ledger, day_offset
 from central.store import Store, open_store
+from common.aio import raise_if_cancelled
 from common.config import Secret
-from common.mqtt import Client, client_arguments, raise_if_cancelled
+from common.mqtt import Client, client_arguments
 from protocols.payloads import TOPIC_ROOT
 
 __all__ = [

@@ -21,7 +21,8 @@ from paho.mqtt.properties import Properties
 
 from agent.mqtt import LinkSettings, MqttLink
 from agent.outbox import Outbox
-from common.mqtt import Client, raise_if_cancelled
+from common.aio import raise_if_cancelled
+from common.mqtt import Client
 from protocols.payloads import PayloadInvalid, kind_of_topic, validate
 from tests.fixtures.services import Mosquitto, free_port
 
