@@ -1,7 +1,7 @@
 """The MQTT connection settings the agent and the central side share, and the one way both turn
-them into a `Client` (aiomqtt's, made safe to cancel on Python 3.11): MQTT v5, a persistent
-session, and TLS with a CA, an optional client certificate and key (the production broker,
-deploy/mosquitto/, wants one).
+them into a `Client` (aiomqtt's, made safe to cancel on Python 3.11 and to lose its socket):
+MQTT v5, a persistent session, and TLS with a CA, an optional client certificate and key (the
+production broker, deploy/mosquitto/, wants one).
 
 The agent's `[mqtt]` section adds the outbox publisher's limits (`agent.mqtt.LinkSettings`) and
 the command key; the central's adds its shared-subscription group and Receive Maximum. The keys
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import aiomqtt
+import paho.mqtt.client as mqtt
+from aiomqtt.types import PahoSocket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -42,7 +44,8 @@ class Client(aiomqtt.Client):
     that arrives in the same loop iteration as the awaited answer: it returns the answer and the
     task goes on, its cancel count still at 1 (fixed in 3.12, whose `wait_for` is built on
     `timeout`). Seen: the agent's publisher, told to stop as its PUBACK arrived, kept waiting for
-    rows for ever and the link never stopped (a test teardown hung 120 s). Use this class, never
+    rows for ever and the link never stopped (a test teardown hung 120 s). It also watches a
+    socket on the event loop only while paho still holds it open (below). Use this class, never
     `aiomqtt.Client` directly."""
 
     async def _wait_for(self, fut: Awaitable[T], timeout: float | None) -> T:  # noqa: ASYNC109 - aiomqtt's signature
@@ -53,6 +56,61 @@ class Client(aiomqtt.Client):
                 return await fut
         except TimeoutError:
             raise aiomqtt.MqttError("Operation timed out") from None
+
+    # paho tells aiomqtt when its socket opens, needs writing or closes; aiomqtt watches the
+    # socket's file descriptor on the event loop from the next loop iteration on (`call_soon_
+    # threadsafe`: paho may call from the connect thread). When the socket closes in between (the
+    # broker reset the connection while a publish asked to write, or a connect was cancelled),
+    # aiomqtt's registration then ran on a closed descriptor ("Exception in callback ...
+    # add_writer ... Bad file descriptor", a stack trace in the agent's log), or on whatever file
+    # the system had since given that number. Here the registration happens only if the socket
+    # is still paho's open one when it runs; the callbacks are aiomqtt's.
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: PahoSocket) -> None:
+        def readable() -> None:
+            try:
+                while True:
+                    client.loop_read()
+                    # an SSL socket may hold decoded bytes loop_read() did not take
+                    pending = getattr(client.socket(), "pending", None)
+                    if pending is not None and pending() > 0:
+                        continue
+                    break
+            except Exception as exc:
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            if _still_open(client, sock):
+                self._loop.add_reader(sock.fileno(), readable)
+                self._misc_task = self._loop.create_task(self._misc_loop())
+
+        self._loop.call_soon_threadsafe(register)
+
+    def _on_socket_register_write(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        sock: PahoSocket,
+    ) -> None:
+        def writable() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            if _still_open(client, sock):
+                self._loop.add_writer(sock.fileno(), writable)
+
+        self._loop.call_soon_threadsafe(register)
+
+
+def _still_open(client: mqtt.Client, sock: PahoSocket) -> bool:
+    """Is `sock` still the client's socket, and open? paho forgets a socket before closing it."""
+    current = client.socket()
+    return current is not None and current is sock and current.fileno() >= 0
 
 
 @dataclass(frozen=True)

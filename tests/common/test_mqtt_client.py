@@ -1,13 +1,18 @@
 """`common.mqtt.Client`: every wait for the broker (CONNACK, SUBACK, PUBACK, the disconnection)
 can be cancelled, also in the loop iteration where the answer arrives; no code builds an
-`aiomqtt.Client` past it, and product code never waits with Python 3.11's `asyncio.wait_for`."""
+`aiomqtt.Client` past it, and product code never waits with Python 3.11's `asyncio.wait_for`;
+a socket paho closes before its deferred watch starts is not watched (its number may be another
+file's by then)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import socket
 
 import aiomqtt
+import paho.mqtt.client as paho
 import pytest
 
 from common.mqtt import Client
@@ -70,3 +75,58 @@ def test_product_code_waits_with_timeout_not_wait_for() -> None:
         if "asyncio.wait_for(" in path.read_text(encoding="utf-8")
     ]
     assert offenders == [], "use `async with asyncio.timeout(...)`"
+
+
+def _paho_holding(client: Client, sock: socket.socket) -> paho.Client:
+    """The client's paho instance, holding `sock` as after a connect."""
+    inner = client._client
+    inner._sock = sock
+    return inner
+
+
+async def test_a_socket_closed_before_its_write_registration_runs_is_left_alone() -> None:
+    """A publish asks paho to write; the broker resets the connection in the same loop
+    iteration, so paho closes the socket before aiomqtt's deferred `add_writer` runs: with
+    aiomqtt's own client that was an "Exception in callback ... Bad file descriptor" (a stack
+    trace in the agent's log, seen under load in tests/agent/test_disk_full.py)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            inner = _paho_holding(Client(*NOBODY), ours)
+            inner._call_socket_register_write()  # a publish queued bytes
+            inner._sock_close()  # the reset, read in the same iteration
+            for _ in range(3):
+                await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == []
+
+
+async def test_a_reused_descriptor_does_not_get_the_old_sockets_callbacks() -> None:
+    """Worse than the log line: once the system hands the closed socket's number to another
+    file (a serial line, the outbox's database), the deferred registration would watch that
+    file and run MQTT's reader or writer on its events."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    number = ours.fileno()
+    inner = _paho_holding(Client(*NOBODY), ours)
+    inner._call_socket_open(ours)  # the connect thread: watch for reading
+    inner._call_socket_register_write()  # and for writing
+    inner._sock_close()  # closed before either registration ran
+    other, peer = socket.socketpair()  # the number now belongs to another file
+    copied = other.fileno() != number  # the system usually hands out the lowest free number
+    if copied:
+        os.dup2(other.fileno(), number)
+    try:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not loop.remove_reader(number)
+        assert not loop.remove_writer(number)
+    finally:
+        if copied:
+            os.close(number)
+        for sock in (theirs, other, peer):
+            sock.close()
