@@ -168,7 +168,9 @@ class CommandSender:
         args: Mapping[str, Any] | None = None,
         wait_s: float = 60.0,
     ) -> CommandReply:
-        """Sign and send one command; the agent's reply, or `CommandTimeout`."""
+        """Sign and send one command; the agent's reply, or `CommandTimeout` when the broker's
+        PUBACK and the reply together took longer than `wait_s` (a caller with a deadline, a
+        top-up order, must not wait for a slow broker past it)."""
         assert self._client is not None, "use CommandSender as `async with`"
         payload = new_command(
             command,
@@ -185,18 +187,24 @@ class CommandSender:
         props.ResponseTopic = self.reply_topic(concentrator)
         props.CorrelationData = correlation
         started = time.monotonic()
+        published = False
         try:
-            await self._client.publish(
-                f"{TOPIC_ROOT}/{concentrator}/cmd",
-                json.dumps(payload, ensure_ascii=False).encode(),
-                qos=1,
-                properties=props,
-            )
-            try:
-                async with asyncio.timeout(wait_s):
-                    reply = await future
-            except TimeoutError:
-                raise CommandTimeout(f"no reply from {concentrator} within {wait_s:g} s") from None
+            async with asyncio.timeout(wait_s):
+                await self._client.publish(
+                    f"{TOPIC_ROOT}/{concentrator}/cmd",
+                    json.dumps(payload, ensure_ascii=False).encode(),
+                    qos=1,
+                    properties=props,
+                )
+                published = True
+                reply = await future
+        except TimeoutError:
+            if not published:
+                raise CommandTimeout(
+                    f"the broker did not acknowledge the command to {concentrator}"
+                    f" within {wait_s:g} s"
+                ) from None
+            raise CommandTimeout(f"no reply from {concentrator} within {wait_s:g} s") from None
         finally:
             self._waiting.pop(correlation, None)
         return CommandReply(reply, payload, time.monotonic() - started)

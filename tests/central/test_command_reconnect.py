@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 from pathlib import Path
 
 import aiomqtt
@@ -59,5 +60,28 @@ async def test_a_broker_restart_is_survived(
         messages = [r.getMessage() for r in caplog.records]
         assert any(m.startswith("MQTT connection lost") for m in messages), messages
         assert any(m.startswith("MQTT connected again") for m in messages), messages
+    finally:
+        broker.stop()
+
+
+async def test_a_broker_that_does_not_acknowledge_holds_a_command_no_longer_than_its_wait(
+    tmp_path: Path,
+) -> None:
+    """`wait_s` bounds the broker's PUBACK and the reply together. Before, a publish waited for
+    its PUBACK as long as the client's own timeout (10 s): a top-up order's last command, sent
+    with what was left to its deadline, ended after it (found by the soak under heavy load: an
+    order terminal 2.3 real s, 56 run minutes, past its deadline)."""
+    broker = Mosquitto(tmp_path / "broker", free_port())
+    broker.start()
+    try:
+        mqtt = MqttConfig(host=broker.host, port=broker.port, client_id="test-frozen-broker")
+        async with CommandSender(mqtt, KEY) as sender:
+            assert broker.proc is not None
+            broker.proc.send_signal(signal.SIGSTOP)  # connected, but it answers nothing
+            try:
+                with pytest.raises(CommandTimeout, match="did not acknowledge the command to c-x"):
+                    await sender.send("c-x", "ping", wait_s=0.5)
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)
     finally:
         broker.stop()
