@@ -67,6 +67,9 @@ _BUS_KEYS = {
 }  # fmt: skip
 _PROTOCOLS = ("dlt645", "modbus", "carrier")
 _DEFAULT_BAUD = {"dlt645": 2400, "modbus": 9600, "carrier": 9600}
+MAX_RULE_METERS = 2040
+"""meters one `[[district.bus.meters]]` rule may build: a typo (2000000) must not keep
+`meterlink sim serve` building meters for hours"""
 _RULE_DEFAULTS: dict[str, Any] = {
     "count": 1,
     "first_address": None,
@@ -508,10 +511,26 @@ def _meters(
     for m in models:
         if (m.protocol == "modbus") != (bus.protocol == "modbus"):
             raise FleetError(f"{path}.models: {m.name} speaks {m.protocol} on a {bus.protocol} bus")
-    count = int(rule["count"])
+    count = rule["count"]
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_RULE_METERS:
+        raise FleetError(
+            f"{path}.count: a whole number of meters from 0 to {MAX_RULE_METERS} (the largest"
+            f" archive a carrier module takes), not {count!r}; give more meters as more rules"
+        )
     first = rule["first_address"]
     if bus.protocol != "modbus" and first is None:
         raise FleetError(f"{path}.first_address: required for DL/T 645 meters")
+    if bus.protocol == "modbus" and count:
+        first_unit = rule["first_unit"]
+        if (
+            isinstance(first_unit, bool)
+            or not isinstance(first_unit, int)
+            or not 1 <= first_unit <= first_unit + count - 1 <= 247
+        ):
+            raise FleetError(
+                f"{path}: Modbus unit ids are 1 to 247; first_unit = {first_unit!r} and"
+                f" count = {count} do not fit"
+            )
     out: list[Meter] = []
     for i in range(count):
         chosen = rng.choices(models, weights=[float(weights[m.name]) for m in models])[0]
