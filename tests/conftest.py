@@ -53,8 +53,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
       so no worker begins a 2-minute soak when the others are nearly done.
     - Tests sharing a module- or class-scoped fixture (the panel's seeded stack, a PKI) stay on
       one worker: the fixture is built once and the tests see it in their written order.
+    - A Hypothesis test's hang guard ends its worker (pytest-timeout's thread method) instead of
+      raising in the test: Hypothesis takes the raised timeout for a failing example and starts
+      shrinking, with no guard left, and the whole run hung (seen: the fleet fuzz test on a
+      two-million-meter typo).
     """
     for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            guard = item.get_closest_marker("timeout")
+            seconds = guard.args if guard is not None and guard.args else ()
+            item.add_marker(pytest.mark.timeout(*seconds, method="thread"), append=False)
         defs = getattr(item, "_fixtureinfo", None)
         scopes = (
             {d[-1].scope for d in defs.name2fixturedefs.values() if d}
