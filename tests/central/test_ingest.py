@@ -306,9 +306,11 @@ async def test_dead_letters_go_back_to_the_spool_for_another_attempt(
 async def test_a_batch_is_bounded_by_lines_not_only_readings(
     tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
 ) -> None:
-    # no timer in this test's life: only the size bound writes (and acknowledges) the batch
+    # no timer in this test's life: only the size bound writes (and acknowledges) the batch;
+    # the coverage job's timer too (its day lines, written 0.3 s later, once counted here)
     cfg = config(tmp_path, mosquitto.port, influxdb.url,
-                 consumer={"batch_readings": 50, "flush_interval_s": 3600})  # fmt: skip
+                 consumer={"batch_readings": 50, "flush_interval_s": 3600},
+                 coverage={"interval_s": 3600})  # fmt: skip
     failed = [(m, "no_reply") for m in meters(60)]  # 61 lines, not one reading
     report = round_report("c-001", "2026-11-25", failed, expected=60)
     async with running_consumer(cfg) as consumer:
