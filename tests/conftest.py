@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -46,6 +50,42 @@ def postgresql(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield server
 
 
+class HangGuard(BaseException):
+    """A test ran past its hang guard. A BaseException, as KeyboardInterrupt is, so Hypothesis
+    does not take it for a failing example."""
+
+
+HANG_GUARD_S = pytest.StashKey[float]()
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: float) -> Iterator[None]:
+    """Raise `HangGuard` in the main thread after `seconds`. pytest-timeout raises its timeout
+    as a test failure, which Hypothesis takes for a failing example: it then replays and
+    shrinks it with no guard left, and the whole run hung (seen: the fleet fuzz test drew a
+    count of two million meters)."""
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise HangGuard(f"still running after its {seconds:g} s hang guard")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    seconds = item.stash.get(HANG_GUARD_S, None)
+    if seconds is None:
+        return (yield)
+    with hang_guard(seconds):
+        return (yield)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Order and group for `scripts/test`'s parallel workers (pytest-xdist, ``--dist loadgroup``).
 
@@ -53,16 +93,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
       so no worker begins a 2-minute soak when the others are nearly done.
     - Tests sharing a module- or class-scoped fixture (the panel's seeded stack, a PKI) stay on
       one worker: the fixture is built once and the tests see it in their written order.
-    - A Hypothesis test's hang guard ends its worker (pytest-timeout's thread method) instead of
-      raising in the test: Hypothesis takes the raised timeout for a failing example and starts
-      shrinking, with no guard left, and the whole run hung (seen: the fleet fuzz test on a
-      two-million-meter typo).
+    - A Hypothesis test's call is guarded by `hang_guard` (below) at its timeout; pytest-timeout
+      keeps twice that for its set-up and teardown.
     """
     for item in items:
         if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
             guard = item.get_closest_marker("timeout")
-            seconds = guard.args if guard is not None and guard.args else ()
-            item.add_marker(pytest.mark.timeout(*seconds, method="thread"), append=False)
+            seconds = float(guard.args[0]) if guard is not None and guard.args else 0.0
+            seconds = seconds or float(config.getini("timeout") or 0) or 120.0
+            item.stash[HANG_GUARD_S] = seconds
+            item.add_marker(pytest.mark.timeout(2 * seconds), append=False)
         defs = getattr(item, "_fixtureinfo", None)
         scopes = (
             {d[-1].scope for d in defs.name2fixturedefs.values() if d}
