@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import ssl
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -67,25 +67,18 @@ class Client(aiomqtt.Client):
     # is still paho's open one when it runs; the callbacks are aiomqtt's.
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: PahoSocket) -> None:
-        def readable() -> None:
-            try:
-                while True:
-                    client.loop_read()
-                    # an SSL socket may hold decoded bytes loop_read() did not take
-                    pending = getattr(client.socket(), "pending", None)
-                    if pending is not None and pending() > 0:
-                        continue
+        def read_all() -> None:
+            while True:
+                client.loop_read()
+                # an SSL socket may hold decoded bytes loop_read() did not take
+                pending = getattr(client.socket(), "pending", None)
+                if pending is None or pending() <= 0:
                     break
-            except Exception as exc:
-                if not self._disconnected.done():
-                    self._disconnected.set_exception(exc)
 
-        def register() -> None:
-            if _still_open(client, sock):
-                self._loop.add_reader(sock.fileno(), readable)
-                self._misc_task = self._loop.create_task(self._misc_loop())
+        def keepalive() -> None:
+            self._misc_task = self._loop.create_task(self._misc_loop())
 
-        self._loop.call_soon_threadsafe(register)
+        self._watch_while_open(client, sock, self._loop.add_reader, read_all, then=keepalive)
 
     def _on_socket_register_write(
         self,
@@ -93,16 +86,31 @@ class Client(aiomqtt.Client):
         userdata: Any,
         sock: PahoSocket,
     ) -> None:
-        def writable() -> None:
+        self._watch_while_open(client, sock, self._loop.add_writer, client.loop_write)
+
+    def _watch_while_open(
+        self,
+        client: mqtt.Client,
+        sock: PahoSocket,
+        watch: Callable[[int, Callable[[], None]], object],
+        step: Callable[[], object],
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """From the loop's next iteration on, run `step` when the socket is ready, if it is
+        still paho's open socket then; a step that fails (a broken socket) disconnects."""
+
+        def ready() -> None:
             try:
-                client.loop_write()
+                step()
             except Exception as exc:
                 if not self._disconnected.done():
                     self._disconnected.set_exception(exc)
 
         def register() -> None:
             if _still_open(client, sock):
-                self._loop.add_writer(sock.fileno(), writable)
+                watch(sock.fileno(), ready)
+                if then is not None:
+                    then()
 
         self._loop.call_soon_threadsafe(register)
 

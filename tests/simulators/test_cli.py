@@ -87,41 +87,44 @@ def test_archive_matches_the_payload_schema(tmp_path: Path) -> None:
 
 
 def test_bad_fleet_names_the_key(tmp_path: Path) -> None:
+    said = _refused(tmp_path, ONE_BUS + "[[district.bus.meters]]\nfirst_address='1'\ncolour = 3\n")
+    assert "district[0].bus[0].meters[1].colour: unknown key" in said
+
+
+def _refused(tmp_path: Path, fleet: str) -> str:
+    """`meterlink sim fleet` on a bad fleet file: exit 78 (EX_CONFIG); what it said."""
     bad = tmp_path / "bad.toml"
-    bad.write_text(ONE_BUS + "[[district.bus.meters]]\nfirst_address='1'\ncolour = 3\n")
+    bad.write_text(fleet, encoding="utf-8")
     done = _meterlink("sim", "fleet", "--archive", "--fleet", str(bad))
-    assert done.returncode == 78
-    assert "district[0].bus[0].meters[1].colour: unknown key" in done.stderr
+    assert done.returncode == 78, done.stderr
+    return done.stderr
 
 
 def test_a_meter_count_out_of_range_is_refused_before_any_meter_is_built(tmp_path: Path) -> None:
     """A typo's two million meters used to be built one by one (hours, found by the config fuzz
     test hanging); a fraction or a string was truncated or misreported."""
     for count, shown in (("2000000", "2000000"), ("-1", "-1"), ("2.5", "2.5"), ('"20"', "'20'")):
-        bad = tmp_path / "bad.toml"
-        bad.write_text(ONE_BUS + f"[[district.bus.meters]]\nfirst_address='1'\ncount = {count}\n")
-        done = _meterlink("sim", "fleet", "--archive", "--fleet", str(bad))
-        assert done.returncode == 78, done.stderr
+        said = _refused(
+            tmp_path, ONE_BUS + f"[[district.bus.meters]]\nfirst_address='1'\ncount = {count}\n"
+        )
         assert (
             f"district[0].bus[0].meters[1].count: a whole number of meters from 0 to 2040"
             f" (the largest archive a carrier module takes), not {shown}"
-        ) in done.stderr
+        ) in said
 
 
 def test_modbus_unit_ids_out_of_range_are_refused(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.toml"
     for first, count in ((0, 1), (240, 10), (1, 300)):
-        bad.write_text(
+        said = _refused(
+            tmp_path,
             "[[district]]\nname = 'd'\n[[district.bus]]\nname = 'm'\nprotocol = 'modbus'\n"
             f"[[district.bus.meters]]\nmodels = {{ DTSU666 = 1 }}\nfirst_unit = {first}\n"
-            f"count = {count}\n"
+            f"count = {count}\n",
         )
-        done = _meterlink("sim", "fleet", "--archive", "--fleet", str(bad))
-        assert done.returncode == 78, done.stderr
         assert (
             f"district[0].bus[0].meters[0]: Modbus unit ids are 1 to 247; first_unit = {first}"
             f" and count = {count} do not fit"
-        ) in done.stderr
+        ) in said
 
 
 def test_serve_tcp_with_trace_and_record(tmp_path: Path) -> None:
