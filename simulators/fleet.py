@@ -465,7 +465,13 @@ def _bus(
     noise = tuple(
         NoiseWindow(int(w["from"]), int(w["to"]), float(w["rate"])) for w in doc.get("noise", [])
     )
-    faults = BusFaults(noise, float(doc.get("loss", 0.0)), float(doc.get("corrupt", 0.0)))
+    for i, window in enumerate(noise):
+        _share(window.rate, f"{path}.noise[{i}].rate")
+    faults = BusFaults(
+        noise,
+        _share(doc.get("loss", 0.0), f"{path}.loss"),
+        _share(doc.get("corrupt", 0.0), f"{path}.corrupt"),
+    )
     baud = int(doc.get("baud", _DEFAULT_BAUD[protocol]))
     bus = Bus(name, world, [], seed, district, protocol, baud, faults, recorder, carrier=carrier)
     for r_index, rule in enumerate(_list(doc, "meters", path)):
@@ -479,6 +485,18 @@ def _bus(
     if carrier is not None:
         bus.network = plan_network(bus.meters, carrier, seed, name)
     return bus
+
+
+_SHARES = ("prepaid", "dead", "intermittent", "intermittent_loss", "loss", "corrupt", "slow",
+           "garbage", "remote")  # fmt: skip
+"""a meter rule's keys that are shares or probabilities"""
+
+
+def _share(value: Any, path: str) -> float:
+    """A share or probability: a number from 0 to 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise FleetError(f"{path}: a share from 0 to 1, not {value!r}")
+    return float(value)
 
 
 def _range(rule: dict[str, Any], key: str, path: str) -> tuple[float, float]:
@@ -511,6 +529,8 @@ def _meters(
     for m in models:
         if (m.protocol == "modbus") != (bus.protocol == "modbus"):
             raise FleetError(f"{path}.models: {m.name} speaks {m.protocol} on a {bus.protocol} bus")
+    for key in _SHARES:
+        _share(rule[key], f"{path}.{key}")
     count = rule["count"]
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_RULE_METERS:
         raise FleetError(

@@ -113,6 +113,24 @@ def test_a_meter_count_out_of_range_is_refused_before_any_meter_is_built(tmp_pat
         ) in said
 
 
+def test_a_share_outside_0_to_1_is_refused(tmp_path: Path) -> None:
+    """A share of 685 was taken as "always", -3 as "never"."""
+    rule = "[[district.bus.meters]]\nfirst_address='1'\n"
+    for where, line, shown in (
+        ("meters[1].corrupt", "corrupt = 685", "685"),
+        ("meters[1].slow", "slow = -3", "-3"),
+        ("meters[1].prepaid", "prepaid = '0.5'", "'0.5'"),
+        ("meters[1].dead", "dead = true", "True"),
+    ):
+        said = _refused(tmp_path, ONE_BUS + rule + line + "\n")
+        assert f"district[0].bus[0].{where}: a share from 0 to 1, not {shown}" in said
+    bus = "[[district]]\nname = 'd'\n[[district.bus]]\nname = 'b'\n"
+    said = _refused(tmp_path, bus + "noise = [{ from = 2, to = 4, rate = 2.5 }]\n")
+    assert "district[0].bus[0].noise[0].rate: a share from 0 to 1, not 2.5" in said
+    said = _refused(tmp_path, bus + "loss = 1.5\n")
+    assert "district[0].bus[0].loss: a share from 0 to 1, not 1.5" in said
+
+
 def test_modbus_unit_ids_out_of_range_are_refused(tmp_path: Path) -> None:
     for first, count in ((0, 1), (240, 10), (1, 300)):
         said = _refused(
