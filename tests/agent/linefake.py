@@ -4,8 +4,12 @@ echo. Built on the codec; the full field behaviour is the simulator's job (simul
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
+import termios
 import threading
+import time
 import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,6 +62,20 @@ class PtyFarEnd:
         """Block until `count` scripted writes went out (AssertionError after `timeout`)."""
         with self._sent_changed:
             assert self._sent_changed.wait_for(lambda: self.sent >= count, timeout), self.sent
+
+    def wait_delivered(self, count: int, timeout: float = 10.0) -> None:
+        """Block until `count` bytes wait to be read on the line's side the transport opened. A
+        write to the pty's master reaches that side later (the kernel moves it in a worker), so
+        "sent" is not yet "there". Call it without yielding to the event loop in between, or the
+        transport may have taken the bytes already."""
+        deadline = time.monotonic() + timeout
+        waiting = array.array("i", [0])
+        while True:
+            fcntl.ioctl(self._slave, termios.FIONREAD, waiting)
+            if waiting[0] >= count:
+                return
+            assert time.monotonic() < deadline, f"{waiting[0]} of {count} bytes delivered"
+            time.sleep(0.001)
 
     def close(self) -> None:
         self._stop.set()

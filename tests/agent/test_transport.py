@@ -108,10 +108,13 @@ async def test_echo_of_our_own_request_is_suppressed() -> None:
 async def test_a_late_reply_does_not_poison_the_next_exchange() -> None:
     calls = []
 
+    late: list[bytes] = []
+
     def late_then_prompt(req: Frame) -> list[tuple[float, bytes]]:
         calls.append(req)
         if len(calls) == 1:
-            return [(1.0, reply_to(req, bytes.fromhex("00000000")))]  # after our 500 ms window
+            late.append(reply_to(req, bytes.fromhex("00000000")))
+            return [(1.0, late[0])]  # after our 500 ms window
         return [(0.0, reply_to(req))]
 
     with pty_far_end(late_then_prompt) as far:
@@ -119,7 +122,12 @@ async def test_a_late_reply_does_not_poison_the_next_exchange() -> None:
             client = Dlt645Client(bus)
             with pytest.raises(NoReply):
                 await client.read(METER, ENERGY)
-            await asyncio.to_thread(far.wait_sent, 1)  # the late reply lands between exchanges
+            # the late reply lands between exchanges: the loop stands still until it waits on
+            # our side of the line, so the transport finds it as stale input before the next
+            # request (a reply still in the kernel's hands then would be the next one's, on a
+            # real bus too: DL/T 645 replies carry no sequence number)
+            far.wait_sent(1)
+            far.wait_delivered(len(late[0]))
             result = await client.read(METER, ENERGY)
     assert result.value == bytes.fromhex("26802211")
 
