@@ -60,10 +60,10 @@ HANG_GUARD_S = pytest.StashKey[float]()
 
 @contextlib.contextmanager
 def hang_guard(seconds: float) -> Iterator[None]:
-    """Raise `HangGuard` in the main thread after `seconds`. pytest-timeout raises its timeout
-    as a test failure, which Hypothesis takes for a failing example: it then replays and
-    shrinks it with no guard left, and the whole run hung (seen: the fleet fuzz test drew a
-    count of two million meters)."""
+    """Raise `HangGuard` in the main thread after `seconds`: the hang guard of Hypothesis tests.
+    pytest-timeout raises its timeout as a test failure, which Hypothesis takes for a failing
+    example and replays and shrinks with no guard left (the whole run hung: the fleet fuzz test
+    drew a count of two million meters)."""
 
     def expire(signum: int, frame: FrameType | None) -> None:
         raise HangGuard(f"still running after its {seconds:g} s hang guard")
