@@ -46,6 +46,7 @@ __all__ = [
     "CommandReply",
     "CommandSender",
     "CommandTimeout",
+    "NotConnected",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ REPLY_ROOT = "meterlink-replies"
 
 class CommandTimeout(TimeoutError):
     """No reply within the wait: the agent is offline, busy past the wait, or not listening."""
+
+
+class NotConnected(aiomqtt.MqttError):
+    """The sender has no connection to the broker at the moment (it is connecting again)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,12 @@ class CommandSender:
     key: bytes
     client_id: str = ""
     """default: `<the consumer's client id>-cmd-<random>`; a clean session of its own"""
+    start_offline: bool = False
+    """a long-running service (the order service) starts while the broker is unreachable and
+    connects in the background; commands fail at once (`NotConnected`) until it has. Off: the
+    start fails (a one-shot command has nothing to wait for)."""
     _client: Client | None = None
+    _connections: int = 0
     _reader: asyncio.Task[None] | None = None
     _waiting: dict[bytes, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     _status: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -98,7 +108,17 @@ class CommandSender:
         if not self.key:
             raise ValueError("empty command key")
         self.client_id = self.client_id or f"{self.mqtt.client_id}-cmd-{secrets.token_hex(4)}"
-        await self._connect()
+        try:
+            await self._connect()
+        except aiomqtt.MqttError as exc:
+            raise_if_cancelled(exc)
+            if not self.start_offline:
+                raise
+            log.warning(
+                "MQTT broker %s:%d not reachable (%s); starting without it, connecting in the"
+                " background",
+                self.mqtt.host, self.mqtt.port, exc,
+            )  # fmt: skip
         self._reader = asyncio.create_task(self._keep_reading(), name="command-replies")
         return self
 
@@ -117,12 +137,15 @@ class CommandSender:
                 await client.__aexit__(None, None, None)
             raise
         self._client = client
+        self._connections += 1
 
     async def _keep_reading(self) -> None:
         """Read replies; when the connection is lost (a broker restart), connect again with
         backoff. Commands sent meanwhile fail at once (`aiomqtt.MqttError`: not connected),
         commands in flight time out: their replies went to the lost session."""
         while True:
+            if self._client is None:
+                await self._reconnect()
             try:
                 await self._read()
                 error = "the broker closed the connection"
@@ -130,21 +153,26 @@ class CommandSender:
                 raise_if_cancelled(exc)
                 error = str(exc)
             log.warning("MQTT connection lost (%s); connecting again", error)
-            if self._client is not None:
+            client, self._client = self._client, None
+            if client is not None:
                 with contextlib.suppress(aiomqtt.MqttError):
-                    await self._client.__aexit__(None, None, None)
-            delay = self.mqtt.reconnect_min_s
-            while True:
-                await asyncio.sleep(delay)  # real time: the broker's, not the run's
-                try:
-                    await self._connect()
-                except aiomqtt.MqttError as exc:
-                    raise_if_cancelled(exc)
-                    delay = min(delay * 2, self.mqtt.reconnect_max_s)
-                    log.debug("MQTT connect failed (%s); again in %.1f s", exc, delay)
-                    continue
-                log.info("MQTT connected again to %s:%d", self.mqtt.host, self.mqtt.port)
-                break
+                    await client.__aexit__(None, None, None)
+
+    async def _reconnect(self) -> None:
+        """Connect with backoff until connected."""
+        delay = self.mqtt.reconnect_min_s
+        while True:
+            await asyncio.sleep(delay)  # real time: the broker's, not the run's
+            try:
+                await self._connect()
+            except aiomqtt.MqttError as exc:
+                raise_if_cancelled(exc)
+                delay = min(delay * 2, self.mqtt.reconnect_max_s)
+                log.debug("MQTT connect failed (%s); again in %.1f s", exc, delay)
+                continue
+            again = "again " if self._connections > 1 else ""
+            log.info("MQTT connected %sto %s:%d", again, self.mqtt.host, self.mqtt.port)
+            return
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -171,7 +199,7 @@ class CommandSender:
         """Sign and send one command; the agent's reply, or `CommandTimeout` when the broker's
         PUBACK and the reply together took longer than `wait_s` (a caller with a deadline, a
         top-up order, must not wait for a slow broker past it)."""
-        assert self._client is not None, "use CommandSender as `async with`"
+        client = self._connected()
         payload = new_command(
             command,
             concentrator=concentrator,
@@ -190,7 +218,7 @@ class CommandSender:
         published = False
         try:
             async with asyncio.timeout(wait_s):
-                await self._client.publish(
+                await client.publish(
                     f"{TOPIC_ROOT}/{concentrator}/cmd",
                     json.dumps(payload, ensure_ascii=False).encode(),
                     qos=1,
@@ -212,13 +240,22 @@ class CommandSender:
     async def agent_status(self, concentrator: str, within: float = 2.0) -> dict[str, Any] | None:
         """The agent's retained status (online / offline with its last will), if the broker
         holds one."""
-        assert self._client is not None
+        client = self._connected()
         seen = self._status_seen.setdefault(concentrator, asyncio.Event())
-        await self._client.subscribe(f"{TOPIC_ROOT}/{concentrator}/status", qos=1)
+        await client.subscribe(f"{TOPIC_ROOT}/{concentrator}/status", qos=1)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
                 await seen.wait()
         return self._status.get(concentrator)
+
+    def _connected(self) -> Client:
+        assert self._reader is not None, "use CommandSender as `async with`"
+        if self._client is None:
+            raise NotConnected(
+                f"not connected to the MQTT broker {self.mqtt.host}:{self.mqtt.port}"
+                " (connecting again)"
+            )
+        return self._client
 
     async def _read(self) -> None:
         assert self._client is not None

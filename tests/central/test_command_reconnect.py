@@ -13,7 +13,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from central.commands import CommandSender, CommandTimeout
+from central.commands import CommandSender, CommandTimeout, NotConnected
 from central.config import MqttConfig
 from common.mqtt import Client
 from tests.fixtures.services import Mosquitto, free_port
@@ -60,6 +60,35 @@ async def test_a_broker_restart_is_survived(
         messages = [r.getMessage() for r in caplog.records]
         assert any(m.startswith("MQTT connection lost") for m in messages), messages
         assert any(m.startswith("MQTT connected again") for m in messages), messages
+    finally:
+        broker.stop()
+
+
+async def test_start_offline_connects_in_the_background(tmp_path: Path) -> None:
+    """`start_offline` (the order service's): no broker at the start is no failure; commands
+    fail at once with `NotConnected` until the sender has connected on its own. Without it
+    the start fails (a one-shot command has nothing to wait for)."""
+    broker = Mosquitto(tmp_path / "broker", free_port())
+    mqtt = MqttConfig(host=broker.host, port=broker.port, reconnect_min_s=0.1,
+                      reconnect_max_s=0.3, client_id="test-offline")  # fmt: skip
+    with pytest.raises(aiomqtt.MqttError):
+        async with CommandSender(mqtt, KEY):
+            pass
+    try:
+        async with CommandSender(mqtt, KEY, start_offline=True) as sender:
+            with pytest.raises(NotConnected, match="not connected to the MQTT broker"):
+                await sender.send("c-x", "ping", wait_s=5)
+            broker.start()
+            timeout: CommandTimeout | None = None
+            async with asyncio.timeout(30):  # a hang guard: connected long before
+                while timeout is None:
+                    try:
+                        await sender.send("c-x", "ping", wait_s=0.2)
+                    except NotConnected:
+                        await asyncio.sleep(0.05)  # not connected yet
+                    except CommandTimeout as exc:
+                        timeout = exc
+            assert "no reply from c-x" in str(timeout)  # published: nobody answers here
     finally:
         broker.stop()
 
