@@ -174,11 +174,7 @@ class Executor:
     def tick(self) -> int:
         """One scheduling pass: end expired orders, start what may start. Returns the number
         started."""
-        now = self.clock()
-        for order in self.book.expired(now=now):
-            if order.meter not in self.running and self.book.take_expired(order, now=now):
-                with contextlib.suppress(_Stop, OrderCancelled):
-                    self._end_at_deadline(order)
+        now = self.end_overdue()
         free = self.cfg.concurrency - len(self.running)
         if free <= 0:
             return 0
@@ -187,6 +183,17 @@ class Executor:
             task = asyncio.create_task(self._execute(order), name=f"topup-{order.order_id}")
             self.running[order.meter] = task
         return len(claimed)
+
+    def end_overdue(self) -> float:
+        """End the active orders past their deadline that no instance holds (the service was
+        down, or busy, at their deadline): only the store, no broker, no encryption machine,
+        so a restarted service does it first. Returns the time it looked at."""
+        now = self.clock()
+        for order in self.book.expired(now=now):
+            if order.meter not in self.running and self.book.take_expired(order, now=now):
+                with contextlib.suppress(_Stop, OrderCancelled):
+                    self._end_at_deadline(order)
+        return now
 
     async def _sleep(self, stop: asyncio.Event) -> None:
         now = self.clock()

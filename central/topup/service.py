@@ -118,8 +118,17 @@ async def serve(cfg: CentralConfig, store: Store, *, stop: asyncio.Event | None 
             loop.add_signal_handler(sig, stop.set)
     hsm = load_security_module(t.hsm, {"url": t.hsm_url, "timeout_s": t.hsm_timeout_s})
     clock = common.clock.current().time
-    async with hsm, CommandSender(cfg.mqtt, key, client_id=f"{cfg.mqtt.client_id}-topup") as sender:
-        executor = Executor(book, t, hsm, MqttChannel(sender), clock=clock)
+    # the broker may be down or slow when the service starts (a power cut brings both back):
+    # billing's API and the deadlines do not wait for it, orders wait (command_timeout) until
+    # the sender has connected in the background
+    sender = CommandSender(
+        cfg.mqtt, key, client_id=f"{cfg.mqtt.client_id}-topup", start_offline=True
+    )
+    executor = Executor(book, t, hsm, MqttChannel(sender), clock=clock)
+    # the orders whose deadline passed while no instance ran end now, before anything waits
+    # on the network (a killed instance's orders were released above)
+    executor.end_overdue()
+    async with hsm, sender:
         book.listeners.append(lambda order: executor.wake())
         app = make_app(
             book, tokens, default_deadline_s=t.default_deadline_s,

@@ -5,13 +5,17 @@ resubmission, refusals at acceptance, cancelling, the bearer token."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.fixtures.pki import self_signed
-from tests.topup.service_stack import check_audit, service_stack
+from tests.topup.service_stack import ServiceStack, check_audit, service_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 LOCAL = "000000000001"
@@ -131,6 +135,58 @@ async def test_lost_reply_is_confirmed_by_read_back_across_a_restart(tmp_path: P
         done = await s.terminal("L-2")
         assert done["state"] == "confirmed", done
         assert len(s.credits(LOCAL_2)) == 1
+
+
+async def test_starts_while_the_broker_is_down_and_ends_overdue_orders_first(
+    tmp_path: Path,
+) -> None:
+    """A power cut brings the broker and the order service back in any order. An order whose
+    deadline passed while no instance ran ends as the restarted service starts, before it has
+    a broker; billing's API answers meanwhile and new orders wait, then execute once the
+    broker is back (once)."""
+    async with service_stack(tmp_path) as s:
+        n = s.count(LOCAL)
+        s.broker.stop()
+        now = dt.datetime.now(dt.UTC)
+        await s.topup("B-1", LOCAL, 1500, deadline=(now + dt.timedelta(seconds=3)).isoformat())
+        await s.kill_service()  # holding B-1, whose deadline passes while nothing runs
+        await asyncio.sleep(3.5)  # real seconds: the deadline is on the real clock here
+        started = dt.datetime.now(dt.UTC)
+        await s.start_service()  # the broker is still down
+        ready = dt.datetime.now(dt.UTC)
+        b1 = await s.order("B-1")
+        assert (b1["state"], b1["reason"]) == ("failed", "deadline_passed"), b1
+        finished = dt.datetime.fromisoformat(b1["finished_at"])
+        assert started <= finished <= ready, (started, b1["finished_at"], ready)
+        log = s.service.log() if s.service else ""
+        assert "not reachable" in log, log[-2000:]
+        assert "starting without it" in log, log[-2000:]
+        assert "Traceback" not in log, log[-3000:]
+
+        await s.topup("B-2", LOCAL_2, 900)
+        waiting = await eventually_order(s, "B-2", lambda o: o["reason"] == "command_timeout")
+        assert waiting["state"] in ("queued", "authenticating"), waiting
+        assert "not connected to the MQTT broker" in waiting["detail"], waiting
+        assert s.credits(LOCAL) == s.credits(LOCAL_2) == []
+
+        s.broker.start()
+        done = await s.terminal("B-2")
+        assert done["state"] == "confirmed", done
+        assert len(s.credits(LOCAL_2)) == 1
+        assert s.credits(LOCAL) == []
+        assert s.count(LOCAL) == n
+
+
+async def eventually_order(
+    s: ServiceStack, order_id: str, ok: Callable[[dict[str, Any]], bool], within: float = 30.0
+) -> dict[str, Any]:
+    """The order's view once `ok` holds (billing's polling)."""
+    async with asyncio.timeout(within):
+        while True:
+            order = await s.order(order_id)
+            if ok(order):
+                return order
+            await asyncio.sleep(0.1)
 
 
 async def test_webhook_signed_and_retried_and_the_reconciliation_pull(tmp_path: Path) -> None:
