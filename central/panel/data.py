@@ -416,13 +416,16 @@ class StatusWatcher:
                     log.info("panel: status subscription on %s:%d", self.mqtt.host, self.mqtt.port)
                     reader = asyncio.create_task(self._read(client))
                     stopper = asyncio.create_task(stop.wait())
-                    done, _ = await asyncio.wait(
-                        {reader, stopper}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for task in (reader, stopper):
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                            await task
+                    try:
+                        done, _ = await asyncio.wait(
+                            {reader, stopper}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:  # also when the panel cancels this task at its stop: the reader
+                        # would end on the closed connection with nobody to take its error
+                        for task in (reader, stopper):
+                            task.cancel()
+                            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                                await task
                     if reader in done and reader.exception() is not None:
                         raise reader.exception()  # type: ignore[misc]
             except aiomqtt.MqttError as exc:
