@@ -72,7 +72,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     with running_mosquitto(tmp_path / "broker") as broker:
         async with serve_fleet(fleet, transport="tcp") as serving:
             host, port = serving.endpoint("b1").address  # type: ignore[misc]
-            opts = "parity=N&reply_timeout_ms=200&byte_gap_ms=100&frame_gap_ms=0&baud=9600"
+            # 1 s: the simulator answers from this test's process, late on a loaded machine
+            opts = "parity=N&reply_timeout_ms=1000&byte_gap_ms=100&frame_gap_ms=0&baud=9600"
             agent_config = tmp_path / "agent.toml"
             agent_config.write_text(
                 f'[agent]\nconcentrator = "{CONCENTRATOR}"\nstate_dir = "{tmp_path / "state"}"\n'

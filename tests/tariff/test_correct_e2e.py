@@ -121,7 +121,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         ):
             endpoint = serving.endpoint("b1")
             assert endpoint.address is not None
-            opts = "parity=N&reply_timeout_ms=200&byte_gap_ms=100&frame_gap_ms=0&baud=9600"
+            # 1 s: the simulator answers from this test's process, late on a loaded machine
+            opts = "parity=N&reply_timeout_ms=1000&byte_gap_ms=100&frame_gap_ms=0&baud=9600"
             url = f"tcp://{endpoint.address[0]}:{endpoint.address[1]}?{opts}"
             agent_config = tmp_path / "agent.toml"
             agent_config.write_text(
