@@ -198,21 +198,35 @@ async def test_deny_110_packs_fewer_frames() -> None:
     assert Counter(r.deny for r in c.reads())[110] == 2  # 4 refused, 3 refused, then 2 + 2
 
 
-async def test_deny_111_from_another_master_is_waited_out() -> None:
+async def test_deny_111_from_another_master_is_waited_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """Another master (a second connection to the module) reads the same meter: our read is
-    denied 111 and goes again once the other one is answered."""
+    denied 111 and goes again once the other one is answered. The module holds the reads it
+    accepted until ours was denied (at the tests' time scale a read takes ~10 ms: on a loaded
+    machine the other read was answered before ours arrived, and nothing was denied)."""
     async with cco(fleet_toml(2)) as c:
         await c.client.module_info()
         await c.module.wait_formed()
+        released = asyncio.Event()
+        finish_read = c.module._finish_read  # an accepted read's one way on to its reply
+
+        async def held(*args: Any) -> None:
+            await released.wait()
+            await finish_read(*args)
+
+        monkeypatch.setattr(c.module, "_finish_read", held)
         other = CarrierClient(c.client.url, name="other")
         try:
             first = asyncio.create_task(other.read(c.meter(1), ENERGY))
             await eventually(lambda: q.NodeAddress.of(c.meter(1)) in c.module.in_flight)
-            mine = await c.client.read(c.meter(1), VOLTAGE)
-            await first
+            mine = asyncio.create_task(c.client.read(c.meter(1), VOLTAGE))
+            await eventually(lambda: c.client.stats["deny_111"] >= 1)
+            released.set()
+            theirs, ours = await first, await mine
         finally:
+            released.set()
             await other.close()
-    assert mine.measurements
+    assert theirs.measurements
+    assert ours.measurements
     assert c.client.stats["deny_111"] >= 1
 
 
