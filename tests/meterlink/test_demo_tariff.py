@@ -20,6 +20,7 @@ from central.store import open_store
 from central.tariff.store import TariffStore
 from simulators import load_fleet
 from tests.fixtures.clock import clear_of_midnight, on_clock
+from tests.meterlink.test_demo import SETTLE_S
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET = Path(__file__).parent / "data" / "tariff-fleet.toml"
@@ -40,7 +41,7 @@ async def test_the_demos_tariff_verdict_is_the_simulators_truth(tmp_path: Path) 
     tz = fleet.world.tz
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "meterlink", "demo", "--fleet", str(FLEET),
-        "--workdir", str(tmp_path), "--wait", "120", "--settle", "3",
+        "--workdir", str(tmp_path), "--wait", "120", "--settle", str(SETTLE_S),
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**os.environ, "TZ": "UTC"},
     )  # fmt: skip
