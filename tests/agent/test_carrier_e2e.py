@@ -67,6 +67,16 @@ def _central_config(work: Path, broker_port: int, influx_url: str) -> Path:
     return path
 
 
+def _outcomes_645(record: Path, meter: str) -> set[str]:
+    """What `meter` itself did with the DL/T 645 frames the module brought it (the record)."""
+    out: set[str] = set()
+    for line in record.read_text(encoding="utf-8").splitlines():
+        r: dict[str, Any] = json.loads(line)
+        if r.get("meter") == meter and r.get("layer") != "1376.2":
+            out.add(str(r["outcome"]))
+    return out
+
+
 def _carried(record: Path) -> set[str]:
     """Meters whose daily freeze energy the module carried back intact at least once, by the
     simulator's record: a 1376.2 read it answered, and the meter's own 645 answer intact."""
@@ -168,7 +178,13 @@ async def test_carrier_bus_end_to_end_coverage_equals_the_simulators_record(
     unread = {f["meter"]: f["last_reason"] for f in result["consecutive_failures"]}
     assert set(unread) == archived - carried
     assert "420100000101" in unread  # the meter whose replies are always corrupted ...
-    assert unread["420100000101"] == "checksum"  # ... is a checksum failure, nothing else
+    # ... answered only with damaged bytes, by the simulator's record, and its last failure is
+    # the checksum — or a route failure: 5 % of exchanges draw one, in arrival order, so which
+    # attempt draws it depends on timing (seen on a loaded machine)
+    outcomes = _outcomes_645(record, "420100000101")
+    assert outcomes, "the corrupted meter was never asked"
+    assert outcomes <= {"corrupted"}, outcomes
+    assert unread["420100000101"] in ("checksum", "route_failure")
     assert set(unread.values()) <= {"no_reply", "checksum", "route_failure"}
     log = agent.log()
     assert "Traceback" not in log + central.log()
