@@ -146,8 +146,14 @@ def _counters(stats: Any) -> Iterable[Metric]:
             yield CounterMetricFamily(name, help_text, value=value)
 
 
+#: the waits between tries to listen when the address is taken (real seconds)
+LISTEN_RETRY_S = (1.0, 30.0)
+
+
 async def serve_metrics(metrics: AgentMetrics, listen: str) -> None:
-    """Serve /metrics until cancelled."""
+    """Serve /metrics until cancelled. An address that cannot be listened on (another process
+    holds the port, the host is not this machine's) does not stop the agent: meters are read
+    and readings kept as before; it says so once and tries again, with backoff, until it can."""
     host, _, port = listen.rpartition(":")
 
     async def handle(_request: web.Request) -> web.Response:
@@ -157,10 +163,25 @@ async def serve_metrics(metrics: AgentMetrics, listen: str) -> None:
     app.router.add_get("/metrics", handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
-    await site.start()
-    log.info("metrics on http://%s/metrics", listen)
     try:
+        delay, failed = LISTEN_RETRY_S[0], False
+        while True:
+            site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+            try:
+                await site.start()
+                break
+            except OSError as exc:
+                await site.stop()  # the runner let go of the site that did not start
+                if not failed:
+                    log.error(
+                        "metrics: cannot listen on %s (%s); meters are read as before, trying"
+                        " again every %g s at most",
+                        listen, exc.strerror or exc, LISTEN_RETRY_S[1],
+                    )  # fmt: skip
+                failed = True
+                await asyncio.sleep(delay)  # real time: the port's holder is another process
+                delay = min(delay * 2, LISTEN_RETRY_S[1])
+        log.info("metrics on http://%s/metrics", listen)
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
