@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,11 +44,36 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
     return arm
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the system hands out to outgoing connections (Linux: 32768)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A loopback port free now, for a server started later — drawn below the ephemeral range.
+    A port the system picks (bind to 0) comes from the range it also gives outgoing connections:
+    between this call and a later (re)start of the server, any client's connection may take it
+    (seen: an agent restarted on its metrics port found it held by another program's
+    connection). Below that range only another listener can take it."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    if low > 11024:
+        for _ in range(100):
+            port = rng.randint(10000, low - 1)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # a listener, or a connection in TIME_WAIT
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        picked: int = s.getsockname()[1]
+        return picked
 
 
 def wait_port(
