@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,16 +171,26 @@ class ServiceStack:
         assert status == 200, order
         return order
 
-    async def terminal(
-        self, order_id: str, kind: str = "topups", within: float = 90.0
+    async def until(
+        self,
+        order_id: str,
+        ok: Callable[[dict[str, Any]], bool],
+        kind: str = "topups",
+        within: float = 90.0,
     ) -> dict[str, Any]:
-        """The order once terminal (polled: the API is what billing sees)."""
+        """The order's view once `ok` holds (polled: the API is what billing sees)."""
         async with asyncio.timeout(within):
             while True:
                 order = await self.order(order_id, kind)
-                if order["state"] in TERMINAL:
+                if ok(order):
                     return order
                 await asyncio.sleep(0.1)
+
+    async def terminal(
+        self, order_id: str, kind: str = "topups", within: float = 90.0
+    ) -> dict[str, Any]:
+        """The order once terminal."""
+        return await self.until(order_id, lambda o: o["state"] in TERMINAL, kind, within)
 
     async def view(self, order_id: str, kind: str = "topups") -> dict[str, Any]:
         return await self.order(order_id, kind)

@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.fixtures.pki import self_signed
-from tests.topup.service_stack import ServiceStack, check_audit, service_stack
+from tests.topup.service_stack import check_audit, service_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 LOCAL = "000000000001"
@@ -165,7 +163,7 @@ async def test_starts_while_the_broker_is_down_and_ends_overdue_orders_first(
         assert "Traceback" not in log, log[-3000:]
 
         await s.topup("B-2", LOCAL_2, 900)
-        waiting = await eventually_order(s, "B-2", lambda o: o["reason"] == "command_timeout")
+        waiting = await s.until("B-2", lambda o: o["reason"] == "command_timeout", within=30)
         assert waiting["state"] in ("queued", "authenticating"), waiting
         assert "not connected to the MQTT broker" in waiting["detail"], waiting
         assert s.credits(LOCAL) == s.credits(LOCAL_2) == []
@@ -176,18 +174,6 @@ async def test_starts_while_the_broker_is_down_and_ends_overdue_orders_first(
         assert len(s.credits(LOCAL_2)) == 1
         assert s.credits(LOCAL) == []
         assert s.count(LOCAL) == n
-
-
-async def eventually_order(
-    s: ServiceStack, order_id: str, ok: Callable[[dict[str, Any]], bool], within: float = 30.0
-) -> dict[str, Any]:
-    """The order's view once `ok` holds (billing's polling)."""
-    async with asyncio.timeout(within):
-        while True:
-            order = await s.order(order_id)
-            if ok(order):
-                return order
-            await asyncio.sleep(0.1)
 
 
 async def test_webhook_signed_and_retried_and_the_reconciliation_pull(tmp_path: Path) -> None:
