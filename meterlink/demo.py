@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import io
 import json
 import os
 import secrets
@@ -387,6 +388,10 @@ def run(args: argparse.Namespace) -> int:
     except FleetError as exc:
         print(f"meterlink demo: {exc}", file=sys.stderr)
         return EX_CONFIG
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # each line as it is printed also into a pipe (`| tee demo.log`, a supervisor waiting
+        # for "demo: running"): a pipe's output was held until 8 KiB had gathered, or the end
+        sys.stdout.reconfigure(line_buffering=True)
     tz = fleet.world.tz
     args.sim_fleet = fleet  # the same seed as the simulator's: its plans and its truth
     previous = {
@@ -522,12 +527,19 @@ def _run(args: argparse.Namespace, tz: dt.tzinfo) -> int:
         )
         print(f"demo: done in {time.monotonic() - started:.0f} s")
         if args.keep_running:
-            print("demo: running; Ctrl-C stops everything")
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    stack.check()
-                    time.sleep(5)
+            _keep_running(stack)
     return 0 if settled else 1
+
+
+def _keep_running(stack: _Stack) -> None:
+    """--keep-running: serve until Ctrl-C. The line that says so is written inside the wait, so
+    a Ctrl-C that follows it ends the demo normally however soon it comes (a script waiting for
+    the line and then pressing Ctrl-C got exit 130 when the signal came before the wait)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        print("demo: running; Ctrl-C stops everything", flush=True)
+        while True:
+            stack.check()
+            time.sleep(5)
 
 
 def _tariff_rate(

@@ -4,6 +4,7 @@ started is gone afterwards and no port it used is still held."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -15,12 +16,18 @@ from pathlib import Path
 
 import pytest
 
+from meterlink import demo
 from meterlink.services import die_with_parent
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # a hang guard, not a speed limit
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET = Path(__file__).parent / "data" / "demo-fleet.toml"
+
+
+AS_A_NEW_USER = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+"""these machines set PYTHONUNBUFFERED, which hid that the demo's lines reached a pipe only at
+its end (a script waiting for "demo: running" waited for ever)"""
 
 
 def _children(pid: int) -> set[int]:
@@ -77,7 +84,7 @@ def test_a_stopped_demo_leaves_nothing_running(tmp_path: Path, sig: int, code: i
         [sys.executable, "-m", "meterlink", "demo", "--fleet", str(FLEET),
          "--workdir", str(tmp_path), "--wait", "60", "--settle", "1", "--keep-running"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=as_a_background_job,
+        preexec_fn=as_a_background_job, env=AS_A_NEW_USER,
     )  # fmt: skip
     assert demo.stdout is not None
     seen = []
@@ -112,3 +119,36 @@ def test_a_stopped_demo_leaves_nothing_running(tmp_path: Path, sig: int, code: i
     if sig != signal.SIGKILL:
         assert "Traceback" not in text + rest
         assert os.path.exists(tmp_path / "agent.log")
+
+
+class _CtrlCAsTheLineIsWritten(io.StringIO):
+    """Ctrl-C arriving the moment "demo: running" is out (a script that waits for the line and
+    stops the demo at once): Python raises KeyboardInterrupt in whatever runs next."""
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self.getvalue().endswith("demo: running; Ctrl-C stops everything\n"):
+            raise KeyboardInterrupt
+        return written
+
+
+def test_ctrl_c_right_after_the_running_line_ends_the_demo_normally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = _CtrlCAsTheLineIsWritten()
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        demo._keep_running(demo._Stack(tmp_path))  # returns: the demo exits 0
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped --keep-running's wait: the demo would exit 130")
+    assert out.getvalue() == "demo: running; Ctrl-C stops everything\n"
+
+
+def test_a_child_that_dies_while_the_demo_keeps_running_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    stack = demo._Stack(tmp_path)
+    stack.start("agent", ["sh", "-c", "echo 'agent: config error' >&2; exit 78"]).wait()
+    with pytest.raises(demo.StackFailed, match=r"agent exited with 78:\nagent: config error"):
+        demo._keep_running(stack)
