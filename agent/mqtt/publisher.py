@@ -365,7 +365,16 @@ class OutboxPublisher:
         self._on_progress()
 
     async def _acked(self, kind: str, rows: list[OutboxRow]) -> None:
+        """The broker acknowledged `rows`: count them as published, then forget them. Counted
+        first: the count is the broker's word, and a stop that cancels the wait for the outbox
+        (the rows may already be forgotten) must not lose it."""
         now = common.clock.current().time()
+        ages = [max(0.0, now - r.created_at) for r in rows]
+        self.publish_latency_s = max(ages)
+        total = self.publish_latency_avg_s * self._latency_rows + sum(ages)
+        self._latency_rows += len(rows)
+        self.publish_latency_avg_s = total / self._latency_rows
+        self._stats.bump(self._stats.published_rows, kind, len(rows))
         while True:
             try:
                 await self._outbox.ack([r.id for r in rows])
@@ -374,10 +383,4 @@ class OutboxPublisher:
                 # the broker has them but the disk has no room to forget them (said by the
                 # storage watch): wait rather than send them again
                 await asyncio.sleep(ACK_RETRY_S)
-        ages = [max(0.0, now - r.created_at) for r in rows]
-        self.publish_latency_s = max(ages)
-        total = self.publish_latency_avg_s * self._latency_rows + sum(ages)
-        self._latency_rows += len(rows)
-        self.publish_latency_avg_s = total / self._latency_rows
-        self._stats.bump(self._stats.published_rows, kind, len(rows))
         self._on_progress()

@@ -152,6 +152,43 @@ async def test_readings_put_during_an_outage_all_arrive_after_it(
     assert any("connect attempt failed" in r.getMessage() for r in caplog.records)
 
 
+class SlowAckOutbox(RecordingOutbox):
+    """Forgets acknowledged readings, then holds the publisher there: a stop that comes while
+    the outbox is still finishing an ack."""
+
+    def __init__(self, path: Path, *, max_bytes: int, eviction: str) -> None:
+        super().__init__(path, max_bytes=max_bytes, eviction=eviction)
+        self.hold = asyncio.Event()
+        self.readings: set[int] = set()
+
+    async def ack(self, ids: Sequence[int]) -> None:
+        await super().ack(ids)
+        if self.readings.intersection(ids):
+            await self.hold.wait()
+
+
+async def test_rows_the_broker_acknowledged_are_counted_before_the_outbox_forgets_them(
+    tmp_path: Path,
+) -> None:
+    """Run 7 of a campaign: the link was stopped while its publisher waited for the outbox to
+    finish an ack; the batch had left the outbox, and its 50 rows were missing from
+    `published_rows`."""
+    with local_mosquitto(tmp_path) as broker:
+        outbox = await SlowAckOutbox.open(tmp_path / "outbox.db")
+        link = make_link(broker, outbox, batch_size=50)
+        try:
+            async with Collector(broker, client_id="centre-consumer"), running(link):
+                ids = await outbox.put_many("readings", [reading(i) for i in range(20)])
+                outbox.readings.update(ids)
+                await eventually(lambda: outbox.depth_now()["readings"] == 0)
+                assert sorted(outbox.acked) == sorted(ids)
+                assert link.stats.published_rows == {"readings": 20}
+        finally:
+            outbox.hold.set()
+            await outbox.close()
+    assert link.stats.published_rows == {"readings": 20}
+
+
 def round_report() -> dict[str, Any]:
     return {
         "plan": "daily",
