@@ -347,7 +347,11 @@ async def test_the_daily_plan_reads_every_live_meter_in_one_exchange_each(tmp_pa
 
 
 async def test_router_led_daily_round(tmp_path: Path) -> None:
-    toml = fleet_toml(12, profile="narrowband")
+    # the module's patience scales with its timers: its field 10 s for an answer to an ask
+    # would be 20 ms here, less than a loaded machine may take to schedule the agent (campaign
+    # run 2: the module skipped a node the agent was answering). 1000 s scale to 2 s.
+    patience = "ask_repeat_s = 1000\n    report_repeat_s = 1000"
+    toml = fleet_toml(12, profile="narrowband", extra=patience)
     async with sim_agent(toml, tmp_path, time_scale=0.002, carrier_options="mode=router") as sa:
         report = await DailyPlanner(DailyPlan(backfill_days=0), sa.ctx).run_round(DAY, final=False)
         assert report["read"] == 12, report["failed"]
