@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import NoSuchElementException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
@@ -39,7 +40,29 @@ def operator(stack: Stack) -> Any:
 
 
 def _value(driver: WebDriver, css: str) -> str:
-    return str(driver.find_element(By.CSS_SELECTOR, css).get_attribute("data-value"))
+    """The element's data-value, read in one step in the page: the overview replaces its live
+    region (`innerHTML`) on every refresh, so an element found in one WebDriver call can be gone
+    by the next (a stale element, run 97)."""
+    value = driver.execute_script(
+        "const e = document.querySelector(arguments[0]);"
+        " return e === null ? [false, null] : [true, e.getAttribute('data-value')];",
+        css,
+    )
+    found, text = value
+    if not found:
+        raise NoSuchElementException(f"no element {css!r} on the page")
+    return str(text)
+
+
+def _text(driver: WebDriver, css: str) -> str:
+    """The element's rendered text, read in one step in the page (see `_value`)."""
+    text = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e === null ? null : e.innerText;",
+        css,
+    )
+    if text is None:
+        raise NoSuchElementException(f"no element {css!r} on the page")
+    return str(text).strip()
 
 
 def _num(text: str) -> float | None:
@@ -85,38 +108,38 @@ def test_overview_equals_the_report(stack: Stack, viewer: WebDriver, shots: Path
     viewer.get(stack.url + "/")
     for kpi, offset in (("kpi-today", 0), ("kpi-yesterday", -1)):
         report = _fleet(stack.report(day(offset)))
-        assert viewer.find_element(By.ID, kpi).get_attribute("data-day") == day(offset)
+        day_of = viewer.execute_script(
+            "return document.getElementById(arguments[0]).dataset.day", kpi
+        )
+        assert day_of == day(offset)
         assert _num(_value(viewer, f"#{kpi} .v-rate")) == report["rate"]
         assert _num(_value(viewer, f"#{kpi} .v-timely")) == report["timeliness_rate"]
         assert _num(_value(viewer, f"#{kpi} .v-complete")) == report["completeness_rate"]
-        read = viewer.find_element(By.CSS_SELECTOR, f"#{kpi} .v-read").text
-        expected = viewer.find_element(By.CSS_SELECTOR, f"#{kpi} .v-expected").text
+        read = _text(viewer, f"#{kpi} .v-read")
+        expected = _text(viewer, f"#{kpi} .v-expected")
         assert (int(read), int(expected)) == (report["read"], report["expected"])
-        text = viewer.find_element(By.CSS_SELECTOR, f"#{kpi} .v-rate").text
+        text = _text(viewer, f"#{kpi} .v-rate")
         assert text == f"{report['rate']:.2f}"
     today = _fleet(stack.report(day(0)))
-    shown = {
-        row.get_attribute("data-reason"): int(row.find_elements(By.TAG_NAME, "td")[1].text)
-        for row in viewer.find_elements(By.CSS_SELECTOR, "#reasons tbody tr")
-    }
+    rows = viewer.execute_script(
+        "return [...document.querySelectorAll('#reasons tbody tr')]"
+        ".map(r => [r.dataset.reason, r.cells[1].innerText]);"
+    )
+    shown = {reason: int(count) for reason, count in rows}
     assert shown == today["failed_by_reason"]
     # the top-up slot is there, not configured; the tariff section is (central.tariff.panel),
     # with no figure: this stack has no tariff plans (tests/panel/test_tariff_browser.py has)
-    assert "未配置" in viewer.find_element(By.ID, "kpi-topup").text
-    tariff = viewer.find_element(By.ID, "kpi-tariff").text
+    assert "未配置" in _text(viewer, "#kpi-topup")
+    tariff = _text(viewer, "#kpi-tariff")
     assert "未配置" not in tariff
     assert tariff.endswith("-")
     # both agents' retained status: c-live online; c-hist never had an agent here
-    assert viewer.find_element(By.ID, "agents-online").text == "1"
-    assert viewer.find_element(By.ID, "agents-unknown").text == "1"
+    assert _text(viewer, "#agents-online") == "1"
+    assert _text(viewer, "#agents-unknown") == "1"
     # the trend: days before yesterday are the coverage job's points in InfluxDB
     three_days_ago = day(-3)
-    dots = viewer.find_elements(By.CSS_SELECTOR, f'#trend circle.s-rate[data-x="{three_days_ago}"]')
-    assert dots, "no trend point three days ago"
-    assert (
-        float(str(dots[0].get_attribute("data-value")))
-        == _fleet(stack.report(three_days_ago))["rate"]
-    )
+    dot = _value(viewer, f'#trend circle.s-rate[data-x="{three_days_ago}"]')  # no dot: raises
+    assert float(dot) == _fleet(stack.report(three_days_ago))["rate"]
     screenshot(viewer, shots, "overview", visible=("kpi-today", "kpi-yesterday", "trend",
                                                    "agents", "reasons", "worst"))  # fmt: skip
 
