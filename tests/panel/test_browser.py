@@ -39,30 +39,24 @@ def operator(stack: Stack) -> Any:
         yield driver
 
 
-def _value(driver: WebDriver, css: str) -> str:
-    """The element's data-value, read in one step in the page: the overview replaces its live
-    region (`innerHTML`) on every refresh, so an element found in one WebDriver call can be gone
-    by the next (a stale element, run 97)."""
-    value = driver.execute_script(
-        "const e = document.querySelector(arguments[0]);"
-        " return e === null ? [false, null] : [true, e.getAttribute('data-value')];",
+def _read(driver: WebDriver, css: str, attribute: str | None = None) -> str:
+    """An element's attribute (its rendered text without one), found and read in one step in
+    the page: the overview replaces its live region (`innerHTML`) on every refresh, so an
+    element found in one WebDriver call can be gone by the next (a stale element, run 97)."""
+    found, value = driver.execute_script(
+        "const [css, name] = arguments; const e = document.querySelector(css);"
+        " if (e === null) return [false, null];"
+        " return [true, name === null ? e.innerText.trim() : e.getAttribute(name)];",
         css,
+        attribute,
     )
-    found, text = value
     if not found:
         raise NoSuchElementException(f"no element {css!r} on the page")
-    return str(text)
+    return str(value)
 
 
-def _text(driver: WebDriver, css: str) -> str:
-    """The element's rendered text, read in one step in the page (see `_value`)."""
-    text = driver.execute_script(
-        "const e = document.querySelector(arguments[0]); return e === null ? null : e.innerText;",
-        css,
-    )
-    if text is None:
-        raise NoSuchElementException(f"no element {css!r} on the page")
-    return str(text).strip()
+def _value(driver: WebDriver, css: str) -> str:
+    return _read(driver, css, "data-value")
 
 
 def _num(text: str) -> float | None:
@@ -108,17 +102,14 @@ def test_overview_equals_the_report(stack: Stack, viewer: WebDriver, shots: Path
     viewer.get(stack.url + "/")
     for kpi, offset in (("kpi-today", 0), ("kpi-yesterday", -1)):
         report = _fleet(stack.report(day(offset)))
-        day_of = viewer.execute_script(
-            "return document.getElementById(arguments[0]).dataset.day", kpi
-        )
-        assert day_of == day(offset)
+        assert _read(viewer, f"#{kpi}", "data-day") == day(offset)
         assert _num(_value(viewer, f"#{kpi} .v-rate")) == report["rate"]
         assert _num(_value(viewer, f"#{kpi} .v-timely")) == report["timeliness_rate"]
         assert _num(_value(viewer, f"#{kpi} .v-complete")) == report["completeness_rate"]
-        read = _text(viewer, f"#{kpi} .v-read")
-        expected = _text(viewer, f"#{kpi} .v-expected")
+        read = _read(viewer, f"#{kpi} .v-read")
+        expected = _read(viewer, f"#{kpi} .v-expected")
         assert (int(read), int(expected)) == (report["read"], report["expected"])
-        text = _text(viewer, f"#{kpi} .v-rate")
+        text = _read(viewer, f"#{kpi} .v-rate")
         assert text == f"{report['rate']:.2f}"
     today = _fleet(stack.report(day(0)))
     rows = viewer.execute_script(
@@ -129,13 +120,13 @@ def test_overview_equals_the_report(stack: Stack, viewer: WebDriver, shots: Path
     assert shown == today["failed_by_reason"]
     # the top-up slot is there, not configured; the tariff section is (central.tariff.panel),
     # with no figure: this stack has no tariff plans (tests/panel/test_tariff_browser.py has)
-    assert "未配置" in _text(viewer, "#kpi-topup")
-    tariff = _text(viewer, "#kpi-tariff")
+    assert "未配置" in _read(viewer, "#kpi-topup")
+    tariff = _read(viewer, "#kpi-tariff")
     assert "未配置" not in tariff
     assert tariff.endswith("-")
     # both agents' retained status: c-live online; c-hist never had an agent here
-    assert _text(viewer, "#agents-online") == "1"
-    assert _text(viewer, "#agents-unknown") == "1"
+    assert _read(viewer, "#agents-online") == "1"
+    assert _read(viewer, "#agents-unknown") == "1"
     # the trend: days before yesterday are the coverage job's points in InfluxDB
     three_days_ago = day(-3)
     dot = _value(viewer, f'#trend circle.s-rate[data-x="{three_days_ago}"]')  # no dot: raises
