@@ -60,6 +60,8 @@ class RouterReader:
         self._pending: dict[str, deque[_Job]] = {}
         self._current: dict[str, _Job] = {}
         self._node_seq: dict[int, str] = {}
+        self._answering: set[tuple[str, int]] = set()
+        """asks (meter, SEQ) whose answer is being chosen or sent"""
         self._passes = 0
         self._running = False
         self._starting = False
@@ -166,6 +168,8 @@ class RouterReader:
         if current is not None and current.ask_seq == frame.seq and current.answer is not None:
             self.client._spawn(self.client.link.send(current.answer))  # our answer was lost
             return
+        if (meter, frame.seq) in self._answering:
+            return  # asked again before our answer left: it is on its way, one answer per ask
         # the module moved on (or asks this node afresh): what it started and never reported
         # has failed behind it
         for other, job in list(self._current.items()):
@@ -174,9 +178,16 @@ class RouterReader:
                 job.future.set_exception(
                     RouteFailure(f"the module read meter {other} and reported nothing (router-led)")
                 )
+        self._answering.add((meter, frame.seq))
         self.client._spawn(self._answer(frame, ask))
 
     async def _answer(self, frame: q.Frame, ask: q.RouterReadRequest) -> None:
+        try:
+            await self._choose_and_send(frame, ask)
+        finally:
+            self._answering.discard((ask.node_addr.digits, frame.seq))
+
+    async def _choose_and_send(self, frame: q.Frame, ask: q.RouterReadRequest) -> None:
         meter = ask.node_addr.digits
         for _ in range(LINGER_TURNS):
             if self._pending.get(meter):

@@ -70,6 +70,8 @@ class FakeCco:
     hold: bool = False
     """keep read replies until `release()`"""
     router_led: bool = False
+    ask_twice: bool = False
+    """router-led: send each ask twice at once (the module repeats an ask it thinks unanswered)"""
     vanish: bool = False
     """answer nothing at all (a dead module)"""
     received: list[q.Frame] = field(default_factory=list)
@@ -128,9 +130,9 @@ class FakeCco:
                         await self._frame(event)
         writer.close()
 
-    async def _send(self, frame: q.Frame) -> None:
+    async def _send(self, frame: q.Frame, times: int = 1) -> None:
         assert self._writer is not None
-        self._writer.write(frame.to_bytes())
+        self._writer.write(frame.to_bytes() * times)
         await self._writer.drain()
 
     async def _notify(self) -> None:
@@ -338,9 +340,11 @@ class FakeCco:
                     comm_mode=q.CommMode.NARROWBAND,
                     prm=True,
                 )
-                await self._send(ask)
+                await self._send(ask, times=2 if self.ask_twice else 1)
                 frame, answer = await self._router_answers.get()
-                assert frame.seq == ask.seq
+                while frame.seq != ask.seq:  # an answer to an earlier ask: a real module drops it
+                    self.counts["stale_router_answers"] += 1
+                    frame, answer = await self._router_answers.get()
                 if answer.read_flag != q.ReadFlag.READ:
                     break
                 carried = q.RouterReadAnswer(2, answer.frame)

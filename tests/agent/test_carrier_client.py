@@ -370,6 +370,24 @@ async def test_router_led_reading_answers_the_modules_asks_from_the_queue() -> N
     # 8 × 06F2 and the 06F3 at the end of the pass: every report confirmed
 
 
+async def test_router_led_an_ask_repeated_before_the_answer_left_is_answered_once() -> None:
+    # the module repeats an ask it believes unanswered; both arrive while the agent still
+    # chooses the answer: a second answer would take the meter's next item, which the module
+    # (waiting for this SEQ no longer) never reads
+    fleet = meters(2)
+    cco = FakeCco(fleet, comm_type=1, router_led=True, ask_twice=True)
+    options = "mode=router&router_wait_s=20"  # a lost item fails in 20 s, not the field's 2 h
+    async with module(cco, options, archive=list(fleet)) as (client, _):
+        results = await asyncio.gather(
+            *(client.read_many(addr(n), [FREEZE_TIME, ENERGY]) for n in (1, 2))
+        )
+        await cco.wait_for(lambda: cco.counts["passes"] == 1)
+    for per_meter in results:
+        assert all(not isinstance(r, Exception) for r in per_meter), per_meter
+    assert cco.counts["router_reads"] == 4
+    assert cco.counts["stale_router_answers"] == 0
+
+
 async def test_router_led_a_meter_the_module_never_visits_is_a_route_failure() -> None:
     fleet = meters(3)
     cco = FakeCco(fleet, comm_type=1, router_led=True, joined={"000000000001"})
