@@ -519,7 +519,7 @@ def meter_day_minutes(setup: TariffSetup, day: dt.date) -> tuple[int, ...]:
     cuts = {0, MINUTES_PER_DAY}
     for switch in (setup.switch_zones, setup.switch_tables):
         if switch is not None and switch.date() == day:
-            cuts.add(switch.hour * 60 + switch.minute)
+            cuts.add(_first_minute_at_or_after(switch))
     result: list[int] = []
     bounds = sorted(cuts)
     for start, end in itertools.pairwise(bounds):
@@ -528,6 +528,14 @@ def meter_day_minutes(setup: TariffSetup, day: dt.date) -> tuple[int, ...]:
         entries = _entries(table_set, _day_table(setup, zone_set, day))
         result.extend(table_minutes(entries, setup.period_count)[start:end])
     return tuple(result)
+
+
+def _first_minute_at_or_after(switch: dt.datetime) -> int:
+    """The first minute of the day whose start the switch has reached: a switch at 15:00 counts
+    from minute 900, one at 15:00:00.8 (a time with seconds, from a payload) from minute 901 —
+    `meter_tariff` at 15:00 still sees the old sets. 1440: from no minute of that day."""
+    minute = switch.hour * 60 + switch.minute
+    return minute + 1 if (switch.second, switch.microsecond) != (0, 0) else minute
 
 
 def _check_naive(when: dt.datetime) -> None:

@@ -171,6 +171,20 @@ def test_switch_times_flip_the_active_sets() -> None:
     assert minutes[12 * 60 + 29] == 3
     assert minutes[12 * 60 + 30] == 2
     assert minutes[0] == 4
+    # a switch time with seconds (a payload may carry them) takes effect from the next minute,
+    # as `meter_tariff` sees it (found by the property test below: 15:00:00.798595)
+    late = replace(
+        s, switch_zones=at("2026-12-10T12:30:01"), switch_tables=at("2026-12-10T12:30:01")
+    )
+    minutes = meter_tariff_minutes(late, dt.date(2026, 12, 10))
+    assert meter_tariff(late, at("2026-12-10T12:30")) == minutes[12 * 60 + 30] == 3
+    assert meter_tariff(late, at("2026-12-10T12:31")) == minutes[12 * 60 + 31] == 2
+    end = replace(
+        s, switch_zones=at("2026-12-10T23:59:30"), switch_tables=at("2026-12-10T23:59:30")
+    )
+    assert meter_tariff_minutes(end, dt.date(2026, 12, 10))[-1] == meter_tariff(
+        end, at("2026-12-10T23:59")
+    )
 
 
 def test_status_word_3_bits() -> None:
