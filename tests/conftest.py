@@ -11,10 +11,19 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from hypothesis import Phase, settings
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS_FILE = REPO.parent / "shared" / "vectors" / "dlt645-public.json"
 LOCAL_VECTORS = REPO / "tests" / "data" / "dlt645-public.json"
+
+
+# Hypothesis's explain phase traces every line the test runs once a failure is found, its
+# shrinking included: a heavy property test (the tariff minute list: 2880 selections per
+# example) then ran into its hang guard on a loaded machine and the failing example was never
+# printed. Without it a failure reports its shrunk example (and `.hypothesis/` replays it).
+settings.register_profile("meterlink", phases=[p for p in Phase if p is not Phase.explain])
+settings.load_profile("meterlink")
 
 
 def load_vectors() -> list[dict[str, Any]]:
