@@ -201,6 +201,8 @@ class Accumulator:
         return self._days[day]
 
     def _profile_at(self, when: dt.datetime) -> list[float]:
+        if self.ratio == 0.0:  # the export register of a pure consumer: nothing ever books
+            return [0.0] * self.tou.tariffs
         base = list(self._at_midnight(when.date()))
         hours = when.hour + when.minute / 60 + (when.second + when.microsecond / 1e6) / 3600
         for i, e in enumerate(self._day_energy(when.date(), hours)):
