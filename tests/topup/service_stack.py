@@ -221,11 +221,13 @@ async def service_stack(
     fleet_toml: str | None = None,
     *,
     topup: dict[str, Any] | None = None,
-    agent_reply_timeout_ms: int = 200,
+    agent_reply_timeout_ms: int = 2000,
     env: dict[str, str] | None = None,
     central_extra: str = "",
 ) -> AsyncIterator[ServiceStack]:
-    """`topup`: [topup] keys over the test defaults (short retries and waits)."""
+    """`topup`: [topup] keys over the test defaults (short retries and waits). The agent
+    listens 2 s for a meter's reply (the in-process simulator answers late on a loaded machine;
+    200 ms, as this stack once had, was missed by the same agent in `test_e2e_security.py`)."""
     fleet = parse_fleet(fleet_toml or fleet_text())
     archive = tmp_path / "archive.json"
     archive.write_text(json.dumps(fleet.archive()))

@@ -116,7 +116,9 @@ async def _stack(tmp_path: Path, transport: str) -> AsyncIterator[Stack]:
             ),
         ):
             endpoint = serving.endpoint("b1")
-            opts = "parity=N&reply_timeout_ms=200&byte_gap_ms=100&frame_gap_ms=0&baud=9600"
+            # 3 s for a reply: the in-process simulator answers late on a loaded machine (200 ms
+            # was missed once); only the dropped replies and requests below wait it out
+            opts = "parity=N&reply_timeout_ms=3000&byte_gap_ms=100&frame_gap_ms=0&baud=9600"
             if endpoint.kind == "tcp":
                 assert endpoint.address is not None
                 url = f"tcp://{endpoint.address[0]}:{endpoint.address[1]}?{opts}"
