@@ -39,6 +39,10 @@ and eviction, oldest first, called on the event loop (scheduled by the writer th
 returns, and even if that `put` was cancelled meanwhile). The outbox only reports: marking those
 (meter, data day) pairs unread so that backfill visits them again is the owner's job (without
 that, backfill skips days the plan state says were read, and the evicted values are lost).
+The report survives a power cut: with a listener, the eviction's transaction also keeps the
+evicted payloads in ``evicted_unreported``; a row leaves it (in a later write) once `on_evicted`
+returned for it, and what is still there at `open` is reported again then (at least once: a
+report repeated after a crash costs a second read of that day, never a lost reading).
 """
 
 from __future__ import annotations
@@ -132,6 +136,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE outbox_v3 RENAME TO outbox",
         "CREATE INDEX outbox_kind_id ON outbox (kind, id)",
     ),
+    (  # 3 -> 4: evicted rows the owner has not been told of yet, written with the eviction (a
+        # power cut between the eviction and `on_evicted` lost the readings' "read it again")
+        """CREATE TABLE evicted_unreported (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            payload TEXT NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -157,6 +169,8 @@ class _Eviction:
     freed: int
     payloads: dict[str, list[dict[str, Any]]]
     """by kind, oldest first; only collected when there is an `Outbox.on_evicted`"""
+    unreported_upto: int = 0
+    """the highest ``evicted_unreported`` id the eviction wrote (0: none)"""
 
     def __bool__(self) -> bool:
         return bool(self.counts)
@@ -210,6 +224,13 @@ class Outbox:
         self._depth: dict[str, int] = dict.fromkeys(STORED_KINDS, 0)
         self._evicted_upto: dict[str, int] = {}
         """per kind, the highest row id an eviction deleted up to (see `was_evicted`)"""
+        self._unreported: tuple[dict[str, list[dict[str, Any]]], int] = ({}, 0)
+        """evicted payloads found in ``evicted_unreported`` at open, and the highest id there"""
+        self._reported_upto = 0
+        """``evicted_unreported`` ids up to this one have been reported (set on the loop)"""
+        self._settled_upto = 0
+        """... and deleted (on the writer thread, in the next write's transaction)"""
+        self._report_failed = False
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="outbox-writer"
@@ -236,6 +257,14 @@ class Outbox:
         except BaseException:
             await outbox.close()
             raise
+        payloads, upto = outbox._unreported
+        if payloads:  # evicted by an earlier run that stopped before telling its owner
+            log.warning(
+                "outbox %s: reporting %s evicted before the last stop and not yet reported",
+                outbox.path,
+                {kind: len(rows) for kind, rows in payloads.items()},
+            )
+            outbox._report_evicted(payloads, upto)
         return outbox
 
     async def close(self) -> None:
@@ -401,6 +430,15 @@ class Outbox:
         self._bytes_used = int(used)
         self._depth = self._depth_sync()
         (self.dead_letter_rows,) = conn.execute("SELECT count(*) FROM dead_letter").fetchone()
+        unreported: dict[str, list[dict[str, Any]]] = {}
+        upto = 0
+        for row_id, kind, text in conn.execute(
+            "SELECT id, kind, payload FROM evicted_unreported ORDER BY id"
+        ):
+            upto = row_id
+            with contextlib.suppress(ValueError):  # put() stores JSON only
+                unreported.setdefault(kind, []).append(json.loads(text))
+        self._unreported = (unreported, upto)
         if self.moved_aside is not None:
             self._insert_event(
                 "outbox_corrupt",
@@ -466,6 +504,13 @@ class Outbox:
         with self._transaction():
             self._insert("events", _encode(payload), common.clock.current().time())
 
+    def _settle_reported(self) -> None:
+        """In a write's transaction: drop the eviction reports the owner has had."""
+        upto = self._reported_upto
+        if upto > self._settled_upto:
+            self._db.execute("DELETE FROM evicted_unreported WHERE id <= ?", (upto,))
+            self._settled_upto = upto
+
     def _put_sync(self, kind: str, texts: list[str]) -> list[int]:
         now = common.clock.current().time()
         before = self._bytes_used, dict(self._depth)
@@ -477,6 +522,7 @@ class Outbox:
                     eviction = self._evict(below_id=ids[0]) or None
                     if eviction is not None:
                         self._insert("events", _encode(self._eviction_event(eviction)), now)
+                self._settle_reported()
         except BaseException:
             self._bytes_used, self._depth = before
             raise
@@ -486,7 +532,9 @@ class Outbox:
                 self.evicted[evicted_kind] += n
             if eviction.payloads and self._loop is not None:
                 # after the commit: the owner hears only of rows that are really gone
-                self._loop.call_soon_threadsafe(self._report_evicted, eviction.payloads)
+                self._loop.call_soon_threadsafe(
+                    self._report_evicted, eviction.payloads, eviction.unreported_upto
+                )
             log.warning(
                 "outbox over its %d byte budget: evicted %s (%d bytes) by policy %s",
                 self.max_bytes,
@@ -497,16 +545,23 @@ class Outbox:
             )
         return ids
 
-    def _report_evicted(self, payloads: dict[str, list[dict[str, Any]]]) -> None:
-        """On the event loop: hand each kind's evicted payloads to `on_evicted`."""
+    def _report_evicted(self, payloads: dict[str, list[dict[str, Any]]], upto: int) -> None:
+        """On the event loop: hand each kind's evicted payloads to `on_evicted`; once it has
+        returned for all of them, their ``evicted_unreported`` rows (ids up to `upto`) may go."""
         callback = self.on_evicted
         if callback is None:
             return
+        told = True
         for kind, rows in payloads.items():
             try:
                 callback(kind, rows)
             except Exception:
+                told = False
                 log.exception("outbox: on_evicted failed for %d %s row(s)", len(rows), kind)
+        if not told:  # kept, with every later one, and made again at the next open
+            self._report_failed = True
+        elif not self._report_failed:
+            self._reported_upto = max(self._reported_upto, upto)
 
     def _eviction_event(self, eviction: _Eviction) -> dict[str, Any]:
         return {
@@ -554,6 +609,13 @@ class Outbox:
                 if self._bytes_used <= target:
                     break
             if cutoff is not None:
+                if text_column != "NULL":  # kept until the owner has heard of them
+                    conn.execute(
+                        "INSERT INTO evicted_unreported (kind, payload) SELECT kind, payload"
+                        " FROM outbox WHERE kind IN (SELECT value FROM json_each(?)) AND id <= ?"
+                        " ORDER BY id",
+                        (kinds_json, cutoff),
+                    )
                 conn.execute(
                     "DELETE FROM outbox WHERE kind IN (SELECT value FROM json_each(?)) AND id <= ?",
                     (kinds_json, cutoff),
@@ -563,7 +625,10 @@ class Outbox:
                 for kind, n in stage.items():
                     counts[kind] = counts.get(kind, 0) + n
                     self._depth[kind] -= n
-        return _Eviction(counts, freed, payloads)
+        upto = 0
+        if payloads:
+            (upto,) = conn.execute("SELECT coalesce(max(id), 0) FROM evicted_unreported").fetchone()
+        return _Eviction(counts, freed, payloads, upto)
 
     def _peek_sync(self, kind: str, limit: int) -> list[OutboxRow]:
         rows = self._db.execute(
@@ -585,6 +650,7 @@ class Outbox:
 
     def _delete_sync(self, ids: list[int]) -> None:
         with self._transaction() as conn:
+            self._settle_reported()
             removed = self._tally(ids)
             conn.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))",

@@ -306,6 +306,54 @@ async def test_a_failing_on_evicted_does_not_fail_the_put(
     assert any("on_evicted failed" in r.getMessage() for r in caplog.records)
 
 
+async def test_an_eviction_whose_report_a_power_cut_stopped_is_reported_at_the_next_open(
+    tmp_path: Path,
+) -> None:
+    """The eviction is committed, the process dies before `on_evicted` runs (seen in the soak:
+    an agent SIGKILLed right after an eviction lost two daily readings for good: the plan
+    state still said "read", so backfill never asked again)."""
+    heard: list[tuple[str, list[dict[str, Any]]]] = []
+
+    def on_evicted(kind: str, payloads: list[dict[str, Any]]) -> None:
+        heard.append((kind, payloads))
+
+    path = tmp_path / "o.db"
+    budget = 10 * row_bytes(reading(0))
+    puts = [reading(i, meter=f"{i:012d}") for i in range(12)]
+    async with await Outbox.open(path, max_bytes=budget, on_evicted=on_evicted) as box:
+        box._report_evicted = lambda payloads, upto: None  # type: ignore[method-assign]
+        for payload in puts:
+            await box.put("readings", payload)
+        evicted = box.evicted["readings"]
+    assert evicted > 0
+    assert heard == []  # the power cut: nobody was told
+    async with await Outbox.open(path, max_bytes=budget, on_evicted=on_evicted) as box:
+        assert heard == [("readings", puts[:evicted])]  # told at open, before anything else
+        await box.put("events", {"event": "x"})  # the next write forgets the told report
+    async with await Outbox.open(path, max_bytes=budget, on_evicted=on_evicted) as box:
+        assert len(heard) == 1  # told once, not at every open
+
+
+async def test_a_report_the_owner_failed_is_made_again_at_the_next_open(tmp_path: Path) -> None:
+    def failing(kind: str, payloads: list[dict[str, Any]]) -> None:
+        raise RuntimeError("plan state is gone")
+
+    heard: dict[str, list[dict[str, Any]]] = {}
+    path = tmp_path / "o.db"
+    budget = 5 * row_bytes(reading(0))
+    puts = [reading(i, meter=f"{i:012d}") for i in range(10)]
+    async with await Outbox.open(path, max_bytes=budget, on_evicted=failing) as box:
+        for payload in puts:
+            await box.put("readings", payload)
+        evicted = box.evicted["readings"]
+    async with await Outbox.open(
+        path,
+        max_bytes=budget,
+        on_evicted=lambda kind, rows: heard.setdefault(kind, []).extend(rows),
+    ):
+        assert heard["readings"] == puts[:evicted]
+
+
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="eviction policy"):
         Outbox(Path("x.db"), max_bytes=1, eviction="newest")
