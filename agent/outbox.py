@@ -598,27 +598,27 @@ class Outbox:
             )
             cutoff = None
             stage: dict[str, int] = {}
+            unreported: list[tuple[str, str]] = []
             for row_id, kind, size, text in rows:
                 cutoff = row_id
                 stage[kind] = stage.get(kind, 0) + 1
                 self._bytes_used -= size
                 freed += size
                 if text is not None:
+                    unreported.append((kind, text))
                     with contextlib.suppress(ValueError):  # put() stores JSON only
                         payloads.setdefault(kind, []).append(json.loads(text))
                 if self._bytes_used <= target:
                     break
             if cutoff is not None:
-                if text_column != "NULL":  # kept until the owner has heard of them
-                    conn.execute(
-                        "INSERT INTO evicted_unreported (kind, payload) SELECT kind, payload"
-                        " FROM outbox WHERE kind IN (SELECT value FROM json_each(?)) AND id <= ?"
-                        " ORDER BY id",
-                        (kinds_json, cutoff),
-                    )
                 conn.execute(
                     "DELETE FROM outbox WHERE kind IN (SELECT value FROM json_each(?)) AND id <= ?",
                     (kinds_json, cutoff),
+                )
+                # kept until the owner has heard of them; written after the delete, into the
+                # pages it freed (an eviction on a nearly full disk must not need more room)
+                conn.executemany(
+                    "INSERT INTO evicted_unreported (kind, payload) VALUES (?, ?)", unreported
                 )
                 for kind in kinds:
                     self._evicted_upto[kind] = max(self._evicted_upto.get(kind, 0), cutoff)
