@@ -20,7 +20,7 @@ from selenium.webdriver.support import expected_conditions as ec
 
 from central.panel.auth import Users
 from central.store import open_store
-from meterlink.services import free_port
+from meterlink.services import die_with_parent, free_port
 from tests.central.test_tariff_day import D, _load
 from tests.panel.browser import chromium, console_errors, log_in, screenshot, wait
 
@@ -53,7 +53,7 @@ def panel(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     log = (tmp_path / "panel.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "meterlink", "central", "panel", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=log, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=log, cwd=REPO, preexec_fn=die_with_parent(),
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -61,9 +61,17 @@ def panel(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
         assert line.startswith("panel http://"), (tmp_path / "panel.log").read_text()
         yield f"http://127.0.0.1:{port}", config, store_path
     finally:
+        # 30 s, as the panel stack gives it: on a starved machine (its start took 5.5 s) 10 s
+        # was once too short; a panel that does not stop at all still fails the test
         proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"the panel did not stop within 30 s of SIGTERM; see {tmp_path}/panel.log")
+        finally:
+            log.close()
 
 
 def _report(config: Path) -> dict[str, Any]:
