@@ -224,8 +224,6 @@ class Outbox:
         self._depth: dict[str, int] = dict.fromkeys(STORED_KINDS, 0)
         self._evicted_upto: dict[str, int] = {}
         """per kind, the highest row id an eviction deleted up to (see `was_evicted`)"""
-        self._unreported: tuple[dict[str, list[dict[str, Any]]], int] = ({}, 0)
-        """evicted payloads found in ``evicted_unreported`` at open, and the highest id there"""
         self._reported_upto = 0
         """``evicted_unreported`` ids up to this one have been reported (set on the loop)"""
         self._settled_upto = 0
@@ -253,11 +251,10 @@ class Outbox:
         outbox = cls(Path(path), max_bytes=max_bytes, eviction=eviction)
         outbox.on_evicted = on_evicted
         try:
-            await outbox._run(outbox._open_sync)
+            payloads, upto = await outbox._run(outbox._open_sync)
         except BaseException:
             await outbox.close()
             raise
-        payloads, upto = outbox._unreported
         if payloads:  # evicted by an earlier run that stopped before telling its owner
             log.warning(
                 "outbox %s: reporting %s evicted before the last stop and not yet reported",
@@ -394,7 +391,9 @@ class Outbox:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
         return sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
 
-    def _open_sync(self) -> None:
+    def _open_sync(self) -> tuple[dict[str, list[dict[str, Any]]], int]:
+        """Open (moving a corrupt file aside) and migrate; returns the evicted payloads an earlier
+        run did not report (``evicted_unreported``) by kind, and the highest id there."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         problem: str | None = None
         conn = self._connect()
@@ -438,12 +437,12 @@ class Outbox:
             upto = row_id
             with contextlib.suppress(ValueError):  # put() stores JSON only
                 unreported.setdefault(kind, []).append(json.loads(text))
-        self._unreported = (unreported, upto)
         if self.moved_aside is not None:
             self._insert_event(
                 "outbox_corrupt",
                 {"moved_to": str(self.moved_aside), "problem": problem or ""},
             )
+        return unreported, upto
 
     def _move_aside(self) -> Path:
         stamp = common.clock.current().now().strftime("%Y%m%dT%H%M%SZ")

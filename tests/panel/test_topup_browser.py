@@ -91,11 +91,8 @@ async def test_operator_retries_and_closes_needs_review_orders(tmp_path: Path) -
         f'[panel]\nlisten = "127.0.0.1:{port}"\ntimezone = "Asia/Shanghai"\n'
         f'[influx]\nurl = "http://127.0.0.1:{free_port()}"\ntimeout_s = 1.0\n'
     )
-    # the agent waits 2 s for the lost reply: the window in which it is killed (as E04)
-    async with service_stack(
-        tmp_path, topup={"command_timeout_s": 3}, agent_reply_timeout_ms=2000,
-        central_extra=extra,
-    ) as s:  # fmt: skip
+    # the agent waits 2 s (the stack's reply window) for the lost reply: killed in it (as E04)
+    async with service_stack(tmp_path, topup={"command_timeout_s": 3}, central_extra=extra) as s:
         n = s.count(LOCAL)
         s.fleet.inject(LOCAL, "drop_reply", on="topup")
         await s.topup("BR-1", LOCAL, 4000, deadline=deadline_in(30))

@@ -103,10 +103,8 @@ async def test_e04_agent_restarts_between_sent_and_reply(tmp_path: Path) -> None
     the simulator's log, while it waits for the lost reply): the service has no answer →
     "crediting, outcome unknown" → the next attempt's read-back says count = target → confirmed
     without a resend."""
-    # the agent waits 2 s for the lost reply: the window in which it is killed
-    async with service_stack(
-        tmp_path, topup={"command_timeout_s": 3}, agent_reply_timeout_ms=2000
-    ) as s:
+    # the agent waits 2 s (the stack's reply window) for the lost reply, in which it is killed
+    async with service_stack(tmp_path, topup={"command_timeout_s": 3}) as s:
         n = s.count(LOCAL)
         s.fleet.inject(LOCAL, "drop_reply", on="topup")
         await s.topup("E4", LOCAL, 4000)
