@@ -20,7 +20,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,27 +55,48 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+_HANDED_OUT: deque[int] = deque(maxlen=1024)
+"""the ports `free_port` returned last in this process: none is free_port'ed again while in here"""
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
     """A loopback port free now, for a server started later — drawn below the ephemeral range.
     A port the system picks (bind to 0) comes from the range it also gives outgoing connections:
     between this call and a later (re)start of the server, any client's connection may take it
     (seen: an agent restarted on its metrics port found it held by another program's
-    connection). Below that range only another listener can take it."""
+    connection). Below that range only another listener can take it.
+
+    Nothing listens on the port until its server starts, so a port drawn a moment ago is still
+    free: the last 1024 ports this process was given are never given again (seen: influxd's
+    HTTP and RPC ports, two calls in a row, drawn equal; it could not bind the second)."""
     low = _ephemeral_low()
     rng = random.SystemRandom()
-    if low > 11024:
-        for _ in range(100):
-            port = rng.randint(10000, low - 1)
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    continue  # a listener, or a connection in TIME_WAIT
+    with _HANDED_OUT_LOCK:
+        if low > 11024:
+            for _ in range(100):
+                port = rng.randint(10000, low - 1)
+                if port in _HANDED_OUT or not _bindable(port):
+                    continue  # given out already; a listener, or a connection in TIME_WAIT
+                _HANDED_OUT.append(port)
                 return port
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                picked: int = s.getsockname()[1]
+            if picked not in _HANDED_OUT:
+                _HANDED_OUT.append(picked)
+                return picked
+    raise OSError("no free loopback port found")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        picked: int = s.getsockname()[1]
-        return picked
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_port(
